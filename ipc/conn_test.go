@@ -1,0 +1,249 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+// echoHandler answers every request with its own meta+body, or an error frame for
+// meta "fail"; it never answers meta "hang".
+func echoHandler(c *Conn, f frame.Frame) {
+	switch string(f.Meta) {
+	case "hang":
+	case "fail":
+		_ = c.ReplyError(f.ID, frame.CodeRemote, "failed: "+string(f.Body))
+	default:
+		_ = c.Reply(f.ID, append(append([]byte(nil), f.Meta...), f.Body...))
+	}
+}
+
+// pair returns two connected Conns over a real socket pair: the client has no handler.
+func pair(t *testing.T, client, server Options) (*Conn, *Conn) {
+	t.Helper()
+	a, b := socketPair(t)
+	if server.Handler == nil {
+		server.Handler = echoHandler
+	}
+	cc, sc := NewConn(a, PeerCred{}, client), NewConn(b, PeerCred{}, server)
+	t.Cleanup(func() { cc.Close(); sc.Close() })
+	return cc, sc
+}
+
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	r := <-ch
+	require.NoError(t, r.err)
+	return a, r.c
+}
+
+func TestCallRoundTripsConcurrently(t *testing.T) {
+	c, _ := pair(t, Options{}, Options{})
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 50 {
+				body := []byte(strings.Repeat("x", i*j))
+				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), body)
+				if !assertNoErr(t, err) {
+					return
+				}
+				if string(f.Body) != "m"+string(body) {
+					t.Errorf("got %q", f.Body)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func assertNoErr(t *testing.T, err error) bool {
+	t.Helper()
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	return true
+}
+
+func TestErrorFrameIsAFrameError(t *testing.T) {
+	c, _ := pair(t, Options{}, Options{})
+	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("fail"), []byte("why"))
+	var fe *FrameError
+	require.ErrorAs(t, err, &fe)
+	require.Equal(t, frame.CodeRemote, fe.Code)
+	require.Equal(t, "failed: why", fe.Message)
+}
+
+func TestPendingCallsFailWithTheCauseWhenTheConnEnds(t *testing.T) {
+	c, s := pair(t, Options{}, Options{})
+	errs := make(chan error, 8)
+	for range cap(errs) {
+		go func() {
+			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("hang"), nil)
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool {
+		c.pmu.Lock()
+		defer c.pmu.Unlock()
+		return len(c.pending) == cap(errs)
+	}, 10*time.Second, time.Millisecond)
+	s.Close()
+	for range cap(errs) {
+		err := <-errs
+		require.ErrorIs(t, err, ErrConnLost)
+		require.NotErrorIs(t, err, ErrNotSent, "these requests were sent: they may have run")
+	}
+	// After the end, a call is refused before sending.
+	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+	require.ErrorIs(t, err, ErrNotSent)
+	require.ErrorIs(t, err, ErrConnLost)
+	require.Error(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil))
+}
+
+func TestCallHonoursContextAndDropsTheLateAnswer(t *testing.T) {
+	c, _ := pair(t, Options{}, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("hang"), nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	c.pmu.Lock()
+	require.Empty(t, c.pending, "an abandoned call must not stay in the pending table")
+	c.pmu.Unlock()
+	f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("ok"), nil)
+	require.NoError(t, err)
+	require.Equal(t, "ok", string(f.Body))
+}
+
+func TestPeerThatDoesNotReadIsDropped(t *testing.T) {
+	// net.Pipe has no buffer: nothing the client queues is consumed.
+	a, b := net.Pipe()
+	defer b.Close()
+	c := NewConn(a, PeerCred{}, Options{MaxQueue: 64 << 10, Heartbeat: -1})
+	defer c.Close()
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		err = c.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), make([]byte, 4096))
+	}
+	require.ErrorIs(t, err, ErrSlowConsumer)
+	<-c.Done()
+	require.ErrorIs(t, c.Err(), ErrSlowConsumer)
+}
+
+func TestProtocolViolationsCloseTheConn(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		bytes []byte
+		want  error
+	}{
+		{"wrong version", []byte{9, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, frame.ErrVersion},
+		{"oversized body", func() []byte {
+			b := make([]byte, frame.HeaderSize)
+			(&frame.Header{Version: frame.Version, Kind: frame.KindInvoke, BodyLen: 1 << 30}).Put(b)
+			return b
+		}(), frame.ErrTooLarge},
+		{"descriptors on a plain connection", func() []byte {
+			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1, FDs: 1}, nil, nil)
+			return b
+		}(), frame.ErrProtocol},
+		{"hello after the handshake", frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, nil), frame.ErrProtocol},
+		{"truncated frame", frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("method"), []byte("body"))[:30], frame.ErrProtocol},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := socketPair(t)
+			c := NewConn(b, PeerCred{}, Options{Handler: echoHandler})
+			defer c.Close()
+			_, err := a.Write(tt.bytes)
+			require.NoError(t, err)
+			if tt.name == "truncated frame" {
+				a.(*net.TCPConn).CloseWrite()
+			}
+			select {
+			case <-c.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("conn survived a protocol violation")
+			}
+			require.ErrorIs(t, c.Err(), tt.want)
+			a.Close()
+		})
+	}
+}
+
+func TestHeartbeats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// A silent peer is dropped after the timeout.
+		a, b := net.Pipe()
+		go func() { // read and discard, never answer
+			buf := make([]byte, 1024)
+			for {
+				if _, err := b.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		c := NewConn(a, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second})
+		start := time.Now()
+		<-c.Done()
+		require.ErrorIs(t, c.Err(), ErrHeartbeatTimeout)
+		require.GreaterOrEqual(t, time.Since(start), 3*time.Second)
+		c.Close()
+		b.Close()
+
+		// Two live Conns keep each other alive through pings, however long they idle.
+		x, y := net.Pipe()
+		cx := NewConn(x, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second})
+		cy := NewConn(y, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second, Handler: echoHandler})
+		time.Sleep(time.Minute)
+		require.NoError(t, cx.Err())
+		require.NoError(t, cy.Err())
+		f, err := cx.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+		require.NoError(t, err)
+		require.Equal(t, "m", string(f.Body))
+		cx.Close()
+		cy.Close()
+	})
+}
+
+func TestDrainWritesWhatIsQueued(t *testing.T) {
+	a, b := socketPair(t)
+	c := NewConn(a, PeerCred{}, Options{})
+	for i := range 100 {
+		require.NoError(t, c.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte{byte(i)}))
+	}
+	require.NoError(t, c.Drain(context.Background()))
+	for i := range 100 {
+		f, err := frame.Read(b, frame.Limits{})
+		require.NoError(t, err)
+		require.Equal(t, []byte{byte(i)}, f.Body)
+	}
+	_, err := frame.Read(b, frame.Limits{})
+	require.True(t, errors.Is(err, net.ErrClosed) || err != nil)
+	b.Close()
+}

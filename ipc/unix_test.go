@@ -1,0 +1,154 @@
+//go:build linux
+
+package ipc
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+func shortDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+func TestListenUnixModeStaleSocketsAndUnlink(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	path := filepath.Join(shortDir(t), "s.sock")
+
+	ln, err := ListenUnix(path, 0o600)
+	require.NoError(t, err)
+	fi, err := os.Lstat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	// Close leaves the file (only the lock holder removes it): a stale socket.
+	require.NoError(t, ln.Close())
+	_, err = os.Lstat(path)
+	require.NoError(t, err, "Close must not unlink")
+	_, err = DialUnix(context.Background(), path)
+	require.ErrorIs(t, err, ErrNoListener)
+	require.True(t, Retryable(err))
+
+	// The next lock holder replaces the stale file.
+	ln2, err := ListenUnix(path, 0o660)
+	require.NoError(t, err)
+	fi, err = os.Lstat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o660), fi.Mode().Perm())
+
+	// The old Listener's Unlink must not remove its successor's socket.
+	require.NoError(t, ln.Unlink())
+	_, err = os.Lstat(path)
+	require.NoError(t, err, "an old leader removed its successor's socket")
+	require.NoError(t, ln2.Close())
+	require.NoError(t, ln2.Unlink())
+	_, err = os.Lstat(path)
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	_, err = DialUnix(context.Background(), path)
+	require.ErrorIs(t, err, ErrNoListener)
+	require.Contains(t, err.Error(), "does not exist")
+}
+
+func TestListenUnixRefusesToReplaceNonSockets(t *testing.T) {
+	dir := shortDir(t)
+	file := filepath.Join(dir, "f.sock")
+	require.NoError(t, os.WriteFile(file, []byte("precious"), 0o600))
+	_, err := ListenUnix(file, 0o600)
+	require.ErrorContains(t, err, "not a socket")
+	b, _ := os.ReadFile(file)
+	require.Equal(t, "precious", string(b))
+
+	link := filepath.Join(dir, "l.sock")
+	require.NoError(t, os.Symlink(file, link))
+	_, err = ListenUnix(link, 0o600)
+	require.ErrorContains(t, err, "not a socket")
+}
+
+func TestPathLimit(t *testing.T) {
+	long := "/" + strings.Repeat("x", MaxUnixPath)
+	err := CheckUnixPath(long)
+	require.ErrorIs(t, err, ErrPathTooLong)
+	require.Contains(t, err.Error(), "limit is 107")
+	require.NoError(t, CheckUnixPath(long[:MaxUnixPath]))
+	_, err = DialUnix(context.Background(), long)
+	require.ErrorIs(t, err, ErrPathTooLong)
+}
+
+func TestAcceptReportsPeerCredentials(t *testing.T) {
+	path := filepath.Join(shortDir(t), "s.sock")
+	ln, err := ListenUnix(path, 0o600)
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := DialUnix(context.Background(), path)
+	require.NoError(t, err)
+	defer c.Close()
+	s, peer, err := ln.Accept()
+	require.NoError(t, err)
+	defer s.Close()
+	require.True(t, peer.Known)
+	require.Equal(t, int32(os.Getpid()), peer.PID)
+	require.Equal(t, uint32(os.Geteuid()), peer.UID)
+	require.NoError(t, PeerPolicy{}.Check(peer, uint32(os.Geteuid())))
+}
+
+func TestPeerPolicy(t *testing.T) {
+	p := PeerCred{Known: true, PID: 1, UID: 1001, GID: 2000}
+	require.ErrorIs(t, PeerPolicy{}.Check(p, 1000), ErrUnauthorizedPeer)
+	require.ErrorContains(t, PeerPolicy{}.Check(p, 1000), "AllowUIDs")
+	require.NoError(t, PeerPolicy{}.Check(p, 1001))
+	require.NoError(t, PeerPolicy{UIDs: []uint32{5, 1001}}.Check(p, 1000))
+	require.NoError(t, PeerPolicy{GIDs: []uint32{2000}}.Check(p, 1000))
+	require.ErrorIs(t, PeerPolicy{}.Check(PeerCred{}, 1000), ErrUnauthorizedPeer)
+	require.NoError(t, PeerPolicy{AllowUnknown: true}.Check(PeerCred{}, 1000))
+}
+
+func TestHandshake(t *testing.T) {
+	accept := func(h frame.Hello) (frame.Welcome, *FrameError) {
+		if h.Name != "svc" {
+			return frame.Welcome{}, &FrameError{Code: frame.CodeProtocol, Message: "wrong cluster " + h.Name}
+		}
+		return frame.Welcome{PID: 7, Term: 3, Name: "svc", MaxBody: 99}, nil
+	}
+	run := func(hello frame.Hello) (frame.Welcome, error, error) {
+		a, b := socketPair(t)
+		defer a.Close()
+		defer b.Close()
+		srvErr := make(chan error, 1)
+		go func() {
+			_, err := ServerHandshake(b, time.Now().Add(10*time.Second), accept)
+			srvErr <- err
+		}()
+		w, err := ClientHandshake(a, hello, time.Now().Add(10*time.Second))
+		return w, err, <-srvErr
+	}
+	w, cerr, serr := run(frame.Hello{MinVersion: 1, MaxVersion: 1, Name: "svc"})
+	require.NoError(t, cerr)
+	require.NoError(t, serr)
+	require.Equal(t, uint64(3), w.Term)
+	require.Equal(t, uint32(7), w.PID)
+
+	_, cerr, serr = run(frame.Hello{MinVersion: 1, MaxVersion: 1, Name: "other"})
+	require.ErrorIs(t, cerr, ErrPeerRefused)
+	require.ErrorContains(t, cerr, "wrong cluster other")
+	require.ErrorIs(t, serr, ErrPeerRefused)
+
+	_, cerr, serr = run(frame.Hello{MinVersion: 2, MaxVersion: 3, Name: "svc"})
+	require.ErrorIs(t, cerr, ErrPeerRefused)
+	require.ErrorContains(t, cerr, "version 1")
+	require.ErrorIs(t, serr, frame.ErrVersion)
+}
