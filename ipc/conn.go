@@ -65,6 +65,7 @@ type Conn struct {
 	pending map[uint64]*call
 
 	wmu     sync.Mutex
+	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
 	writing bool          // the writer holds bytes it took from wbuf
 	wake    chan struct{} // capacity 1: "wbuf became non-empty"
@@ -93,8 +94,10 @@ type result struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// NewConn wraps nc, whose handshake is already done, and starts its reader and writer.
-// peer is what the listener learned about the other side (zero on the dialing side).
+// NewConn wraps nc, whose handshake is already done. peer is what the listener learned
+// about the other side (zero on the dialing side). Nothing is read or written until
+// Start, so the caller can finish wiring its own state (which its Handler may use)
+// first.
 func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 	if opts.MaxQueue <= 0 {
 		opts.MaxQueue = DefaultMaxQueue
@@ -124,9 +127,13 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 	now := time.Now().UnixNano()
 	c.lastRecv.Store(now)
 	c.lastSend.Store(now)
+	return c
+}
+
+// Start starts the reader and writer goroutines. Call it exactly once.
+func (c *Conn) Start() {
 	go c.readLoop()
 	go c.writeLoop()
-	return c
 }
 
 // Peer returns the credentials the listener saw when it accepted this connection.
@@ -199,6 +206,10 @@ func (c *Conn) Drain(ctx context.Context) error {
 // Conn is aborted with ErrSlowConsumer; if the Conn has ended Send returns its cause
 // wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
+	return c.send(h, meta, body, false)
+}
+
+func (c *Conn) send(h frame.Header, meta, body []byte, last bool) error {
 	h.FDs = 0
 	size := frame.HeaderSize + len(meta) + len(body)
 	c.wmu.Lock()
@@ -207,6 +218,10 @@ func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 		c.wmu.Unlock()
 		return c.lostErr()
 	default:
+	}
+	if c.wclosed {
+		c.wmu.Unlock()
+		return ErrSendClosed
 	}
 	if len(c.wbuf) > 0 && len(c.wbuf)+size > c.opts.MaxQueue {
 		queued := len(c.wbuf)
@@ -218,6 +233,7 @@ func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 	}
 	wasEmpty := len(c.wbuf) == 0
 	c.wbuf = frame.AppendFrame(c.wbuf, h, meta, body)
+	c.wclosed = last
 	c.wmu.Unlock()
 	if wasEmpty {
 		select {
@@ -226,6 +242,13 @@ func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 		}
 	}
 	return nil
+}
+
+// CloseSend queues h as the last frame this side sends: every later Send fails with
+// ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
+// follows h. Reading goes on.
+func (c *Conn) CloseSend(h frame.Header) error {
+	return c.send(h, nil, nil, true)
 }
 
 // Reply answers request id with a response frame.

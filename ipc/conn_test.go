@@ -34,7 +34,7 @@ func pair(t *testing.T, client, server Options) (*Conn, *Conn) {
 	if server.Handler == nil {
 		server.Handler = echoHandler
 	}
-	cc, sc := NewConn(a, PeerCred{}, client), NewConn(b, PeerCred{}, server)
+	cc, sc := started(NewConn(a, PeerCred{}, client)), started(NewConn(b, PeerCred{}, server))
 	t.Cleanup(func() { cc.Close(); sc.Close() })
 	return cc, sc
 }
@@ -146,7 +146,7 @@ func TestPeerThatDoesNotReadIsDropped(t *testing.T) {
 	// net.Pipe has no buffer: nothing the client queues is consumed.
 	a, b := net.Pipe()
 	defer b.Close()
-	c := NewConn(a, PeerCred{}, Options{MaxQueue: 64 << 10, Heartbeat: -1})
+	c := started(NewConn(a, PeerCred{}, Options{MaxQueue: 64 << 10, Heartbeat: -1}))
 	defer c.Close()
 	var err error
 	for i := 0; i < 1000 && err == nil; i++ {
@@ -178,7 +178,7 @@ func TestProtocolViolationsCloseTheConn(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := socketPair(t)
-			c := NewConn(b, PeerCred{}, Options{Handler: echoHandler})
+			c := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
 			defer c.Close()
 			_, err := a.Write(tt.bytes)
 			require.NoError(t, err)
@@ -208,7 +208,7 @@ func TestHeartbeats(t *testing.T) {
 				}
 			}
 		}()
-		c := NewConn(a, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second})
+		c := started(NewConn(a, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second}))
 		start := time.Now()
 		<-c.Done()
 		require.ErrorIs(t, c.Err(), ErrHeartbeatTimeout)
@@ -218,8 +218,8 @@ func TestHeartbeats(t *testing.T) {
 
 		// Two live Conns keep each other alive through pings, however long they idle.
 		x, y := net.Pipe()
-		cx := NewConn(x, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second})
-		cy := NewConn(y, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second, Handler: echoHandler})
+		cx := started(NewConn(x, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second}))
+		cy := started(NewConn(y, PeerCred{}, Options{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second, Handler: echoHandler}))
 		time.Sleep(time.Minute)
 		require.NoError(t, cx.Err())
 		require.NoError(t, cy.Err())
@@ -233,7 +233,7 @@ func TestHeartbeats(t *testing.T) {
 
 func TestDrainWritesWhatIsQueued(t *testing.T) {
 	a, b := socketPair(t)
-	c := NewConn(a, PeerCred{}, Options{})
+	c := started(NewConn(a, PeerCred{}, Options{}))
 	for i := range 100 {
 		require.NoError(t, c.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte{byte(i)}))
 	}
@@ -246,4 +246,17 @@ func TestDrainWritesWhatIsQueued(t *testing.T) {
 	_, err := frame.Read(b, frame.Limits{})
 	require.True(t, errors.Is(err, net.ErrClosed) || err != nil)
 	b.Close()
+}
+
+func started(c *Conn) *Conn {
+	c.Start()
+	return c
+}
+
+func TestCloseSendIsTheLastFrame(t *testing.T) {
+	c, _ := pair(t, Options{}, Options{})
+	require.NoError(t, c.CloseSend(frame.Header{Kind: frame.KindGoodbye}))
+	require.ErrorIs(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil), ErrSendClosed)
+	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+	require.ErrorIs(t, err, ErrNotSent, "a request refused by CloseSend never left")
 }

@@ -12,6 +12,8 @@ var (
 	// ErrNotSent marks a Call that failed before its request was queued: the peer cannot
 	// have seen it, so it is safe to send it elsewhere.
 	ErrNotSent = errors.New("request not sent")
+	// ErrSendClosed is returned by Send after CloseSend; the frame was not queued.
+	ErrSendClosed = errors.New("sending side closed")
 	// ErrConnLost wraps the cause when an operation fails because the Conn ended.
 	ErrConnLost = errors.New("connection lost")
 	// ErrSlowConsumer is the cause when a peer let more than Options.MaxQueue bytes pile up.

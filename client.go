@@ -1,0 +1,418 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/lock"
+)
+
+// Role is a member's current part in the cluster.
+type Role uint8
+
+const (
+	// RoleElecting: between Leaders (joining, or after the Leader was lost).
+	RoleElecting Role = iota
+	// RoleLeader: this process holds the lock and runs the Service.
+	RoleLeader
+	// RoleFollower: this process's calls go to the Leader over the socket.
+	RoleFollower
+	// RoleClosed: Close was called.
+	RoleClosed
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleElecting:
+		return "electing"
+	case RoleLeader:
+		return "leader"
+	case RoleFollower:
+		return "follower"
+	case RoleClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("Role(%d)", uint8(r))
+}
+
+// RoleInfo describes a role and the leadership term it belongs to.
+type RoleInfo struct {
+	Role Role
+	// Term is the leadership term: a number that grows with every new Leader and is
+	// never reused (it is kept in the lock file). 0 while electing.
+	Term uint64
+	// LeaderPID is the Leader's pid as the Leader reported it (advisory: pids collide
+	// across pid namespaces).
+	LeaderPID int
+	// At is when the role began.
+	At time.Time
+}
+
+// backend is what calls go to: the local Leader's Service or the connection to a
+// remote Leader. Errors matching errNotSent mean the request never left this process
+// and may be retried on the next backend.
+type backend interface {
+	invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error)
+	publish(ctx context.Context, topic string, msg Message) error
+	subscribe(ctx context.Context, topic string) error
+	unsubscribe(ctx context.Context, topic string) error
+	info() RoleInfo
+	// context ends when the backend can no longer serve (connection lost, term over).
+	context() context.Context
+}
+
+// errNotSent marks a failure that happened before the request left this process.
+var errNotSent = errors.New("request not sent")
+
+// epoch is one period with a fixed backend (nil while electing). It is replaced, never
+// mutated; changed is closed when it is replaced.
+type epoch struct {
+	b       backend
+	role    RoleInfo
+	changed chan struct{}
+}
+
+// Client is a member of a cluster. Use it from any number of goroutines. Whatever its
+// role, calls behave the same: on the Leader they go straight to the Service, on a
+// Follower over the socket to the Leader.
+type Client struct {
+	cfg *config
+	lk  *lock.Lock
+
+	ep      atomic.Pointer[epoch]
+	epochMu sync.Mutex // serialises epoch replacement (the run loop and Close)
+
+	reg    registry
+	subsWG sync.WaitGroup
+
+	closing   chan struct{}
+	life      context.Context // ends when Close begins
+	endLife   context.CancelFunc
+	closeOnce sync.Once
+	closeErr  error
+	runDone   chan struct{}
+	joined    chan error // the first election's outcome, read once by Join
+
+	roles   chan RoleInfo
+	rolesWG sync.WaitGroup
+
+	stats counters
+}
+
+type counters struct {
+	calls, errors, timeouts, leaderLost atomic.Uint64
+	reconnects, failovers               atomic.Uint64
+	lastFailover                        atomic.Int64
+	followers                           atomic.Int64
+}
+
+// Join elects, then returns a Client ready to serve calls as Leader or Follower. It
+// returns an error if cfg is invalid, or if ctx ends before the member could lead or
+// reach a Leader; that error says what was found (who holds the lock, the socket's
+// state, the Service's error).
+func Join(ctx context.Context, cfg Config) (*Client, error) {
+	vc, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:     vc,
+		lk:      lock.New(vc.lockPath),
+		closing: make(chan struct{}),
+		runDone: make(chan struct{}),
+		joined:  make(chan error, 1),
+	}
+	c.life, c.endLife = context.WithCancel(context.Background())
+	c.reg = registry{c: c, topics: make(map[string]*localTopic)}
+	c.ep.Store(&epoch{changed: make(chan struct{}), role: RoleInfo{Role: RoleElecting, At: time.Now()}})
+	if vc.OnRoleChange != nil {
+		c.roles = make(chan RoleInfo, 64)
+		c.rolesWG.Add(1)
+		go c.dispatchRoles()
+	}
+	go c.run(ctx)
+	select {
+	case err := <-c.joined:
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	case <-ctx.Done():
+		// run sends on joined exactly once; it notices ctx too and reports the diagnosis.
+		err := <-c.joined
+		if err == nil {
+			return c, nil
+		}
+		c.Close()
+		return nil, err
+	}
+}
+
+// Role returns the member's current role and term.
+func (c *Client) Role() RoleInfo { return c.ep.Load().role }
+
+// Name returns the cluster name.
+func (c *Client) Name() string { return c.cfg.Name }
+
+// Dir returns the directory holding the lock and the socket.
+func (c *Client) Dir() string { return c.cfg.Dir }
+
+func (c *Client) currentBackend() backend { return c.ep.Load().b }
+
+// setEpoch publishes a new backend (nil while electing) and wakes every waiting caller.
+func (c *Client) setEpoch(b backend, role RoleInfo) {
+	c.epochMu.Lock()
+	old := c.ep.Load()
+	c.ep.Store(&epoch{b: b, role: role, changed: make(chan struct{})})
+	close(old.changed)
+	c.epochMu.Unlock()
+	if old.role.Role != role.Role || old.role.Term != role.Term {
+		c.cfg.Logger.Info("cluster: role", "name", c.cfg.Name, "role", role.Role.String(), "term", role.Term, "leader_pid", role.LeaderPID)
+		if c.roles != nil {
+			select {
+			case c.roles <- role:
+			default:
+				c.cfg.Logger.Warn("cluster: OnRoleChange is too slow; a role change was not reported", "role", role.Role.String())
+			}
+		}
+	}
+}
+
+func (c *Client) dispatchRoles() {
+	defer c.rolesWG.Done()
+	for r := range c.roles {
+		c.cfg.OnRoleChange(r)
+	}
+}
+
+// callContext applies Config.CallTimeout to a ctx without a deadline.
+func (c *Client) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || c.cfg.CallTimeout < 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.CallTimeout)
+}
+
+func (c *Client) callTimeoutOr(d time.Duration) time.Duration {
+	if c.cfg.CallTimeout > 0 {
+		return c.cfg.CallTimeout
+	}
+	return d
+}
+
+// do runs op on the current backend, waiting (within ctx) for one while electing, and
+// retrying on the next backend when the request provably never left this process.
+func (c *Client) do(ctx context.Context, opName, name string, op func(backend) error) error {
+	c.stats.calls.Add(1)
+	err := c.doLoop(ctx, opName, name, op)
+	if err != nil {
+		c.stats.errors.Add(1)
+		switch {
+		case errors.Is(err, ErrTimeout):
+			c.stats.timeouts.Add(1)
+		case errors.Is(err, ErrLeaderLost):
+			c.stats.leaderLost.Add(1)
+		}
+	}
+	return err
+}
+
+func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backend) error) error {
+	for {
+		ep := c.ep.Load()
+		if ep.b != nil {
+			err := op(ep.b)
+			if !errors.Is(err, errNotSent) {
+				return err
+			}
+		}
+		select {
+		case <-ep.changed:
+		case <-c.closing:
+			return fmt.Errorf("%s %q: %w", opName, name, ErrClosed)
+		case <-ctx.Done():
+			return ctxErr(ctx, opName, name)
+		}
+	}
+}
+
+func checkMessage(op, name string, m Message, maxBody int) error {
+	if len(m.Files) > 0 {
+		return fmt.Errorf("cluster: %s %q: passing files is not supported by this transport: %w", op, name, errors.ErrUnsupported)
+	}
+	if len(name) > frame.DefaultMaxMeta {
+		return fmt.Errorf("cluster: %s: name is %d bytes, the limit is %d: %w", op, len(name), frame.DefaultMaxMeta, ErrTooLarge)
+	}
+	if len(m.Data) > maxBody {
+		return fmt.Errorf("cluster: %s %q: payload is %d bytes, the limit is %d: %w", op, name, len(m.Data), maxBody, ErrTooLarge)
+	}
+	return nil
+}
+
+// Invoke calls method on the Leader's Service and returns its response. It blocks
+// until the response arrives, ctx ends (ErrTimeout on a deadline; Config.CallTimeout
+// applies when ctx has none), or the Leader is lost mid-call (ErrLeaderLost: the call
+// may or may not have run; it is not re-sent). While no Leader is reachable it waits
+// for the next one. A Service error is returned as a *RemoteError.
+func (c *Client) Invoke(ctx context.Context, method string, req Message) (Message, error) {
+	if err := checkMessage("invoke", method, req, c.cfg.MaxBody); err != nil {
+		return Message{}, err
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	var out Message
+	err := c.do(ctx, "invoke", method, func(b backend) error {
+		var err error
+		out, err = b.invoke(ctx, method, req, false)
+		return err
+	})
+	return out, err
+}
+
+// InvokeOneway calls method without waiting for a response: it returns once the
+// request is handed to the Leader (queued on its connection, or started locally on the
+// Leader). The Service's result and error are discarded (errors are logged by the
+// Leader). It waits for a Leader within ctx like Invoke.
+func (c *Client) InvokeOneway(ctx context.Context, method string, req Message) error {
+	if err := checkMessage("invoke", method, req, c.cfg.MaxBody); err != nil {
+		return err
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return c.do(ctx, "invoke-oneway", method, func(b backend) error {
+		_, err := b.invoke(ctx, method, req, true)
+		return err
+	})
+}
+
+// Publish hands msg for topic to the Leader's Service (Service.Publish) and waits for
+// its verdict. It does not deliver to local subscribers by itself: the server does,
+// through the one subscription the Leader holds.
+func (c *Client) Publish(ctx context.Context, topic string, msg Message) error {
+	if err := checkMessage("publish", topic, msg, c.cfg.MaxBody); err != nil {
+		return err
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return c.do(ctx, "publish", topic, func(b backend) error { return b.publish(ctx, topic, msg) })
+}
+
+// Subscribe calls fn with every message on topic until the Subscription is closed.
+// However many subscribers there are on the host, the Leader's Service holds one
+// subscription per topic. The latest message of the topic, if any, is delivered to fn
+// at once. Subscribe returns when the Leader has acknowledged the subscription. It
+// survives failover: the subscription is re-established on every new Leader. fn runs on
+// a goroutine of its own (see Subscription for the queueing policy).
+func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message)) (*Subscription, error) {
+	if fn == nil {
+		return nil, fmt.Errorf("%w: Subscribe: fn must not be nil", ErrConfig)
+	}
+	if err := checkMessage("subscribe", topic, Message{}, c.cfg.MaxBody); err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.closing:
+		return nil, fmt.Errorf("subscribe %q: %w", topic, ErrClosed)
+	default:
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	s := newSubscription(c, topic, fn, c.cfg.SubscriptionBuffer)
+	lt := c.reg.add(s)
+	err := c.do(ctx, "subscribe", topic, func(b backend) error {
+		err := c.reg.ensure(ctx, lt, b)
+		if errors.Is(err, ErrLeaderLost) {
+			// The subscription stays registered and the next Leader gets it anyway;
+			// wait for that one to acknowledge.
+			return fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		return err
+	})
+	if err != nil {
+		s.stop()
+		rctx, rcancel := c.callContext(context.Background())
+		_ = c.reg.remove(rctx, s)
+		rcancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stats is a snapshot of a member's state and counters.
+type Stats struct {
+	RoleInfo
+	Name, Dir string
+	// Transport is "unix" (the only transport of this version).
+	Transport string
+	// Followers is the number of connected Followers (on the Leader).
+	Followers int
+	// Subscriptions is the number of live local Subscriptions.
+	Subscriptions int
+	// Calls counts Invoke, InvokeOneway, Publish and Subscribe calls; Errors those that
+	// failed, of which Timeouts with ErrTimeout and LeaderLost with ErrLeaderLost.
+	Calls, Errors, Timeouts, LeaderLost uint64
+	// Reconnects counts connections made to a Leader after the first; Failovers the
+	// Leaders lost (connection ended or handed over).
+	Reconnects, Failovers uint64
+	// LastFailover is the time from losing the last Leader to being served again (as
+	// Leader or Follower of the next one).
+	LastFailover time.Duration
+	// Dropped counts messages dropped because a local subscriber fell behind.
+	Dropped uint64
+}
+
+// Stats returns a snapshot of the member's role and counters.
+func (c *Client) Stats() Stats {
+	return Stats{
+		RoleInfo:      c.Role(),
+		Name:          c.cfg.Name,
+		Dir:           c.cfg.Dir,
+		Transport:     "unix",
+		Followers:     int(c.stats.followers.Load()),
+		Subscriptions: c.reg.count(),
+		Calls:         c.stats.calls.Load(),
+		Errors:        c.stats.errors.Load(),
+		Timeouts:      c.stats.timeouts.Load(),
+		LeaderLost:    c.stats.leaderLost.Load(),
+		Reconnects:    c.stats.reconnects.Load(),
+		Failovers:     c.stats.failovers.Load(),
+		LastFailover:  time.Duration(c.stats.lastFailover.Load()),
+		Dropped:       c.reg.dropped.Load(),
+	}
+}
+
+// Close leaves the cluster. A Leader hands over gracefully: it stops accepting, tells
+// its Followers goodbye (they elect the next Leader at once), lets in-flight calls
+// finish (bounded), closes the Service, removes its socket and releases the lock. A
+// Follower closes its connection. Calls still waiting return ErrClosed; subscription
+// callbacks stop. Close is idempotent and returns the same error every time. It must not
+// be called from a subscription callback or OnRoleChange.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.endLife()
+		<-c.runDone
+		for _, lt := range c.reg.snapshot() {
+			c.reg.mu.Lock()
+			for s := range lt.subs {
+				s.stop()
+			}
+			c.reg.mu.Unlock()
+		}
+		c.subsWG.Wait()
+		if c.roles != nil {
+			close(c.roles)
+			c.rolesWG.Wait()
+		}
+	})
+	return c.closeErr
+}
+
+func pid() int { return os.Getpid() }

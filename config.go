@@ -1,0 +1,194 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
+	"github.com/cluster-client-go/cluster/lock"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultCallTimeout        = 10 * time.Second
+	DefaultHeartbeat          = time.Second
+	DefaultHeartbeatTimeout   = 10 * time.Second
+	DefaultSubscriptionBuffer = 1024
+	DefaultMaxBody            = frame.DefaultMaxBody
+	DefaultSocketMode         = os.FileMode(0o600)
+	handshakeTimeout          = 5 * time.Second
+	drainTimeout              = 5 * time.Second
+)
+
+// LeadPolicy says whether a member takes part in the election.
+type LeadPolicy uint8
+
+const (
+	// LeadAuto: compete for the lock; lead if it is free, follow otherwise. The default.
+	LeadAuto LeadPolicy = iota
+	// LeadNever: only ever follow (short-lived tools, CLIs). Join waits for a Leader.
+	LeadNever
+	// LeadAlways: the designated Leader (cluster-client's isLeader, Egg's agent). It never
+	// follows: Join waits, within its ctx, until it holds the lock.
+	LeadAlways
+)
+
+func (p LeadPolicy) String() string {
+	switch p {
+	case LeadAuto:
+		return "auto"
+	case LeadNever:
+		return "never"
+	case LeadAlways:
+		return "always"
+	}
+	return fmt.Sprintf("LeadPolicy(%d)", uint8(p))
+}
+
+// Config configures a member. Only Name and, for members that may lead, NewService are
+// required; every zero field means its documented default.
+type Config struct {
+	// Name is the election key: members with the same Name and Dir share one Leader. It
+	// names the files <Dir>/<Name>.lock and <Dir>/<Name>.sock, so it must be a plain
+	// file name (no '/', not "." or "..", at most 64 bytes).
+	Name string
+	// Dir holds the lock and the socket. Default: lock.DefaultDir(), a per-user runtime
+	// directory. It is created 0700 if missing, and refused if another user owns it or
+	// others may write it. Members in different containers share a Leader by pointing Dir
+	// at a shared volume.
+	Dir string
+	// NewService builds the real client. It is called only in the Leader, once per
+	// leadership term, with a context that ends when the term ends. If it fails the
+	// member releases the lock so another may try. Required unless Lead is LeadNever.
+	NewService func(ctx context.Context) (Service, error)
+	// Lead is the member's election policy. Default LeadAuto.
+	Lead LeadPolicy
+	// CallTimeout bounds calls whose ctx has no deadline. Default DefaultCallTimeout;
+	// negative means no default bound (the ctx alone decides).
+	CallTimeout time.Duration
+	// Heartbeat is how long a connection may be idle before a ping is sent. Default
+	// DefaultHeartbeat; negative disables heartbeats (a dead process is still noticed at
+	// once through EOF; only a stopped or hung one is not).
+	Heartbeat time.Duration
+	// HeartbeatTimeout is how long a peer may stay silent before its connection is
+	// dropped. A Follower whose Leader is stopped (SIGSTOP, a debugger) sees its calls
+	// time out and reconnects when the Leader resumes; it can never take over while the
+	// stopped Leader holds the lock. Default DefaultHeartbeatTimeout.
+	HeartbeatTimeout time.Duration
+	// MaxBody is the largest payload this member accepts in one frame. Default
+	// DefaultMaxBody (16 MiB).
+	MaxBody int
+	// SubscriptionBuffer is how many undelivered messages each Subscription queues for a
+	// slow callback before it drops the oldest (counted in Stats.Dropped). Default
+	// DefaultSubscriptionBuffer.
+	SubscriptionBuffer int
+	// SocketMode is the Leader's socket permission. Default 0600 (owner only); use 0660
+	// with AllowGIDs to let other users of a shared group in.
+	SocketMode os.FileMode
+	// AllowUIDs and AllowGIDs admit Followers of other users (checked with SO_PEERCRED
+	// on accept). By default only the Leader's own uid is admitted. A non-empty AllowGIDs
+	// also lets Dir be group-writable.
+	AllowUIDs []uint32
+	AllowGIDs []uint32
+	// Logger receives role changes and dropped connections. Default: slog.Default().
+	Logger *slog.Logger
+	// OnRoleChange is called with every role change, in order, on a goroutine of its
+	// own (never on a connection goroutine); the first call reports the role Join
+	// returned with.
+	OnRoleChange func(RoleInfo)
+}
+
+// config is a validated Config with defaults applied.
+type config struct {
+	Config
+	lockPath, sockPath string
+}
+
+func (c Config) validate() (*config, error) {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.Name == "":
+		return nil, bad("Name", "must not be empty")
+	case len(c.Name) > 64:
+		return nil, bad("Name", "%q is %d bytes, the limit is 64", c.Name, len(c.Name))
+	case c.Name == "." || c.Name == "..":
+		return nil, bad("Name", "%q is not a file name", c.Name)
+	case strings.ContainsAny(c.Name, "/\\\x00"):
+		return nil, bad("Name", "%q must not contain '/', '\\' or NUL: it names files in Dir", c.Name)
+	}
+	if c.NewService == nil && c.Lead != LeadNever {
+		return nil, bad("NewService", "required unless Lead is LeadNever")
+	}
+	if c.Lead > LeadAlways {
+		return nil, bad("Lead", "unknown policy %d", c.Lead)
+	}
+	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
+		return nil, bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
+	}
+	if c.SocketMode&^os.ModePerm != 0 {
+		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
+	}
+	cfg := &config{Config: c}
+	if cfg.Dir == "" {
+		cfg.Dir = lock.DefaultDir()
+	}
+	if !filepath.IsAbs(cfg.Dir) {
+		abs, err := filepath.Abs(cfg.Dir)
+		if err != nil {
+			return nil, bad("Dir", "%v", err)
+		}
+		cfg.Dir = abs
+	}
+	if cfg.CallTimeout == 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.SubscriptionBuffer <= 0 {
+		cfg.SubscriptionBuffer = DefaultSubscriptionBuffer
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.lockPath = filepath.Join(cfg.Dir, cfg.Name+".lock")
+	cfg.sockPath = filepath.Join(cfg.Dir, cfg.Name+".sock")
+	if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
+		return nil, bad("Dir", "%v", err)
+	}
+	if err := lock.PrepareDir(cfg.Dir, true, len(cfg.AllowGIDs) > 0); err != nil {
+		return nil, bad("Dir", "%v", err)
+	}
+	if kind, network, err := lock.FSKind(cfg.Dir); err == nil && network {
+		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts while the socket is not; use a local directory", cfg.Dir, kind)
+	}
+	return cfg, nil
+}
+
+func (c *config) limits() frame.Limits { return frame.Limits{MaxBody: uint32(c.MaxBody)} }
+
+func (c *config) connOptions() ipc.Options {
+	return ipc.Options{
+		Limits:           c.limits(),
+		Heartbeat:        c.Heartbeat,
+		HeartbeatTimeout: c.HeartbeatTimeout,
+		Logger:           c.Logger,
+	}
+}

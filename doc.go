@@ -1,0 +1,37 @@
+// Package cluster lets the processes of one host share ONE connection to a server.
+//
+// Every process Joins the same cluster Name. Exactly one of them, the Leader, holds an
+// exclusive flock on <Dir>/<Name>.lock; only it builds the Service (the real client: a
+// registry, a Redis connection, an RPC stub) and talks to the server. Every other
+// process is a Follower: its calls travel to the Leader over the Unix socket
+// <Dir>/<Name>.sock. The kernel releases the lock when the Leader dies, even by
+// SIGKILL, and a Follower takes over within milliseconds; the others reconnect to it and
+// re-establish their subscriptions. Callers see the same API in every role:
+//
+//	c, err := cluster.Join(ctx, cluster.Config{Name: "registry", NewService: newRegistryClient})
+//	defer c.Close()
+//	out, err := c.Invoke(ctx, "getData", cluster.Message{Data: []byte(`"id"`)})
+//	sub, err := c.Subscribe(ctx, "config", func(m cluster.Message) { ... })
+//	err = c.Publish(ctx, "config", cluster.Message{Data: payload})
+//
+// Semantics, modelled on the Node.js cluster-client:
+//
+//   - One Service subscription per topic however many subscribers the host has; the
+//     latest message of a topic is replayed at once to a late subscriber; the last
+//     unsubscribe cancels the Service's subscription; per-topic order is kept.
+//   - Invokes are at-most-once: a call in flight when the Leader dies returns
+//     ErrLeaderLost and is never re-sent. Calls made while no Leader is reachable wait
+//     for the next one, within their context.
+//   - A slow subscriber never stalls the Leader: each Subscription has a bounded queue
+//     that drops its oldest message, and a Follower process that stops reading is
+//     disconnected (it reconnects and gets the latest message again).
+//   - A stopped (SIGSTOP) or hung Leader keeps its lock, so no one may take over: flock
+//     gives safety (never two Leaders), not liveness. Followers see their calls time out
+//     and the connection's heartbeat fail, and reconnect when it resumes.
+//
+// Platform notes: election uses flock(2) (gofrs/flock); the transport uses Unix sockets
+// and, on Linux, SO_PEERCRED to admit only the same user (Config.AllowUIDs and
+// AllowGIDs widen it). Off Linux, peer credentials are not checked: the 0700 directory
+// and the 0600 socket are the gate. Windows is not supported by this version's
+// transport.
+package cluster

@@ -1,0 +1,179 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
+)
+
+// follower is the backend of a member whose Leader is another process.
+type follower struct {
+	c           *Client
+	conn        *ipc.Conn
+	welcome     frame.Welcome
+	at          time.Time
+	goodbye     chan struct{} // closed when the Leader announces its handover
+	goodbyeOnce sync.Once
+}
+
+// follow dials the Leader's socket and handshakes.
+func (c *Client) follow(ctx context.Context) (*follower, error) {
+	nc, err := ipc.DialUnix(ctx, c.cfg.sockPath)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name}
+	w, err := ipc.ClientHandshake(nc, hello, deadline)
+	if err != nil {
+		_ = nc.Close()
+		var fe *ipc.FrameError
+		switch {
+		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
+			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
+		case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
+			return nil, fmt.Errorf("%w: leader is handing over", ipc.ErrNoListener)
+		case errors.As(err, &fe):
+			return nil, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
+		case errors.Is(err, ipc.ErrNotOurProtocol):
+			return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.cfg.sockPath, err)
+		}
+		return nil, fmt.Errorf("handshake with the leader at %s: %w", c.cfg.sockPath, err)
+	}
+	if w.Name != c.cfg.Name {
+		_ = nc.Close()
+		return nil, fmt.Errorf("%w: %s serves cluster %q, not %q", ErrProtocol, c.cfg.sockPath, w.Name, c.cfg.Name)
+	}
+	f := &follower{c: c, welcome: w, at: time.Now(), goodbye: make(chan struct{})}
+	opts := c.cfg.connOptions()
+	opts.Handler = f.handle
+	f.conn = ipc.NewConn(nc, ipc.PeerCred{}, opts)
+	f.conn.Start()
+	return f, nil
+}
+
+// handle runs on the connection's reader goroutine: it must not block.
+func (f *follower) handle(conn *ipc.Conn, fr frame.Frame) {
+	switch fr.Kind {
+	case frame.KindMessage:
+		f.c.reg.deliver(string(fr.Meta), Message{Data: fr.Body})
+	case frame.KindGoodbye:
+		// The Leader is handing over. Acknowledge with our own goodbye as the last frame
+		// we send: from here on a request on this connection fails before it is sent
+		// and waits for the next Leader, so none can be lost in the handover.
+		f.goodbyeOnce.Do(func() {
+			_ = conn.CloseSend(frame.Header{Kind: frame.KindGoodbye})
+			close(f.goodbye)
+		})
+	default:
+		conn.Abort(fmt.Errorf("%w: unexpected %s frame from the leader", frame.ErrProtocol, fr.Kind))
+	}
+}
+
+func (f *follower) info() RoleInfo {
+	return RoleInfo{Role: RoleFollower, Term: f.welcome.Term, LeaderPID: int(f.welcome.PID), At: f.at}
+}
+
+func (f *follower) context() context.Context { return f.conn.Context() }
+
+func (f *follower) cause() error { return f.conn.Err() }
+
+// timeoutMillis is the time left before ctx's deadline, for the Leader's Service call.
+func timeoutMillis(ctx context.Context) uint32 {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	ms := time.Until(d).Milliseconds()
+	switch {
+	case ms < 1:
+		return 1
+	case ms > math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(ms)
+}
+
+func (f *follower) invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error) {
+	if len(req.Data) > int(f.welcome.MaxBody) {
+		return Message{}, fmt.Errorf("cluster: invoke %q: payload is %d bytes, the leader accepts %d: %w", method, len(req.Data), f.welcome.MaxBody, ErrTooLarge)
+	}
+	if oneway {
+		err := f.conn.Send(frame.Header{Kind: frame.KindOneway, Timeout: timeoutMillis(ctx)}, []byte(method), req.Data)
+		if err != nil {
+			return Message{}, fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		return Message{}, nil
+	}
+	fr, err := f.conn.Call(ctx, frame.KindInvoke, timeoutMillis(ctx), []byte(method), req.Data)
+	if err != nil {
+		return Message{}, f.mapErr(ctx, "invoke", method, err)
+	}
+	return Message{Data: fr.Body}, nil
+}
+
+func (f *follower) publish(ctx context.Context, topic string, msg Message) error {
+	if len(msg.Data) > int(f.welcome.MaxBody) {
+		return fmt.Errorf("cluster: publish %q: payload is %d bytes, the leader accepts %d: %w", topic, len(msg.Data), f.welcome.MaxBody, ErrTooLarge)
+	}
+	_, err := f.conn.Call(ctx, frame.KindPublish, timeoutMillis(ctx), []byte(topic), msg.Data)
+	return f.mapErr(ctx, "publish", topic, err)
+}
+
+func (f *follower) subscribe(ctx context.Context, topic string) error {
+	_, err := f.conn.Call(ctx, frame.KindSubscribe, timeoutMillis(ctx), []byte(topic), nil)
+	return f.mapErr(ctx, "subscribe", topic, err)
+}
+
+func (f *follower) unsubscribe(ctx context.Context, topic string) error {
+	_, err := f.conn.Call(ctx, frame.KindUnsubscribe, timeoutMillis(ctx), []byte(topic), nil)
+	return f.mapErr(ctx, "unsubscribe", topic, err)
+}
+
+// mapErr turns transport errors into the Client's errors.
+func (f *follower) mapErr(ctx context.Context, op, name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var fe *ipc.FrameError
+	switch {
+	case errors.Is(err, ipc.ErrNotSent):
+		return fmt.Errorf("%w: %w", errNotSent, err)
+	case errors.Is(err, ipc.ErrConnLost):
+		select {
+		case <-f.c.closing:
+			return fmt.Errorf("cluster: %s %q: %w", op, name, ErrClosed)
+		default:
+		}
+		return fmt.Errorf("cluster: %s %q: %w (term %d, leader pid %d): %w", op, name, ErrLeaderLost, f.welcome.Term, f.welcome.PID, f.conn.Err())
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return ctxErr(ctx, op, name)
+	case errors.As(err, &fe):
+		switch fe.Code {
+		case frame.CodeRemote:
+			return &RemoteError{Op: op, Name: name, Message: fe.Message}
+		case frame.CodeTimeout:
+			return errTimeout(op, name)
+		case frame.CodeTooLarge:
+			return fmt.Errorf("cluster: %s %q: %s: %w", op, name, fe.Message, ErrTooLarge)
+		case frame.CodeClosed:
+			// The Leader is handing over and did not run the request: send it to the next.
+			return fmt.Errorf("%w: %w", errNotSent, fe)
+		case frame.CodeUnauthorized:
+			return fmt.Errorf("cluster: %s %q: %s: %w", op, name, fe.Message, ErrUnauthorized)
+		}
+		return fmt.Errorf("cluster: %s %q: leader answered %w: %w", op, name, fe, ErrProtocol)
+	}
+	return fmt.Errorf("cluster: %s %q: %w", op, name, err)
+}
+
+func msDuration(ms uint32) time.Duration { return time.Duration(ms) * time.Millisecond }

@@ -1,0 +1,451 @@
+package cluster_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/internal/upstream"
+)
+
+// Members are this test binary re-executed with CLUSTER_TEST_ROLE set: TestMain runs the
+// registered role instead of the tests. A full run fails if a role was never used.
+const roleEnv = "CLUSTER_TEST_ROLE"
+
+var roles = map[string]func() int{
+	"member": memberMain,
+}
+
+var (
+	usedMu    sync.Mutex
+	usedRoles = map[string]bool{}
+)
+
+func TestMain(m *testing.M) {
+	if r := os.Getenv(roleEnv); r != "" {
+		fn, ok := roles[r]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown role %q\n", r)
+			os.Exit(2)
+		}
+		os.Exit(fn())
+	}
+	flag.Parse()
+	code := m.Run()
+	if code == 0 && flag.Lookup("test.run").Value.String() == "" && !testing.Short() {
+		for r := range roles {
+			if !usedRoles[r] {
+				fmt.Fprintf(os.Stderr, "FAIL: member role %q is registered but no test used it\n", r)
+				code = 1
+			}
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// event is one line a member writes on stdout.
+type event struct {
+	Ev        string `json:"ev"` // joined, join-error, role, result, msg
+	ID        int    `json:"id,omitempty"`
+	Role      string `json:"role,omitempty"`
+	Term      uint64 `json:"term,omitempty"`
+	LeaderPID int    `json:"leader_pid,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Topic     string `json:"topic,omitempty"`
+	Data      string `json:"data,omitempty"`
+	Err       string `json:"err,omitempty"`
+	Kind      string `json:"kind,omitempty"` // error class: leader-lost, timeout, remote, closed, no-leader, unauthorized, other
+	Sub       int    `json:"sub,omitempty"`
+	At        int64  `json:"at,omitempty"` // unix nanos
+}
+
+// command is one line the test writes to a member's stdin.
+type command struct {
+	ID      int    `json:"id"`
+	Op      string `json:"op"` // invoke, oneway, publish, subscribe, unsubscribe, stats, close
+	Name    string `json:"name,omitempty"`
+	Data    string `json:"data,omitempty"`
+	Timeout string `json:"timeout,omitempty"`
+	Sub     int    `json:"sub,omitempty"`
+}
+
+func errKind(err error) string {
+	var re *cluster.RemoteError
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, cluster.ErrLeaderLost):
+		return "leader-lost"
+	case errors.Is(err, cluster.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, cluster.ErrClosed):
+		return "closed"
+	case errors.Is(err, cluster.ErrNoLeader):
+		return "no-leader"
+	case errors.Is(err, cluster.ErrUnauthorized):
+		return "unauthorized"
+	case errors.As(err, &re):
+		return "remote"
+	}
+	return "other"
+}
+
+// memberMain is a cluster member driven over stdin/stdout.
+func memberMain() int {
+	var outMu sync.Mutex
+	enc := json.NewEncoder(os.Stdout)
+	emit := func(e event) {
+		e.At = time.Now().UnixNano()
+		outMu.Lock()
+		defer outMu.Unlock()
+		_ = enc.Encode(e)
+	}
+	lead := map[string]cluster.LeadPolicy{"": cluster.LeadAuto, "never": cluster.LeadNever, "always": cluster.LeadAlways}[os.Getenv("CT_LEAD")]
+	cfg := cluster.Config{
+		Name:       os.Getenv("CT_NAME"),
+		Dir:        os.Getenv("CT_DIR"),
+		Lead:       lead,
+		NewService: upstream.NewService(os.Getenv("CT_UPSTREAM")),
+		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		OnRoleChange: func(r cluster.RoleInfo) {
+			emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid()})
+		},
+	}
+	if hb := os.Getenv("CT_HEARTBEAT"); hb != "" {
+		cfg.Heartbeat, _ = time.ParseDuration(hb)
+		cfg.HeartbeatTimeout = 3 * cfg.Heartbeat
+	}
+	joinTimeout := 30 * time.Second
+	if jt := os.Getenv("CT_JOIN_TIMEOUT"); jt != "" {
+		joinTimeout, _ = time.ParseDuration(jt)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	c, err := cluster.Join(ctx, cfg)
+	cancel()
+	if err != nil {
+		emit(event{Ev: "join-error", Err: err.Error(), Kind: errKind(err), PID: os.Getpid()})
+		return 3
+	}
+	r := c.Role()
+	emit(event{Ev: "joined", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid()})
+
+	var wg sync.WaitGroup
+	var subsMu sync.Mutex
+	subs := map[int]*cluster.Subscription{}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var cmd command
+		if err := json.Unmarshal(sc.Bytes(), &cmd); err != nil {
+			fmt.Fprintf(os.Stderr, "bad command %q: %v\n", sc.Text(), err)
+			return 2
+		}
+		if cmd.Op == "close" {
+			err := c.Close()
+			emit(event{Ev: "result", ID: cmd.ID, Err: errString(err)})
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			if cmd.Timeout != "" {
+				d, _ := time.ParseDuration(cmd.Timeout)
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			res := event{Ev: "result", ID: cmd.ID}
+			var err error
+			switch cmd.Op {
+			case "invoke":
+				var out cluster.Message
+				out, err = c.Invoke(ctx, cmd.Name, cluster.Message{Data: []byte(cmd.Data)})
+				res.Data = string(out.Data)
+			case "oneway":
+				err = c.InvokeOneway(ctx, cmd.Name, cluster.Message{Data: []byte(cmd.Data)})
+			case "publish":
+				err = c.Publish(ctx, cmd.Name, cluster.Message{Data: []byte(cmd.Data)})
+			case "subscribe":
+				var s *cluster.Subscription
+				s, err = c.Subscribe(ctx, cmd.Name, func(m cluster.Message) {
+					emit(event{Ev: "msg", Sub: cmd.ID, Topic: cmd.Name, Data: string(m.Data)})
+				})
+				if err == nil {
+					subsMu.Lock()
+					subs[cmd.ID] = s
+					subsMu.Unlock()
+				}
+			case "unsubscribe":
+				subsMu.Lock()
+				s := subs[cmd.Sub]
+				delete(subs, cmd.Sub)
+				subsMu.Unlock()
+				if s != nil {
+					err = s.Close()
+				}
+			case "stats":
+				st := c.Stats()
+				b, _ := json.Marshal(st)
+				res.Data = string(b)
+				res.Role, res.Term, res.LeaderPID = st.Role.String(), st.Term, st.LeaderPID
+			default:
+				err = fmt.Errorf("unknown op %q", cmd.Op)
+			}
+			res.Err, res.Kind = errString(err), errKind(err)
+			emit(res)
+		}()
+	}
+	wg.Wait()
+	if err := c.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "close: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// proc is the test's handle on a member process.
+type proc struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	stderr bytes.Buffer
+	pid    int
+
+	mu     sync.Mutex
+	nextID int
+	events []event
+	notify chan struct{} // closed and replaced on every new event
+	exited chan struct{}
+}
+
+type memberOpts struct {
+	lead        string
+	heartbeat   string
+	joinTimeout string
+}
+
+// cluster groups what members of one test share.
+type testCluster struct {
+	t        testing.TB
+	dir      string
+	name     string
+	upstream *upstream.Server
+}
+
+func newTestCluster(t testing.TB) *testCluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	up, err := upstream.Start("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { up.Close() })
+	return &testCluster{t: t, dir: dir, name: "svc", upstream: up}
+}
+
+func (tc *testCluster) start(o memberOpts) *proc {
+	t := tc.t
+	t.Helper()
+	usedMu.Lock()
+	usedRoles["member"] = true
+	usedMu.Unlock()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=member", "CT_DIR="+tc.dir, "CT_NAME="+tc.name,
+		"CT_UPSTREAM="+tc.upstream.Addr(), "CT_LEAD="+o.lead, "CT_HEARTBEAT="+o.heartbeat, "CT_JOIN_TIMEOUT="+o.joinTimeout)
+	p := &proc{t: t, cmd: cmd, notify: make(chan struct{}), exited: make(chan struct{})}
+	cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
+	var err error
+	p.in, err = cmd.StdinPipe()
+	require.NoError(t, err)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p.pid = cmd.Process.Pid
+	go func() {
+		defer close(p.exited)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var e event
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				continue
+			}
+			p.mu.Lock()
+			p.events = append(p.events, e)
+			close(p.notify)
+			p.notify = make(chan struct{})
+			p.mu.Unlock()
+		}
+		_ = cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("member pid %d stderr:\n%s", p.pid, p.stderr.String())
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// waitTimeout is how long tests wait for an expected event. It is generous because tests
+// must pass on a loaded 2-core machine; a passing run never waits this long.
+const waitTimeout = 30 * time.Second
+
+// wait returns the first event (from index from on) matching pred.
+func (p *proc) wait(pred func(event) bool) event {
+	p.t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		for _, e := range p.events {
+			if pred(e) {
+				p.mu.Unlock()
+				return e
+			}
+		}
+		ch := p.notify
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-p.exited:
+			p.mu.Lock()
+			for _, e := range p.events {
+				if pred(e) {
+					p.mu.Unlock()
+					return e
+				}
+			}
+			p.mu.Unlock()
+			p.t.Fatalf("member %d exited while waiting; stderr:\n%s", p.pid, p.stderrString())
+		case <-deadline.C:
+			p.t.Fatalf("member %d: timed out waiting for an event; events so far: %+v\nstderr:\n%s", p.pid, p.snapshot(), p.stderrString())
+		}
+	}
+}
+
+func (p *proc) snapshot() []event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]event(nil), p.events...)
+}
+
+func (p *proc) stderrString() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+// joined waits until the member joined and returns its joined event.
+func (p *proc) joined() event {
+	p.t.Helper()
+	e := p.wait(func(e event) bool { return e.Ev == "joined" || e.Ev == "join-error" })
+	require.Equal(p.t, "joined", e.Ev, "member %d did not join: %s", p.pid, e.Err)
+	return e
+}
+
+// send issues a command and returns its id; result(id) waits for the answer.
+func (p *proc) send(c command) int {
+	p.t.Helper()
+	p.mu.Lock()
+	p.nextID++
+	c.ID = p.nextID
+	p.mu.Unlock()
+	b, _ := json.Marshal(c)
+	_, err := p.in.Write(append(b, '\n'))
+	require.NoError(p.t, err)
+	return c.ID
+}
+
+func (p *proc) result(id int) event {
+	p.t.Helper()
+	return p.wait(func(e event) bool { return e.Ev == "result" && e.ID == id })
+}
+
+func (p *proc) do(c command) event {
+	p.t.Helper()
+	return p.result(p.send(c))
+}
+
+// role returns the member's current role as its Stats report it.
+func (p *proc) role() event {
+	p.t.Helper()
+	return p.do(command{Op: "stats"})
+}
+
+// messages returns the data of every message delivered to subscription sub, in order.
+func (p *proc) messages(sub int) []string {
+	var out []string
+	for _, e := range p.snapshot() {
+		if e.Ev == "msg" && e.Sub == sub {
+			out = append(out, e.Data)
+		}
+	}
+	return out
+}
+
+// waitMessage waits until subscription sub received data.
+func (p *proc) waitMessage(sub int, data string) {
+	p.t.Helper()
+	p.wait(func(e event) bool { return e.Ev == "msg" && e.Sub == sub && e.Data == data })
+}
+
+// kill sends SIGKILL and waits for the process to be reaped.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// exit closes stdin (the member closes its Client and exits 0) and waits.
+func (p *proc) exit() {
+	p.t.Helper()
+	_ = p.in.Close()
+	select {
+	case <-p.exited:
+	case <-time.After(waitTimeout):
+		p.t.Fatalf("member %d did not exit after stdin closed", p.pid)
+	}
+	require.Equal(p.t, 0, p.cmd.ProcessState.ExitCode(), "member %d exit code; stderr:\n%s", p.pid, p.stderrString())
+}

@@ -1,0 +1,344 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
+)
+
+// maxInflightPerConn bounds the Service calls one Follower connection may have running.
+// Past it the Leader stops reading that connection (backpressure), so a flooding peer
+// costs bounded memory; its unread responses then hit ipc.Options.MaxQueue and it is
+// dropped.
+const maxInflightPerConn = 512
+
+// leader is the backend of the member that holds the lock.
+type leader struct {
+	c      *Client
+	term   uint64
+	at     time.Time
+	svc    Service
+	ctx    context.Context // the term: cancelled at the end of shutdown's drain
+	cancel context.CancelFunc
+	ln     *ipc.Listener
+	policy ipc.PeerPolicy
+
+	calls gate // Service calls in progress, local and remote
+
+	mu     sync.Mutex
+	conns  map[*ipc.Conn]*peerConn
+	topics map[string]*topic
+
+	acceptDone chan struct{}
+	serveWG    sync.WaitGroup // one per accepted connection; Add only from acceptLoop
+}
+
+// startLeader runs right after the lock was won: build the Service, then listen.
+func (c *Client) startLeader(ctx context.Context) (*leader, error) {
+	term := c.lk.Term()
+	lctx, cancel := context.WithCancel(context.Background())
+	// Close, or the end of Join's ctx, while NewService runs aborts it.
+	stopLife := context.AfterFunc(c.life, cancel)
+	stopJoin := context.AfterFunc(ctx, cancel)
+	svc, err := c.cfg.NewService(lctx)
+	if stoppedLife, stoppedJoin := stopLife(), stopJoin(); !stoppedLife || !stoppedJoin {
+		if err == nil && svc != nil {
+			_ = svc.Close()
+		}
+		err = fmt.Errorf("aborted: %w", context.Cause(lctx))
+	}
+	if err == nil && svc == nil {
+		err = errors.New("NewService returned a nil Service")
+	}
+	if err != nil {
+		cancel()
+		_ = c.lk.Unlock()
+		return nil, fmt.Errorf("NewService (term %d): %w", term, err)
+	}
+	ln, err := ipc.ListenUnix(c.cfg.sockPath, c.cfg.SocketMode)
+	if err != nil {
+		_ = svc.Close()
+		cancel()
+		_ = c.lk.Unlock()
+		return nil, fmt.Errorf("leader (term %d): %w", term, err)
+	}
+	l := &leader{
+		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln,
+		policy:     ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !ipc.PeerCredSupported},
+		conns:      make(map[*ipc.Conn]*peerConn),
+		topics:     make(map[string]*topic),
+		acceptDone: make(chan struct{}),
+	}
+	l.calls.init()
+	go l.acceptLoop()
+	return l, nil
+}
+
+func (l *leader) info() RoleInfo {
+	return RoleInfo{Role: RoleLeader, Term: l.term, LeaderPID: pid(), At: l.at}
+}
+
+func (l *leader) context() context.Context { return l.ctx }
+
+// acceptLoop accepts Followers until the listener closes, backing off on errors such as
+// EMFILE instead of spinning.
+func (l *leader) acceptLoop() {
+	defer close(l.acceptDone)
+	var backoff time.Duration
+	for {
+		nc, peer, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || l.ctx.Err() != nil || l.calls.isClosed() {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.c.cfg.Logger.Warn("cluster: accept failed; backing off", "err", err, "backoff", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-l.ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		l.serveWG.Add(1)
+		go l.serve(nc, peer)
+	}
+}
+
+// serve handshakes one Follower and serves it until its connection ends.
+func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
+	defer l.serveWG.Done()
+	log := l.c.cfg.Logger
+	if err := l.policy.Check(peer, uint32(os.Geteuid())); err != nil {
+		log.Warn("cluster: refused a follower", "peer", peer, "reason", err)
+		_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = frame.Write(nc, frame.Header{Kind: frame.KindError}, []byte(frame.CodeUnauthorized), []byte(err.Error()))
+		_ = nc.Close()
+		return
+	}
+	hello, err := ipc.ServerHandshake(nc, time.Now().Add(handshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
+		if h.Name != l.c.cfg.Name {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
+		}
+		if l.calls.isClosed() {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
+		}
+		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name}, nil
+	})
+	if err != nil {
+		log.Warn("cluster: follower handshake failed", "peer", peer, "err", err)
+		_ = nc.Close()
+		return
+	}
+	pc := &peerConn{l: l, hello: hello, topics: make(map[string]struct{}), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{})}
+	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
+	opts := l.c.cfg.connOptions()
+	opts.Handler = pc.handle
+	conn := ipc.NewConn(nc, peer, opts)
+	pc.conn = conn
+	conn.Start()
+	l.mu.Lock()
+	l.conns[conn] = pc
+	l.mu.Unlock()
+	l.c.stats.followers.Add(1)
+
+	<-conn.Done()
+	pc.cancel()
+	pc.mu.Lock()
+	topics := pc.topics
+	pc.topics = nil
+	pc.mu.Unlock()
+	for t := range topics {
+		l.removeSink(t, pc)
+	}
+	conn.Close()
+	l.mu.Lock()
+	delete(l.conns, conn)
+	l.mu.Unlock()
+	l.c.stats.followers.Add(-1)
+}
+
+// shutdown hands leadership over: stop accepting, say goodbye, drain in-flight calls
+// (bounded), close the Service, flush and close connections, remove the socket, and
+// release the lock last.
+func (l *leader) shutdown() {
+	_ = l.ln.Close()
+	<-l.acceptDone
+	l.calls.close()
+	l.mu.Lock()
+	peers := make([]*peerConn, 0, len(l.conns))
+	for _, pc := range l.conns {
+		peers = append(peers, pc)
+	}
+	l.mu.Unlock()
+	for _, pc := range peers {
+		_ = pc.conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
+	}
+	// Wait (bounded) for in-flight calls to finish and for every Follower to
+	// acknowledge the goodbye: after its ack a Follower sends nothing more, so closing
+	// its connection cannot lose a request.
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := l.calls.wait(ctx); err != nil {
+		l.c.cfg.Logger.Warn("cluster: in-flight calls did not finish before handover; cancelling them", "timeout", drainTimeout)
+	}
+	for _, pc := range peers {
+		select {
+		case <-pc.acked:
+		case <-pc.conn.Done():
+		case <-ctx.Done():
+		}
+	}
+	l.cancel()
+	l.mu.Lock()
+	topics := make([]*topic, 0, len(l.topics))
+	for _, t := range l.topics {
+		topics = append(topics, t)
+	}
+	l.topics = make(map[string]*topic)
+	l.mu.Unlock()
+	for _, t := range topics {
+		t.kill()
+	}
+	if err := l.svc.Close(); err != nil {
+		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", err)
+	}
+	for _, pc := range peers {
+		_ = pc.conn.Drain(ctx)
+	}
+	l.serveWG.Wait()
+	if err := l.ln.Unlink(); err != nil {
+		l.c.cfg.Logger.Warn("cluster: removing the socket", "err", err)
+	}
+	if err := l.c.lk.Unlock(); err != nil {
+		l.c.cfg.Logger.Warn("cluster: releasing the lock", "err", err)
+	}
+}
+
+// serviceErr maps a Service error to what the caller sees: the caller's own deadline is
+// a timeout, anything else the Service's RemoteError.
+func serviceErr(ctx context.Context, op, name string, err error) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return ctxErr(ctx, op, name)
+	}
+	return &RemoteError{Op: op, Name: name, Message: err.Error()}
+}
+
+// The local fast path: the Leader's own calls go straight to the Service.
+
+func (l *leader) invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error) {
+	if !l.calls.enter() {
+		return Message{}, errNotSent
+	}
+	if oneway {
+		go func() {
+			defer l.calls.leave()
+			octx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
+			defer cancel()
+			if _, err := l.svc.Invoke(octx, method, req); err != nil {
+				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", method, "err", err)
+			}
+		}()
+		return Message{}, nil
+	}
+	defer l.calls.leave()
+	out, err := l.svc.Invoke(ctx, method, req)
+	if err != nil {
+		return Message{}, serviceErr(ctx, "invoke", method, err)
+	}
+	return out, nil
+}
+
+func (l *leader) publish(ctx context.Context, topic string, msg Message) error {
+	if !l.calls.enter() {
+		return errNotSent
+	}
+	defer l.calls.leave()
+	if err := l.svc.Publish(ctx, topic, msg); err != nil {
+		return serviceErr(ctx, "publish", topic, err)
+	}
+	return nil
+}
+
+func (l *leader) subscribe(ctx context.Context, topic string) error {
+	if !l.calls.enter() {
+		return errNotSent
+	}
+	defer l.calls.leave()
+	return l.addSink(ctx, topic, localSink{l.c})
+}
+
+func (l *leader) unsubscribe(_ context.Context, topic string) error {
+	l.removeSink(topic, localSink{l.c})
+	return nil
+}
+
+// localSink delivers to this process's own subscribers.
+type localSink struct{ c *Client }
+
+func (s localSink) deliver(topic string, m Message) { s.c.reg.deliver(topic, m) }
+
+// gate counts calls in progress and refuses new ones once closed.
+type gate struct {
+	mu     sync.Mutex
+	n      int
+	closed bool
+	zero   chan struct{} // closed when closed && n == 0
+}
+
+func (g *gate) init() { g.zero = make(chan struct{}) }
+
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.n++
+	return true
+}
+
+func (g *gate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.closed && g.n == 0 {
+		close(g.zero)
+	}
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.closed {
+		g.closed = true
+		if g.n == 0 {
+			close(g.zero)
+		}
+	}
+}
+
+func (g *gate) isClosed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
+}
+
+func (g *gate) wait(ctx context.Context) error {
+	select {
+	case <-g.zero:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,201 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/cluster-client-go/cluster/lock"
+)
+
+// Election backoff: the first retries are immediate and sub-millisecond, because after a
+// Leader's death the kernel frees its lock within ~1-2 ms; later ones back off so a
+// member waiting for a long-absent Leader costs nothing.
+const (
+	minBackoff = 50 * time.Microsecond
+	maxBackoff = 50 * time.Millisecond
+	// serviceBackoff is how long a member whose NewService failed stays away from the
+	// lock, so that another member gets a chance to lead.
+	serviceBackoff = 250 * time.Millisecond
+)
+
+// run is the role state machine. It alone changes the role; callers only read the
+// published epoch.
+func (c *Client) run(joinCtx context.Context) {
+	defer close(c.runDone)
+	joined := false
+	var lostAt time.Time
+	var draining []*follower // Followers of old Leaders that said goodbye, still answering
+	defer func() {
+		for _, f := range draining {
+			f.conn.Close()
+		}
+		c.setEpoch(nil, RoleInfo{Role: RoleClosed, At: time.Now()})
+	}()
+	for {
+		ctx := c.life
+		if !joined {
+			ctx = joinCtx
+		}
+		b, err := c.elect(ctx, joined)
+		if err != nil {
+			if !joined {
+				c.joined <- err
+			}
+			return
+		}
+		c.setEpoch(b, b.info())
+		c.resubscribe(b)
+		if !lostAt.IsZero() {
+			d := time.Since(lostAt)
+			c.stats.lastFailover.Store(int64(d))
+			c.cfg.Logger.Info("cluster: failover complete", "name", c.cfg.Name, "took", d, "role", b.info().Role.String(), "term", b.info().Term)
+		}
+		if !joined {
+			joined = true
+			c.joined <- nil
+		}
+		switch b := b.(type) {
+		case *leader:
+			<-c.closing
+			b.shutdown()
+			return
+		case *follower:
+			select {
+			case <-c.closing:
+				b.conn.Close()
+				return
+			case <-b.conn.Done():
+				b.conn.Close()
+			case <-b.goodbye:
+				draining = append(draining, b)
+			}
+			lostAt = time.Now()
+			c.stats.failovers.Add(1)
+			c.setEpoch(nil, RoleInfo{Role: RoleElecting, At: lostAt})
+			c.cfg.Logger.Info("cluster: leader lost", "name", c.cfg.Name, "term", b.welcome.Term, "cause", b.cause())
+			draining = slices.DeleteFunc(draining, func(f *follower) bool {
+				if f.conn.Err() != nil {
+					f.conn.Close()
+					return true
+				}
+				return false
+			})
+		}
+	}
+}
+
+// resubscribe establishes every live local subscription on b, until b's connection
+// ends (the next backend will do it) or the Client closes.
+func (c *Client) resubscribe(b backend) {
+	for _, lt := range c.reg.snapshot() {
+		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
+		stop := context.AfterFunc(c.life, cancel)
+		err := c.reg.ensure(ctx, lt, b)
+		stop()
+		cancel()
+		if err != nil {
+			c.cfg.Logger.Warn("cluster: re-subscribing failed", "topic", lt.name, "err", err)
+		}
+		if b.context().Err() != nil || c.life.Err() != nil {
+			return
+		}
+	}
+}
+
+// elect tries, until it succeeds or ctx or Close ends it, to lead or to follow.
+func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
+	backoff := time.Duration(0)
+	var lastLead, lastFollow error
+	var avoidLockUntil time.Time
+	for attempt := 0; ; attempt++ {
+		select {
+		case <-c.closing:
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, c.diagnose(ctx.Err(), lastLead, lastFollow)
+		default:
+		}
+		if c.cfg.Lead != LeadNever && time.Now().After(avoidLockUntil) {
+			won, err := c.lk.TryLock()
+			switch {
+			case err != nil:
+				lastLead = fmt.Errorf("taking the lock %s: %w", c.cfg.lockPath, err)
+				if errors.Is(err, lock.ErrReplaced) {
+					break
+				}
+				return nil, lastLead
+			case won:
+				l, err := c.startLeader(ctx)
+				if err == nil {
+					return l, nil
+				}
+				lastLead = err
+				c.cfg.Logger.Warn("cluster: could not lead; releasing the lock", "name", c.cfg.Name, "err", err)
+				avoidLockUntil = time.Now().Add(serviceBackoff)
+			default:
+				lastLead = nil
+			}
+		}
+		if c.cfg.Lead != LeadAlways {
+			f, err := c.follow(ctx)
+			if err == nil {
+				return f, nil
+			}
+			lastFollow = err
+			// A Leader that refuses us will refuse again: fail Join at once. After Join,
+			// keep trying (the next Leader may be configured differently) at a slow pace.
+			if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrProtocol) {
+				if !joined {
+					return nil, err
+				}
+				backoff = maxBackoff
+			}
+		}
+		// The first couple of attempts are immediate; then back off with jitter.
+		if attempt >= 2 {
+			if backoff == 0 {
+				backoff = minBackoff
+			} else if backoff < maxBackoff {
+				backoff *= 2
+			}
+			d := backoff/2 + rand.N(backoff/2+1)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-c.closing:
+				t.Stop()
+				return nil, ErrClosed
+			case <-ctx.Done():
+				t.Stop()
+				return nil, c.diagnose(ctx.Err(), lastLead, lastFollow)
+			}
+		}
+	}
+}
+
+// diagnose builds Join's error when no role could be taken in time.
+func (c *Client) diagnose(cause, lastLead, lastFollow error) error {
+	msg := fmt.Sprintf("cluster %q in %s: ", c.cfg.Name, c.cfg.Dir)
+	if o, err := lock.ReadOwner(c.cfg.lockPath); err == nil && o.PID != 0 {
+		msg += fmt.Sprintf("lock %s last taken by %v; ", c.cfg.lockPath, o)
+	}
+	switch c.cfg.Lead {
+	case LeadAlways:
+		msg += "this member is the designated leader (LeadAlways) and the lock stayed held by another process"
+	case LeadNever:
+		msg += "this member never leads (LeadNever) and no leader answered"
+	default:
+		msg += "could neither take the lock nor reach its holder"
+	}
+	if lastLead != nil {
+		msg += fmt.Sprintf("; leading failed: %v", lastLead)
+	}
+	if lastFollow != nil {
+		msg += fmt.Sprintf("; following failed: %v", lastFollow)
+	}
+	return fmt.Errorf("%w: %s (%w)", ErrNoLeader, msg, cause)
+}
