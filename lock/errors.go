@@ -1,0 +1,34 @@
+package lock
+
+import (
+	"errors"
+)
+
+// ErrReplaced reports that the lock file was deleted, or its path made to name another file,
+// while a member was locking it or holding it. TryLock retries a few times before it returns
+// an error matching ErrReplaced; Verify returns one as soon as it sees the change.
+var ErrReplaced = errors.New("lock: lock file was deleted or replaced while locked")
+
+// ErrUnsafeDir reports that a directory fails PrepareDir's checks: it is a symbolic link, not
+// a directory, owned by another user, or writable by others (or by its group, unless allowed).
+var ErrUnsafeDir = errors.New("lock: unsafe directory")
+
+// IsUnsupported reports whether err says that file locking is not available here: flock
+// returned ENOLCK, EOPNOTSUPP, ENOTSUP or ENOSYS, the platform has no locking (an error
+// matching errors.ErrUnsupported), or gofrs/flock's locks on this platform cannot carry the
+// election (AIX, Solaris). A caller that sees it should elect by other means (TCP). It does
+// not block and reports false for nil.
+func IsUnsupported(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, errors.ErrUnsupported) {
+		return true
+	}
+	for _, e := range unsupportedErrnos {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
