@@ -1,0 +1,344 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// writeTimeout bounds one write to a client: a client that stops reading for that long
+// is disconnected, so that Push and Close never hang on it.
+const writeTimeout = 10 * time.Second
+
+// Server is the upstream server: it counts its connections, answers invokes and
+// delivers messages to the connections subscribed to their topic. Its methods are safe
+// for concurrent use.
+type Server struct {
+	ln   net.Listener
+	done chan struct{} // closed by Close
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every change of conns or subscriptions
+	conns    map[*serverConn]struct{}
+	maxConns int
+	total    int
+	inflight int
+	counter  int
+	closed   bool
+}
+
+// serverConn is one client connection on the server.
+type serverConn struct {
+	c      net.Conn
+	ctx    context.Context // ends when the connection does
+	cancel context.CancelFunc
+	wmu    sync.Mutex          // serialises writes
+	subs   map[string]struct{} // guarded by Server.mu
+}
+
+// Start listens on addr ("127.0.0.1:0" picks a free port) with network "tcp" and serves
+// until Close.
+func Start(addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		ln:      ln,
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		conns:   map[*serverConn]struct{}{},
+	}
+	s.wg.Add(1)
+	go s.accept()
+	return s, nil
+}
+
+// Addr returns the host:port the server actually listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// notifyLocked wakes WaitSubscribers. s.mu must be held.
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *Server) accept() {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			// A transient failure (out of descriptors, say): retry, backing off.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-s.done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		backoff = 0
+		ctx, cancel := context.WithCancel(context.Background())
+		sc := &serverConn{c: c, ctx: ctx, cancel: cancel, subs: map[string]struct{}{}}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			cancel()
+			c.Close()
+			return
+		}
+		s.conns[sc] = struct{}{}
+		s.total++
+		s.maxConns = max(s.maxConns, len(s.conns))
+		s.notifyLocked()
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serve(sc)
+	}
+}
+
+// serve reads sc's packets until it breaks, then closes it and waits for its invokes.
+func (s *Server) serve(sc *serverConn) {
+	defer s.wg.Done()
+	var calls sync.WaitGroup
+	defer func() {
+		sc.cancel() // ends running sleeps
+		sc.c.Close()
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.notifyLocked()
+		s.mu.Unlock()
+		calls.Wait()
+	}()
+	br := bufio.NewReader(sc.c)
+	for {
+		p, err := decode(br)
+		if err != nil {
+			return
+		}
+		switch p.Op {
+		case opInvoke:
+			calls.Add(1)
+			go func() {
+				defer calls.Done()
+				data, err := s.invoke(sc.ctx, p.Method, p.Data)
+				sc.reply(p.ID, data, err)
+			}()
+		case opSubscribe, opUnsubscribe:
+			s.mu.Lock()
+			if p.Op == opSubscribe {
+				sc.subs[p.Topic] = struct{}{}
+			} else {
+				delete(sc.subs, p.Topic)
+			}
+			s.notifyLocked()
+			s.mu.Unlock()
+			sc.reply(p.ID, nil, nil)
+		case opPublish:
+			s.Push(p.Topic, p.Data)
+			sc.reply(p.ID, nil, nil)
+		default:
+			sc.reply(p.ID, nil, fmt.Errorf("unknown operation %q", p.Op))
+		}
+	}
+}
+
+// reply sends the response to request id; a request without an id gets none.
+func (sc *serverConn) reply(id uint64, data []byte, err error) {
+	if id == 0 {
+		return
+	}
+	r := packet{Op: opResponse, ID: id, Data: data}
+	if err != nil {
+		r.Err = err.Error()
+	}
+	b, err := encode(r)
+	if err != nil {
+		b, _ = encode(packet{Op: opResponse, ID: id, Err: err.Error()})
+	}
+	_ = sc.write(b)
+}
+
+// write sends one framed packet. A failed write closes the connection: its framing
+// may be broken, and its reader then ends.
+func (sc *serverConn) write(b []byte) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	_ = sc.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := sc.c.Write(b); err != nil {
+		sc.c.Close()
+		return err
+	}
+	return nil
+}
+
+func (s *Server) invoke(ctx context.Context, method string, data []byte) ([]byte, error) {
+	switch method {
+	case "echo":
+		return data, nil
+	case "conns":
+		return []byte(strconv.Itoa(s.Conns())), nil
+	case "incr":
+		s.mu.Lock()
+		s.counter++
+		n := s.counter
+		s.mu.Unlock()
+		return []byte(strconv.Itoa(n)), nil
+	case "sleep":
+		d, err := time.ParseDuration(string(data))
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		s.inflight++
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			s.inflight--
+			s.mu.Unlock()
+		}()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return []byte("ok"), nil
+		case <-ctx.Done():
+			return nil, errors.New("connection closed")
+		}
+	case "fail":
+		return nil, errors.New("failed on purpose: " + string(data))
+	}
+	return nil, fmt.Errorf("unknown method %s", method)
+}
+
+// Conns returns the number of connections open right now.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// MaxConns returns the most connections that were ever open at once.
+func (s *Server) MaxConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxConns
+}
+
+// TotalConns returns the number of connections accepted since Start.
+func (s *Server) TotalConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.total
+}
+
+// Inflight returns the number of "sleep" invokes running right now, so that a test can
+// tell that a call has reached the server.
+func (s *Server) Inflight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight
+}
+
+// Subscribers returns how many connections are subscribed to topic right now.
+func (s *Server) Subscribers(topic string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subscribersLocked(topic)
+}
+
+func (s *Server) subscribersLocked(topic string) int {
+	n := 0
+	for sc := range s.conns {
+		if _, ok := sc.subs[topic]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitSubscribers blocks until Subscribers(topic) >= n. It returns an error wrapping
+// ctx.Err() if ctx ends first, and an error if the server is closed.
+func (s *Server) WaitSubscribers(ctx context.Context, topic string, n int) error {
+	for {
+		s.mu.Lock()
+		have, closed, ch := s.subscribersLocked(topic), s.closed, s.changed
+		s.mu.Unlock()
+		if have >= n {
+			return nil
+		}
+		if closed {
+			return fmt.Errorf("upstream: server closed with %d subscribers to %q, waiting for %d", have, topic, n)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("upstream: %d subscribers to %q, waiting for %d: %w", have, topic, n, ctx.Err())
+		}
+	}
+}
+
+// Push publishes data to topic from the server side: it sends a message to every
+// connection subscribed to topic and returns how many it was written to. It returns
+// once the writes are done; per connection, messages keep the order of the Push calls.
+func (s *Server) Push(topic string, data []byte) int {
+	b, err := encode(packet{Op: opMessage, Topic: topic, Data: data})
+	if err != nil {
+		return 0
+	}
+	s.mu.Lock()
+	var to []*serverConn
+	for sc := range s.conns {
+		if _, ok := sc.subs[topic]; ok {
+			to = append(to, sc)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, sc := range to {
+		if sc.write(b) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Close stops listening, closes every connection and waits for the server's goroutines.
+// It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.notifyLocked()
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	err := s.ln.Close()
+	for _, sc := range conns {
+		sc.cancel()
+		sc.c.Close()
+	}
+	s.wg.Wait()
+	return err
+}
