@@ -171,10 +171,10 @@ func (c Config) validate() (*config, error) {
 	cfg.lockPath = filepath.Join(cfg.Dir, cfg.Name+".lock")
 	cfg.sockPath = filepath.Join(cfg.Dir, cfg.Name+".sock")
 	if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
-		return nil, bad("Dir", "%v", err)
+		return nil, fmt.Errorf("%w: Dir: %w", ErrConfig, err)
 	}
 	if err := lock.PrepareDir(cfg.Dir, true, len(cfg.AllowGIDs) > 0); err != nil {
-		return nil, bad("Dir", "%v", err)
+		return nil, fmt.Errorf("%w: Dir: %w", ErrConfig, err)
 	}
 	if kind, network, err := lock.FSKind(cfg.Dir); err == nil && network {
 		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts while the socket is not; use a local directory", cfg.Dir, kind)

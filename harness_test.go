@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/frame"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
@@ -30,6 +32,31 @@ const roleEnv = "CLUSTER_TEST_ROLE"
 
 var roles = map[string]func() int{
 	"member": memberMain,
+	"hello":  helloMain,
+}
+
+// helloMain dials the socket in CT_SOCK, sends a hello for cluster CT_NAME and prints
+// the kind and, for an error frame, the code and message of the answer.
+func helloMain() int {
+	c, err := net.Dial("unix", os.Getenv("CT_SOCK"))
+	if err != nil {
+		fmt.Println("dial-error", err)
+		return 0
+	}
+	defer c.Close()
+	h := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(os.Getpid()), MaxBody: 1 << 20, Name: os.Getenv("CT_NAME")}
+	if err := frame.Write(c, frame.Header{Kind: frame.KindHello}, nil, h.Append(nil)); err != nil {
+		fmt.Println("write-error", err)
+		return 0
+	}
+	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+	f, err := frame.Read(c, frame.Limits{})
+	if err != nil {
+		fmt.Println("read-error", err)
+		return 0
+	}
+	fmt.Println(f.Kind, string(f.Meta), string(f.Body))
+	return 0
 }
 
 var (

@@ -4,11 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster"
 )
 
 // startMembers starts n members one after another and waits until all joined.
@@ -297,7 +304,7 @@ func TestProcessLeadPolicies(t *testing.T) {
 	a := tc.start(memberOpts{lead: "always", joinTimeout: "300ms"})
 	e = a.wait(func(e event) bool { return e.Ev == "join-error" || e.Ev == "joined" })
 	require.Equal(t, "join-error", e.Ev)
-	require.Contains(t, e.Err, fmt.Sprintf("pid=%d", auto.pid))
+	require.Contains(t, e.Err, fmt.Sprintf("pid %d", auto.pid))
 
 	// A never-lead member follows; a designated one waits and takes over on handover.
 	never := tc.start(memberOpts{lead: "never"})
@@ -318,3 +325,73 @@ func TestProcessLeadPolicies(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// runHello runs the "hello" role with extra process attributes and returns its output.
+func runHello(t *testing.T, sock, name string, attr *syscall.SysProcAttr) string {
+	t.Helper()
+	usedMu.Lock()
+	usedRoles["hello"] = true
+	usedMu.Unlock()
+	bin := os.Args[0]
+	if attr != nil {
+		bin = publicCopy(t, bin) // go test's build dir is private to its user
+	}
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=hello", "CT_SOCK="+sock, "CT_NAME="+name)
+	cmd.SysProcAttr = attr
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	return strings.TrimSpace(string(out))
+}
+
+func TestPeerCredentialsAdmitOnlyTheSameUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a peer as another uid (uid 65534)")
+	}
+	tc := newTestCluster(t)
+	// Make the socket reachable by anyone at the filesystem level, so that the only
+	// gate left is SO_PEERCRED.
+	c := tc.join(func(c *cluster.Config) { c.SocketMode = 0o666 })
+	require.NoError(t, os.Chmod(tc.dir, 0o711))
+	sock := filepath.Join(tc.dir, tc.name+".sock")
+
+	other := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out := runHello(t, sock, tc.name, other)
+	require.True(t, strings.HasPrefix(out, "error unauthorized"), "uid 65534 was not refused: %q", out)
+	require.Contains(t, out, "uid=65534")
+	require.Contains(t, out, "AllowUIDs")
+
+	// The same uid is welcome.
+	require.True(t, strings.HasPrefix(runHello(t, sock, tc.name, nil), "welcome"))
+	_ = c
+}
+
+func TestPeerCredentialsAllowList(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a peer as another uid (uid 65534)")
+	}
+	tc := newTestCluster(t)
+	tc.join(func(c *cluster.Config) {
+		c.SocketMode = 0o666
+		c.AllowUIDs = []uint32{65534}
+	})
+	require.NoError(t, os.Chmod(tc.dir, 0o711))
+	sock := filepath.Join(tc.dir, tc.name+".sock")
+	out := runHello(t, sock, tc.name, &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}})
+	require.True(t, strings.HasPrefix(out, "welcome"), "an allowed uid was refused: %q", out)
+}
+
+// publicCopy copies the file at path into a fresh world-readable directory so that a
+// process of another uid can execute it.
+func publicCopy(t *testing.T, path string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	dst := filepath.Join(dir, "member")
+	require.NoError(t, os.WriteFile(dst, b, 0o755))
+	return dst
+}

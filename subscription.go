@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 )
@@ -205,6 +206,11 @@ func (r *registry) remove(ctx context.Context, s *Subscription) error {
 		lt.activeOn = nil
 		if b == r.c.currentBackend() {
 			err = b.unsubscribe(ctx, lt.name)
+			// A lost Leader took its subscription table with it, and the next Leader
+			// never hears of this topic: nothing is left to undo.
+			if errors.Is(err, errNotSent) || errors.Is(err, ErrLeaderLost) || errors.Is(err, ErrClosed) {
+				err = nil
+			}
 		}
 	}
 	r.mu.Lock()

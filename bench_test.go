@@ -1,0 +1,137 @@
+package cluster_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/cluster-client-go/cluster"
+)
+
+// echoService answers every Invoke with its request: the cost measured is the
+// library's, not a server's.
+type echoService struct{ *broker }
+
+func (echoService) Invoke(_ context.Context, _ string, req cluster.Message) (cluster.Message, error) {
+	return req, nil
+}
+
+func benchCluster(b *testing.B) (leader, follower *cluster.Client) {
+	b.Helper()
+	dir, err := os.MkdirTemp("", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	join := func() *cluster.Client {
+		c, err := cluster.Join(context.Background(), cluster.Config{
+			Name: "bench", Dir: dir, Logger: slog.New(slog.DiscardHandler),
+			NewService: func(context.Context) (cluster.Service, error) {
+				return echoService{broker: &broker{subs: map[string]map[int]func(cluster.Message){}}}, nil
+			},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	return join(), join()
+}
+
+// BenchmarkInvokeFollower is one Follower -> Leader -> Follower round trip, 64 bytes.
+func BenchmarkInvokeFollower(b *testing.B) {
+	_, f := benchCluster(b)
+	req := cluster.Message{Data: make([]byte, 64)}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := f.Invoke(ctx, "echo", req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkInvokeFollowerParallel is the Follower's throughput with many callers.
+func BenchmarkInvokeFollowerParallel(b *testing.B) {
+	_, f := benchCluster(b)
+	req := cluster.Message{Data: make([]byte, 64)}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := f.Invoke(ctx, "echo", req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkInvokeLeaderLocal is the Leader's own call: straight to the Service.
+func BenchmarkInvokeLeaderLocal(b *testing.B) {
+	l, _ := benchCluster(b)
+	req := cluster.Message{Data: make([]byte, 64)}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := l.Invoke(ctx, "echo", req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnixPingPongFloor is the physical floor: a raw 64-byte round trip over a
+// Unix socket between two goroutines, no framing, no library.
+func BenchmarkUnixPingPongFloor(b *testing.B) {
+	dir, err := os.MkdirTemp("", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.Close()
+	wg.Wait()
+}
