@@ -7,8 +7,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cluster-client-go/cluster"
 )
@@ -134,4 +136,61 @@ func BenchmarkUnixPingPongFloor(b *testing.B) {
 	}
 	c.Close()
 	wg.Wait()
+}
+
+// BenchmarkFailoverSIGKILL measures crash failover with real processes: a Leader and
+// two Followers; SIGKILL the Leader; time until the new Leader serves (its role change)
+// and until the other survivor follows it. Run with -benchtime=20x or more; the figures
+// are reported as p50/p99/max metrics.
+func BenchmarkFailoverSIGKILL(b *testing.B) {
+	var leadTimes, followTimes []time.Duration
+	for range b.N {
+		tc := newTestCluster(b)
+		ps := tc.startMembers(3)
+		var leader *proc
+		var rest []*proc
+		for _, p := range ps {
+			if p.joined().Role == "leader" {
+				leader = p
+			} else {
+				rest = append(rest, p)
+			}
+		}
+		if leader == nil {
+			b.Fatal("no leader")
+		}
+		killedAt := time.Now()
+		leader.kill()
+		var newLeader *proc
+		var newTerm uint64
+		for _, p := range rest {
+			e := p.wait(func(e event) bool { return e.Ev == "role" && e.Term > 1 })
+			if e.Role == "leader" {
+				newLeader, newTerm = p, e.Term
+				leadTimes = append(leadTimes, time.Unix(0, e.At).Sub(killedAt))
+			}
+		}
+		for _, p := range rest {
+			if p != newLeader {
+				e := p.wait(func(e event) bool { return e.Ev == "role" && e.Role == "follower" && e.Term == newTerm })
+				followTimes = append(followTimes, time.Unix(0, e.At).Sub(killedAt))
+			}
+		}
+		for _, p := range rest {
+			p.kill()
+		}
+	}
+	reportDurations(b, "lead", leadTimes)
+	reportDurations(b, "follow", followTimes)
+}
+
+func reportDurations(b *testing.B, name string, ds []time.Duration) {
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	at := func(q float64) float64 { return float64(ds[int(q*float64(len(ds)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(at(0.5), name+"-p50-ms")
+	b.ReportMetric(at(0.99), name+"-p99-ms")
+	b.ReportMetric(at(1), name+"-max-ms")
 }

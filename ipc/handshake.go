@@ -20,10 +20,13 @@ func ClientHandshake(nc net.Conn, hello frame.Hello, deadline time.Time) (frame.
 		return frame.Welcome{}, err
 	}
 	defer nc.SetDeadline(time.Time{})
-	if err := frame.Write(nc, frame.Header{Kind: frame.KindHello}, nil, hello.Append(nil)); err != nil {
-		return frame.Welcome{}, fmt.Errorf("sending hello: %w", err)
-	}
+	// A Leader that refuses us (peer credentials) may answer and close before our hello
+	// is written: the write then fails (EPIPE) but the reason is readable, so read it.
+	werr := frame.Write(nc, frame.Header{Kind: frame.KindHello}, nil, hello.Append(nil))
 	f, err := frame.Read(nc, handshakeLimits)
+	if err != nil && werr != nil {
+		return frame.Welcome{}, fmt.Errorf("sending hello: %w", werr)
+	}
 	if err != nil {
 		if errors.Is(err, frame.ErrProtocol) || errors.Is(err, frame.ErrTooLarge) {
 			return frame.Welcome{}, fmt.Errorf("%w: %w", ErrNotOurProtocol, err)
