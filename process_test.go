@@ -41,12 +41,7 @@ func leaderOf(t *testing.T, ps []*proc) (*proc, event) {
 	for i, p := range ps {
 		roles[i] = p.role()
 		if roles[i].Role == "leader" {
-			require.Nil(t, leader, "two leaders: pid %d and pid %d", p.pid, func() int {
-				if leader != nil {
-					return leader.pid
-				}
-				return 0
-			}())
+			require.Nil(t, leader, "two leaders: pid %d and pid %d", p.pid, leaderPID(leader))
 			leader, lr = p, roles[i]
 		}
 	}
@@ -60,6 +55,45 @@ func leaderOf(t *testing.T, ps []*proc) (*proc, event) {
 		require.Equal(t, leader.pid, r.LeaderPID, "member %d follows another leader", ps[i].pid)
 	}
 	return leader, lr
+}
+
+// awaitNewLeader waits until one member leads in a term after oldTerm and every other
+// member follows it in that term. Two members reporting leadership at once fails at once.
+func awaitNewLeader(t *testing.T, ps []*proc, oldTerm uint64) (*proc, event) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		var leader *proc
+		var lr event
+		roles := make([]event, len(ps))
+		for i, p := range ps {
+			roles[i] = p.role()
+			if roles[i].Role == "leader" {
+				require.Nil(t, leader, "two leaders at once: pids %d and %d", p.pid, leaderPID(leader))
+				leader, lr = p, roles[i]
+			}
+		}
+		settled := leader != nil && lr.Term > oldTerm
+		for i, r := range roles {
+			if settled && ps[i] != leader && (r.Role != "follower" || r.Term != lr.Term || r.LeaderPID != leader.pid) {
+				settled = false
+			}
+		}
+		if settled {
+			return leader, lr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new leader after term %d: %+v", oldTerm, roles)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func leaderPID(p *proc) int {
+	if p == nil {
+		return 0
+	}
+	return p.pid
 }
 
 func without(ps []*proc, gone *proc) []*proc {
@@ -192,16 +226,7 @@ func TestProcessFailoverAfterSIGKILL(t *testing.T) {
 	require.Equal(t, "leader-lost", r.Kind, r.Err)
 
 	// A new Leader with a higher term; the others follow it.
-	require.Eventually(t, func() bool {
-		for _, p := range rest {
-			if p.role().Role == "electing" {
-				return false
-			}
-		}
-		return true
-	}, waitTimeout, time.Millisecond)
-	_, nr := leaderOf(t, rest)
-	require.Greater(t, nr.Term, lr.Term)
+	awaitNewLeader(t, rest, lr.Term)
 
 	// The subscription was re-established upstream on the new Leader's connection, and
 	// the dead Leader's connection is gone: still exactly one.
@@ -254,16 +279,7 @@ func TestProcessGracefulHandover(t *testing.T) {
 	require.Empty(t, r.Err)
 	require.Equal(t, "ok", r.Data)
 
-	require.Eventually(t, func() bool {
-		for _, p := range rest {
-			if p.role().Role == "electing" {
-				return false
-			}
-		}
-		return true
-	}, waitTimeout, time.Millisecond)
-	_, nr := leaderOf(t, rest)
-	require.Greater(t, nr.Term, lr.Term)
+	awaitNewLeader(t, rest, lr.Term)
 	require.NoError(t, tc.upstream.WaitSubscribers(ctx, "t", 1))
 	tc.upstream.Push("t", []byte("x"))
 	rest[0].waitMessage(sub, "x")
@@ -321,7 +337,7 @@ func TestProcessLeadPolicies(t *testing.T) {
 	always.kill()
 	r = never.do(command{Op: "invoke", Name: "echo", Data: "hi", Timeout: "300ms"})
 	require.Contains(t, []string{"timeout", "leader-lost"}, r.Kind, r.Err)
-	require.Equal(t, "electing", never.role().Role)
+	require.Eventually(t, func() bool { return never.role().Role == "electing" }, waitTimeout, time.Millisecond)
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
