@@ -322,9 +322,28 @@ func hello(name string) []byte {
 	return frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, h.Append(nil))
 }
 
+// syncBuffer is a log sink tests can read while the Leader writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 	tc := newTestCluster(t)
-	tc.join(nil)
+	var logs syncBuffer
+	tc.join(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	healthy := tc.join(nil)
 	healthySub := make(chan string, 10)
 	_, err := healthy.Subscribe(context.Background(), "t", func(m cluster.Message) { healthySub <- string(m.Data) })
@@ -340,27 +359,29 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 		send func(c net.Conn)
 		// wantCode is the error frame the Leader should answer with ("" = just closes).
 		wantCode string
+		// wantLog is what the Leader's log must say about it.
+		wantLog string
 	}{
-		{"garbage before hello", func(c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64))) }, frame.CodeVersion},
-		{"wrong version", func(c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion},
-		{"wrong cluster name", func(c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol},
-		{"half a hello", func(c net.Conn) { c.Write(hello(tc.name)[:30]) }, ""},
-		{"oversized length after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, ""},
-		{"garbage after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, ""},
+		{"garbage before hello", func(c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64))) }, frame.CodeVersion, "version"},
+		{"wrong version", func(c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion, "received protocol version 99"},
+		{"wrong cluster name", func(c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol, `not \"other\"`},
+		{"half a hello", func(c net.Conn) { c.Write(hello(tc.name)[:30]) }, "", "handshake failed"},
+		{"oversized length after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, "", "too large"},
+		{"garbage after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, "", "version 255"},
 		{"half a frame after hello", func(c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), make([]byte, 100))[:50])
-		}, ""},
+		}, "", "connection ended inside a invoke frame"},
 		{"response frame from a follower", func(c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 1}, nil, nil))
-		}, ""},
+		}, "", "never sent"},
 		{"too many fds declared", func(c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), nil)
 			b[3] = 200
 			c.Write(b)
-		}, ""},
+		}, "", "200"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tc.rawConn()
@@ -384,6 +405,11 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 				last := frames[len(frames)-1]
 				require.Equal(t, frame.KindError, last.Kind)
 				require.Equal(t, tt.wantCode, string(last.Meta), string(last.Body))
+			}
+			// The Leader logged why it dropped the peer.
+			if tt.wantLog != "" {
+				require.Eventually(t, func() bool { return strings.Contains(logs.String(), tt.wantLog) }, waitTimeout, time.Millisecond,
+					"the leader's log does not say %q:\n%s", tt.wantLog, logs.String())
 			}
 			// The healthy Follower is still served, calls and subscriptions alike.
 			out, err := healthy.Invoke(context.Background(), "echo", cluster.Message{Data: []byte(tt.name)})

@@ -411,3 +411,44 @@ func publicCopy(t *testing.T, path string) string {
 	require.NoError(t, os.WriteFile(dst, b, 0o755))
 	return dst
 }
+
+// A stopped Leader keeps its lock: nobody may take over (never two Leaders). Followers
+// time out, drop the silent connection after the heartbeat timeout, and reconnect to the
+// same Leader, in the same term, when it resumes.
+func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
+	tc := newTestCluster(t)
+	l := tc.start(memberOpts{heartbeat: "100ms"})
+	require.Equal(t, "leader", l.joined().Role)
+	f := tc.start(memberOpts{heartbeat: "100ms"})
+	fj := f.joined()
+	require.Equal(t, "follower", fj.Role)
+
+	require.NoError(t, l.cmd.Process.Signal(syscall.SIGSTOP))
+	stopped := true
+	defer func() {
+		if stopped {
+			_ = l.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	// The call ends, by its deadline or by the heartbeat dropping the connection.
+	r := f.do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "150ms"})
+	require.Contains(t, []string{"timeout", "leader-lost"}, r.Kind, r.Err)
+	// The heartbeat timeout (3 x 100ms) drops the silent connection.
+	f.wait(func(e event) bool { return e.Ev == "role" && e.Role == "electing" })
+	// Give the Follower ample opportunity to (wrongly) take over; it must not.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		require.NotEqual(t, "leader", f.role().Role, "a follower took over from a stopped leader that still holds the lock")
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	require.NoError(t, l.cmd.Process.Signal(syscall.SIGCONT))
+	stopped = false
+	require.Eventually(t, func() bool {
+		r := f.role()
+		return r.Role == "follower" && r.Term == fj.Term && r.LeaderPID == l.pid
+	}, waitTimeout, time.Millisecond)
+	r = f.do(command{Op: "invoke", Name: "echo", Data: "back"})
+	require.Empty(t, r.Err)
+	require.Equal(t, "back", r.Data)
+}

@@ -373,6 +373,11 @@ func (c *Conn) read() error {
 			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
 		}
 		c.lastRecv.Store(time.Now().UnixNano())
+		// Answers to abandoned calls are dropped quietly, but an answer to an id this
+		// side never issued is a broken or hostile peer.
+		if (h.Kind == frame.KindResponse || h.Kind == frame.KindError && h.ID != 0) && h.ID > c.nextID.Load() {
+			return fmt.Errorf("%w: %s for request %d, which was never sent", frame.ErrProtocol, h.Kind, h.ID)
+		}
 		switch h.Kind {
 		case frame.KindResponse:
 			c.complete(h.ID, result{f: f})

@@ -174,6 +174,7 @@ func TestProtocolViolationsCloseTheConn(t *testing.T) {
 			return b
 		}(), frame.ErrProtocol},
 		{"hello after the handshake", frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, nil), frame.ErrProtocol},
+		{"answer to a request never sent", frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 7}, nil, nil), frame.ErrProtocol},
 		{"truncated frame", frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("method"), []byte("body"))[:30], frame.ErrProtocol},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
