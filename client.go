@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
-	"github.com/cluster-client-go/cluster/lock"
 )
 
 // Role is a member's current part in the cluster.
@@ -83,7 +82,8 @@ type epoch struct {
 // Follower over the socket to the Leader.
 type Client struct {
 	cfg *config
-	lk  *lock.Lock
+	tr  transport                     // owned by the run goroutine
+	trk atomic.Pointer[transportKind] // what Stats reports
 
 	ep      atomic.Pointer[epoch]
 	epochMu sync.Mutex // serialises epoch replacement (the run loop and Close)
@@ -123,11 +123,11 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		cfg:     vc,
-		lk:      lock.New(vc.lockPath),
 		closing: make(chan struct{}),
 		runDone: make(chan struct{}),
 		joined:  make(chan error, 1),
 	}
+	c.setTransport(vc.transport, vc.transportWhy)
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.reg = registry{c: c, topics: make(map[string]*localTopic)}
 	c.ep.Store(&epoch{changed: make(chan struct{}), role: RoleInfo{Role: RoleElecting, At: time.Now()}})
@@ -349,8 +349,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message)) 
 type Stats struct {
 	RoleInfo
 	Name, Dir string
-	// Transport is "unix" (the only transport of this version).
-	Transport string
+	// Transport is "unix" or "tcp", TransportReason why it was chosen, and Address
+	// where the Leader is reached (socket path, or 127.0.0.1:port).
+	Transport, TransportReason, Address string
 	// Followers is the number of connected Followers (on the Leader).
 	Followers int
 	// Subscriptions is the number of live local Subscriptions.
@@ -371,20 +372,22 @@ type Stats struct {
 // Stats returns a snapshot of the member's role and counters.
 func (c *Client) Stats() Stats {
 	return Stats{
-		RoleInfo:      c.Role(),
-		Name:          c.cfg.Name,
-		Dir:           c.cfg.Dir,
-		Transport:     "unix",
-		Followers:     int(c.stats.followers.Load()),
-		Subscriptions: c.reg.count(),
-		Calls:         c.stats.calls.Load(),
-		Errors:        c.stats.errors.Load(),
-		Timeouts:      c.stats.timeouts.Load(),
-		LeaderLost:    c.stats.leaderLost.Load(),
-		Reconnects:    c.stats.reconnects.Load(),
-		Failovers:     c.stats.failovers.Load(),
-		LastFailover:  time.Duration(c.stats.lastFailover.Load()),
-		Dropped:       c.reg.dropped.Load(),
+		RoleInfo:        c.Role(),
+		Name:            c.cfg.Name,
+		Dir:             c.cfg.Dir,
+		Transport:       c.trk.Load().kind,
+		TransportReason: c.trk.Load().why,
+		Address:         c.trk.Load().where,
+		Followers:       int(c.stats.followers.Load()),
+		Subscriptions:   c.reg.count(),
+		Calls:           c.stats.calls.Load(),
+		Errors:          c.stats.errors.Load(),
+		Timeouts:        c.stats.timeouts.Load(),
+		LeaderLost:      c.stats.leaderLost.Load(),
+		Reconnects:      c.stats.reconnects.Load(),
+		Failovers:       c.stats.failovers.Load(),
+		LastFailover:    time.Duration(c.stats.lastFailover.Load()),
+		Dropped:         c.reg.dropped.Load(),
 	}
 }
 
@@ -416,3 +419,13 @@ func (c *Client) Close() error {
 }
 
 func pid() int { return os.Getpid() }
+
+type transportKind struct{ kind, why, where string }
+
+// setTransport installs the transport (run goroutine only, or Join before it starts)
+// and logs the choice once.
+func (c *Client) setTransport(t Transport, why string) {
+	c.tr = newTransport(t, c.cfg)
+	c.trk.Store(&transportKind{kind: c.tr.kind(), why: why, where: c.tr.where()})
+	c.cfg.Logger.Info("cluster: transport", "name", c.cfg.Name, "transport", c.tr.kind(), "why", why, "address", c.tr.where())
+}

@@ -102,12 +102,19 @@ type Config struct {
 	// own (never on a connection goroutine); the first call reports the role Join
 	// returned with.
 	OnRoleChange func(RoleInfo)
+	// Transport selects Unix sockets with flock, or loopback TCP with port competition.
+	// Default TransportAuto; the environment variable CLUSTER_TRANSPORT overrides it.
+	Transport Transport
+	// Port is the loopback port of the TCP transport. Default DefaultPort(Name).
+	Port int
 }
 
 // config is a validated Config with defaults applied.
 type config struct {
 	Config
 	lockPath, sockPath string
+	transport          Transport // the transport chosen at Join (Auto may still fall back)
+	transportWhy       string
 }
 
 func (c Config) validate() (*config, error) {
@@ -132,6 +139,12 @@ func (c Config) validate() (*config, error) {
 	}
 	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
 		return nil, bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return nil, bad("Port", "%d is not a TCP port", c.Port)
+	}
+	if c.Transport > TransportTCP {
+		return nil, bad("Transport", "unknown transport %d", c.Transport)
 	}
 	if c.SocketMode&^os.ModePerm != 0 {
 		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
@@ -168,10 +181,19 @@ func (c Config) validate() (*config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort(cfg.Name)
+	}
 	cfg.lockPath = filepath.Join(cfg.Dir, cfg.Name+".lock")
 	cfg.sockPath = filepath.Join(cfg.Dir, cfg.Name+".sock")
-	if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
-		return nil, fmt.Errorf("%w: Dir: %w", ErrConfig, err)
+	var err error
+	if cfg.transport, cfg.transportWhy, err = cfg.chooseTransport(); err != nil {
+		return nil, err
+	}
+	if cfg.transport == TransportUnix {
+		if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
+			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
+		}
 	}
 	if err := lock.PrepareDir(cfg.Dir, true, len(cfg.AllowGIDs) > 0); err != nil {
 		return nil, fmt.Errorf("%w: Dir: %w", ErrConfig, err)

@@ -24,7 +24,7 @@ type follower struct {
 
 // follow dials the Leader's socket and handshakes.
 func (c *Client) follow(ctx context.Context) (*follower, error) {
-	nc, err := ipc.DialUnix(ctx, c.cfg.sockPath)
+	nc, token, err := c.tr.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +32,7 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name}
+	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name, Token: token}
 	w, err := ipc.ClientHandshake(nc, hello, deadline)
 	if err != nil {
 		_ = nc.Close()
@@ -45,13 +45,13 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 		case errors.As(err, &fe):
 			return nil, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
 		case errors.Is(err, ipc.ErrNotOurProtocol):
-			return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.cfg.sockPath, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.tr.where(), err)
 		}
-		return nil, fmt.Errorf("handshake with the leader at %s: %w", c.cfg.sockPath, err)
+		return nil, fmt.Errorf("handshake with the leader at %s: %w", c.tr.where(), err)
 	}
 	if w.Name != c.cfg.Name {
 		_ = nc.Close()
-		return nil, fmt.Errorf("%w: %s serves cluster %q, not %q", ErrProtocol, c.cfg.sockPath, w.Name, c.cfg.Name)
+		return nil, fmt.Errorf("%w: %s serves cluster %q, not %q", ErrProtocol, c.tr.where(), w.Name, c.cfg.Name)
 	}
 	f := &follower{c: c, welcome: w, at: time.Now(), goodbye: make(chan struct{})}
 	opts := c.cfg.connOptions()

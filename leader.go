@@ -27,7 +27,8 @@ type leader struct {
 	svc    Service
 	ctx    context.Context // the term: cancelled at the end of shutdown's drain
 	cancel context.CancelFunc
-	ln     *ipc.Listener
+	ln     listener
+	tr     transport
 	policy ipc.PeerPolicy
 
 	calls gate // Service calls in progress, local and remote
@@ -41,8 +42,7 @@ type leader struct {
 }
 
 // startLeader runs right after the lock was won: build the Service, then listen.
-func (c *Client) startLeader(ctx context.Context) (*leader, error) {
-	term := c.lk.Term()
+func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) {
 	lctx, cancel := context.WithCancel(context.Background())
 	// Close, or the end of Join's ctx, while NewService runs aborts it.
 	stopLife := context.AfterFunc(c.life, cancel)
@@ -59,19 +59,20 @@ func (c *Client) startLeader(ctx context.Context) (*leader, error) {
 	}
 	if err != nil {
 		cancel()
-		_ = c.lk.Unlock()
+		c.tr.release()
 		return nil, fmt.Errorf("NewService (term %d): %w", term, err)
 	}
-	ln, err := ipc.ListenUnix(c.cfg.sockPath, c.cfg.SocketMode)
+	ln, err := c.tr.listen()
 	if err != nil {
 		_ = svc.Close()
 		cancel()
-		_ = c.lk.Unlock()
+		c.tr.release()
 		return nil, fmt.Errorf("leader (term %d): %w", term, err)
 	}
 	l := &leader{
-		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln,
-		policy:     ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !ipc.PeerCredSupported},
+		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln, tr: c.tr,
+		// Without peer credentials (TCP, or off Linux) the token or the 0700 Dir is the gate.
+		policy:     ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !c.tr.peerCredsKnown()},
 		conns:      make(map[*ipc.Conn]*peerConn),
 		topics:     make(map[string]*topic),
 		acceptDone: make(chan struct{}),
@@ -129,6 +130,9 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	hello, err := ipc.ServerHandshake(nc, time.Now().Add(handshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
 		if h.Name != l.c.cfg.Name {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
+		}
+		if err := l.tr.authorize(h.Token); err != nil {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
 		}
 		if l.calls.isClosed() {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
@@ -217,12 +221,7 @@ func (l *leader) shutdown() {
 		_ = pc.conn.Drain(ctx)
 	}
 	l.serveWG.Wait()
-	if err := l.ln.Unlink(); err != nil {
-		l.c.cfg.Logger.Warn("cluster: removing the socket", "err", err)
-	}
-	if err := l.c.lk.Unlock(); err != nil {
-		l.c.cfg.Logger.Warn("cluster: releasing the lock", "err", err)
-	}
+	l.tr.release()
 }
 
 // serviceErr maps a Service error to what the caller sees: the caller's own deadline is

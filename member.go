@@ -111,6 +111,7 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 	backoff := time.Duration(0)
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
+	refusals := 0
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -120,21 +121,30 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 		default:
 		}
 		if c.cfg.Lead != LeadNever && time.Now().After(avoidLockUntil) {
-			won, err := c.lk.TryLock()
+			won, term, err := c.tr.claim()
 			switch {
+			case err != nil && c.fallBack(err):
+				continue
 			case err != nil:
-				lastLead = fmt.Errorf("taking the lock %s: %w", c.cfg.lockPath, err)
+				lastLead = err
 				if errors.Is(err, lock.ErrReplaced) {
 					break
 				}
-				return nil, lastLead
+				if !joined {
+					return nil, lastLead
+				}
+				c.cfg.Logger.Warn("cluster: election failed; retrying", "name", c.cfg.Name, "err", err)
+				backoff = maxBackoff
 			case won:
-				l, err := c.startLeader(ctx)
+				l, err := c.startLeader(ctx, term)
 				if err == nil {
 					return l, nil
 				}
+				if c.fallBack(err) {
+					continue
+				}
 				lastLead = err
-				c.cfg.Logger.Warn("cluster: could not lead; releasing the lock", "name", c.cfg.Name, "err", err)
+				c.cfg.Logger.Warn("cluster: could not lead; released the claim", "name", c.cfg.Name, "err", err)
 				avoidLockUntil = time.Now().Add(serviceBackoff)
 			default:
 				lastLead = nil
@@ -145,14 +155,25 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 			if err == nil {
 				return f, nil
 			}
+			if c.fallBack(err) {
+				continue
+			}
 			lastFollow = err
-			// A Leader that refuses us will refuse again: fail Join at once. After Join,
-			// keep trying (the next Leader may be configured differently) at a slow pace.
+			// A Leader that refuses us will refuse again: fail Join at once (on TCP after
+			// a few tries: a token read just before a new Leader replaced it is refused
+			// once). After Join, keep trying (the next Leader may be configured
+			// differently) at a slow pace.
 			if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrProtocol) {
-				if !joined {
+				refusals++
+				if !joined && (c.tr.kind() != "tcp" || refusals >= 3 || errors.Is(err, ErrProtocol)) {
 					return nil, err
 				}
-				backoff = maxBackoff
+				backoff = max(backoff, minBackoff)
+				if joined {
+					backoff = maxBackoff
+				}
+			} else {
+				refusals = 0
 			}
 		}
 		// The first couple of attempts are immediate; then back off with jitter.
@@ -179,9 +200,9 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 
 // diagnose builds Join's error when no role could be taken in time.
 func (c *Client) diagnose(cause, lastLead, lastFollow error) error {
-	msg := fmt.Sprintf("cluster %q in %s: ", c.cfg.Name, c.cfg.Dir)
-	if o, err := lock.ReadOwner(c.cfg.lockPath); err == nil && o.PID != 0 {
-		msg += fmt.Sprintf("lock %s last taken by %v; ", c.cfg.lockPath, o)
+	msg := fmt.Sprintf("cluster %q in %s over %s: ", c.cfg.Name, c.cfg.Dir, c.tr.where())
+	if h := c.tr.holder(); h != "" {
+		msg += h + "; "
 	}
 	switch c.cfg.Lead {
 	case LeadAlways:
@@ -198,4 +219,14 @@ func (c *Client) diagnose(cause, lastLead, lastFollow error) error {
 		msg += fmt.Sprintf("; following failed: %v", lastFollow)
 	}
 	return fmt.Errorf("%w: %s (%w)", ErrNoLeader, msg, cause)
+}
+
+// fallBack switches an automatically chosen Unix transport to TCP when err shows that
+// flock on Dir or Unix sockets are unavailable here. It reports whether it switched.
+func (c *Client) fallBack(err error) bool {
+	if c.cfg.transport != TransportUnix || c.trk.Load().why != "default" || !unsupportedHere(err) {
+		return false
+	}
+	c.setTransport(TransportTCP, fmt.Sprintf("the Unix transport is unavailable here: %v", err))
+	return true
 }

@@ -1,0 +1,168 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+
+	"github.com/cluster-client-go/cluster/ipc"
+	"github.com/cluster-client-go/cluster/lock"
+)
+
+// Transport selects how members elect a Leader and reach it.
+type Transport uint8
+
+const (
+	// TransportAuto uses Unix sockets and flock, and falls back to TCP where flock on
+	// Dir or Unix sockets are unavailable (and on Windows). The default.
+	TransportAuto Transport = iota
+	// TransportUnix forces flock election and the Unix-socket transport.
+	TransportUnix
+	// TransportTCP forces election by port competition on 127.0.0.1:Port and the
+	// loopback TCP transport, authenticated by a token in <Dir>/<Name>.token.
+	TransportTCP
+)
+
+func (t Transport) String() string {
+	switch t {
+	case TransportAuto:
+		return "auto"
+	case TransportUnix:
+		return "unix"
+	case TransportTCP:
+		return "tcp"
+	}
+	return fmt.Sprintf("Transport(%d)", uint8(t))
+}
+
+// TransportEnv is the environment variable that overrides Config.Transport: "tcp",
+// "unix" or "auto". Every member of a cluster must use the same transport.
+const TransportEnv = "CLUSTER_TRANSPORT"
+
+// transport is one way to elect and connect. The run goroutine owns it.
+type transport interface {
+	kind() string
+	// claim tries once, without blocking, to become the Leader. won=false with a nil
+	// error means another member leads.
+	claim() (won bool, term uint64, err error)
+	// listen returns the Leader's listener after a won claim.
+	listen() (listener, error)
+	// release ends a won claim: the listener (if any) is closed first, so an old
+	// Leader never interferes with its successor.
+	release()
+	// dial connects to the Leader and returns the token to present in hello.
+	dial(ctx context.Context) (net.Conn, []byte, error)
+	// authorize checks a Follower's hello token (Leader side).
+	authorize(token []byte) error
+	// where names the rendezvous point for messages: the socket path or the address.
+	where() string
+	// holder describes the last Leader on record, for error messages ("" if unknown).
+	holder() string
+	// peerCredsKnown reports whether accepted connections carry peer credentials.
+	peerCredsKnown() bool
+}
+
+type listener interface {
+	Accept() (net.Conn, ipc.PeerCred, error)
+	Close() error
+}
+
+// chooseTransport applies TransportEnv, then Config.Transport, then the platform.
+func (c *config) chooseTransport() (Transport, string, error) {
+	switch v := os.Getenv(TransportEnv); v {
+	case "":
+	case "tcp":
+		return TransportTCP, TransportEnv + "=tcp", nil
+	case "unix":
+		return TransportUnix, TransportEnv + "=unix", nil
+	case "auto":
+	default:
+		return 0, "", fmt.Errorf("%w: %s=%q: want tcp, unix or auto", ErrConfig, TransportEnv, v)
+	}
+	switch c.Transport {
+	case TransportTCP:
+		return TransportTCP, "Config.Transport", nil
+	case TransportUnix:
+		return TransportUnix, "Config.Transport", nil
+	}
+	if runtime.GOOS == "windows" {
+		return TransportTCP, "no Unix-socket transport on windows", nil
+	}
+	return TransportUnix, "default", nil
+}
+
+func newTransport(t Transport, cfg *config) transport {
+	if t == TransportTCP {
+		return &tcpTransport{cfg: cfg}
+	}
+	return &unixTransport{cfg: cfg, lk: lock.New(cfg.lockPath)}
+}
+
+// unixTransport elects with flock on <Dir>/<Name>.lock and serves <Dir>/<Name>.sock.
+type unixTransport struct {
+	cfg *config
+	lk  *lock.Lock
+	ln  *ipc.Listener
+}
+
+func (u *unixTransport) kind() string { return "unix" }
+
+func (u *unixTransport) claim() (bool, uint64, error) {
+	won, err := u.lk.TryLock()
+	if err != nil {
+		return false, 0, fmt.Errorf("taking the lock %s: %w", u.cfg.lockPath, err)
+	}
+	return won, u.lk.Term(), nil
+}
+
+func (u *unixTransport) listen() (listener, error) {
+	ln, err := ipc.ListenUnix(u.cfg.sockPath, u.cfg.SocketMode)
+	if err != nil {
+		return nil, err
+	}
+	u.ln = ln
+	return ln, nil
+}
+
+func (u *unixTransport) release() {
+	if u.ln != nil {
+		_ = u.ln.Close()
+		// Still holding the lock: remove our socket (only if it is still ours).
+		if err := u.ln.Unlink(); err != nil {
+			u.cfg.Logger.Warn("cluster: removing the socket", "err", err)
+		}
+		u.ln = nil
+	}
+	if err := u.lk.Unlock(); err != nil {
+		u.cfg.Logger.Warn("cluster: releasing the lock", "err", err)
+	}
+}
+
+func (u *unixTransport) dial(ctx context.Context) (net.Conn, []byte, error) {
+	nc, err := ipc.DialUnix(ctx, u.cfg.sockPath)
+	return nc, nil, err
+}
+
+func (u *unixTransport) authorize([]byte) error { return nil }
+
+func (u *unixTransport) where() string { return u.cfg.sockPath }
+
+func (u *unixTransport) holder() string {
+	if o, err := lock.ReadOwner(u.cfg.lockPath); err == nil && o.PID != 0 {
+		return fmt.Sprintf("lock %s last taken by %v", u.cfg.lockPath, o)
+	}
+	return ""
+}
+
+func (u *unixTransport) peerCredsKnown() bool { return ipc.PeerCredSupported }
+
+// unsupportedHere reports whether err means this platform or filesystem cannot do the
+// Unix transport (flock or Unix sockets), so Auto should fall back to TCP.
+func unsupportedHere(err error) bool {
+	return lock.IsUnsupported(err) || errors.Is(err, errors.ErrUnsupported) ||
+		errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT)
+}
