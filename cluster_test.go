@@ -31,6 +31,7 @@ func (tc *testCluster) join(mod func(*cluster.Config)) *cluster.Client {
 		NewService: upstream.NewService(tc.upstream.Addr()),
 		Logger:     slog.New(slog.DiscardHandler),
 	}
+	tc.apply(&cfg)
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -97,111 +98,115 @@ func TestJoinCreatesAPrivateDir(t *testing.T) {
 }
 
 func TestInProcessLeaderAndFollowers(t *testing.T) {
-	tc := newTestCluster(t)
-	var rolesMu sync.Mutex
-	var roles []cluster.RoleInfo
-	l := tc.join(func(c *cluster.Config) {
-		c.OnRoleChange = func(r cluster.RoleInfo) {
-			rolesMu.Lock()
-			roles = append(roles, r)
-			rolesMu.Unlock()
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		var rolesMu sync.Mutex
+		var roles []cluster.RoleInfo
+		l := tc.join(func(c *cluster.Config) {
+			c.OnRoleChange = func(r cluster.RoleInfo) {
+				rolesMu.Lock()
+				roles = append(roles, r)
+				rolesMu.Unlock()
+			}
+		})
+		f1 := tc.join(nil)
+		f2 := tc.join(nil)
+		require.Equal(t, cluster.RoleLeader, l.Role().Role)
+		require.Equal(t, cluster.RoleFollower, f1.Role().Role)
+		require.Equal(t, l.Role().Term, f1.Role().Term)
+		require.Equal(t, os.Getpid(), f2.Role().LeaderPID)
+		require.Eventually(t, func() bool { return l.Stats().Followers == 2 }, waitTimeout, time.Millisecond)
+		rolesMu.Lock()
+		require.NotEmpty(t, roles)
+		require.Equal(t, cluster.RoleLeader, roles[0].Role)
+		rolesMu.Unlock()
+
+		ctx := context.Background()
+		for _, c := range []*cluster.Client{l, f1, f2} {
+			out, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
+			require.NoError(t, err)
+			require.Equal(t, "hi", string(out.Data))
+
+			_, err = c.Invoke(ctx, "fail", cluster.Message{Data: []byte("x")})
+			var re *cluster.RemoteError
+			require.ErrorAs(t, err, &re)
+			require.Equal(t, "failed on purpose: x", re.Message)
+			require.Equal(t, "invoke", re.Op)
+
+			tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			_, err = c.Invoke(tctx, "sleep", cluster.Message{Data: []byte("1m")})
+			cancel()
+			require.ErrorIs(t, err, cluster.ErrTimeout)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			var ne net.Error
+			require.ErrorAs(t, err, &ne)
+			require.True(t, ne.Timeout())
+
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			_, err = c.Invoke(cctx, "echo", cluster.Message{})
+			require.ErrorIs(t, err, context.Canceled)
 		}
+		require.Equal(t, 1, tc.upstream.MaxConns())
+		st := f1.Stats()
+		require.Equal(t, tc.transport, st.Transport)
+		require.GreaterOrEqual(t, st.Calls, uint64(4))
+		require.GreaterOrEqual(t, st.Timeouts, uint64(1))
 	})
-	f1 := tc.join(nil)
-	f2 := tc.join(nil)
-	require.Equal(t, cluster.RoleLeader, l.Role().Role)
-	require.Equal(t, cluster.RoleFollower, f1.Role().Role)
-	require.Equal(t, l.Role().Term, f1.Role().Term)
-	require.Equal(t, os.Getpid(), f2.Role().LeaderPID)
-	require.Eventually(t, func() bool { return l.Stats().Followers == 2 }, waitTimeout, time.Millisecond)
-	rolesMu.Lock()
-	require.NotEmpty(t, roles)
-	require.Equal(t, cluster.RoleLeader, roles[0].Role)
-	rolesMu.Unlock()
-
-	ctx := context.Background()
-	for _, c := range []*cluster.Client{l, f1, f2} {
-		out, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
-		require.NoError(t, err)
-		require.Equal(t, "hi", string(out.Data))
-
-		_, err = c.Invoke(ctx, "fail", cluster.Message{Data: []byte("x")})
-		var re *cluster.RemoteError
-		require.ErrorAs(t, err, &re)
-		require.Equal(t, "failed on purpose: x", re.Message)
-		require.Equal(t, "invoke", re.Op)
-
-		tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-		_, err = c.Invoke(tctx, "sleep", cluster.Message{Data: []byte("1m")})
-		cancel()
-		require.ErrorIs(t, err, cluster.ErrTimeout)
-		require.ErrorIs(t, err, context.DeadlineExceeded)
-		var ne net.Error
-		require.ErrorAs(t, err, &ne)
-		require.True(t, ne.Timeout())
-
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_, err = c.Invoke(cctx, "echo", cluster.Message{})
-		require.ErrorIs(t, err, context.Canceled)
-	}
-	require.Equal(t, 1, tc.upstream.MaxConns())
-	st := f1.Stats()
-	require.Equal(t, "unix", st.Transport)
-	require.GreaterOrEqual(t, st.Calls, uint64(4))
-	require.GreaterOrEqual(t, st.Timeouts, uint64(1))
 }
 
 func TestCallTimeoutAppliesWithoutADeadline(t *testing.T) {
-	tc := newTestCluster(t)
-	tc.join(nil)
-	f := tc.join(func(c *cluster.Config) { c.CallTimeout = 50 * time.Millisecond })
-	_, err := f.Invoke(context.Background(), "sleep", cluster.Message{Data: []byte("1m")})
-	require.ErrorIs(t, err, cluster.ErrTimeout)
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		tc.join(nil)
+		f := tc.join(func(c *cluster.Config) { c.CallTimeout = 50 * time.Millisecond })
+		_, err := f.Invoke(context.Background(), "sleep", cluster.Message{Data: []byte("1m")})
+		require.ErrorIs(t, err, cluster.ErrTimeout)
+	})
 }
 
 func TestOversizedPayloadIsRefusedBeforeSending(t *testing.T) {
-	tc := newTestCluster(t)
-	tc.join(func(c *cluster.Config) { c.MaxBody = 1024 })
-	f := tc.join(nil)
-	_, err := f.Invoke(context.Background(), "echo", cluster.Message{Data: make([]byte, 2048)})
-	require.ErrorIs(t, err, cluster.ErrTooLarge)
-	// The connection is intact.
-	_, err = f.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("ok")})
-	require.NoError(t, err)
-	_, err = f.Invoke(context.Background(), "echo", cluster.Message{Files: []*os.File{os.Stdin}})
-	require.ErrorIs(t, err, errors.ErrUnsupported)
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		tc.join(func(c *cluster.Config) { c.MaxBody = 1024 })
+		f := tc.join(nil)
+		_, err := f.Invoke(context.Background(), "echo", cluster.Message{Data: make([]byte, 2048)})
+		require.ErrorIs(t, err, cluster.ErrTooLarge)
+		// The connection is intact.
+		_, err = f.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("ok")})
+		require.NoError(t, err)
+		_, err = f.Invoke(context.Background(), "echo", cluster.Message{Files: []*os.File{os.Stdin}})
+		require.ErrorIs(t, err, errors.ErrUnsupported)
+	})
 }
 
 func TestSubscriptionsInProcess(t *testing.T) {
-	tc := newTestCluster(t)
-	l := tc.join(nil)
-	f := tc.join(nil)
-	ctx := context.Background()
-	got := make(chan string, 100)
-	var subs []*cluster.Subscription
-	for _, c := range []*cluster.Client{l, f, f} {
-		s, err := c.Subscribe(ctx, "t", func(m cluster.Message) { got <- string(m.Data) })
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		l := tc.join(nil)
+		f := tc.join(nil)
+		ctx := context.Background()
+		got := make(chan string, 100)
+		var subs []*cluster.Subscription
+		for _, c := range []*cluster.Client{l, f, f} {
+			s, err := c.Subscribe(ctx, "t", func(m cluster.Message) { got <- string(m.Data) })
+			require.NoError(t, err)
+			subs = append(subs, s)
+		}
+		require.Equal(t, 1, tc.upstream.Subscribers("t"))
+		tc.upstream.Push("t", []byte("1"))
+		for range 3 {
+			require.Equal(t, "1", recv(t, got))
+		}
+		// Late subscribers on either side get the latest at once.
+		late := make(chan string, 1)
+		s, err := l.Subscribe(ctx, "t", func(m cluster.Message) { late <- string(m.Data) })
 		require.NoError(t, err)
-		subs = append(subs, s)
-	}
-	require.Equal(t, 1, tc.upstream.Subscribers("t"))
-	tc.upstream.Push("t", []byte("1"))
-	for range 3 {
-		require.Equal(t, "1", recv(t, got))
-	}
-	// Late subscribers on either side get the latest at once.
-	late := make(chan string, 1)
-	s, err := l.Subscribe(ctx, "t", func(m cluster.Message) { late <- string(m.Data) })
-	require.NoError(t, err)
-	require.Equal(t, "1", recv(t, late))
-	require.NoError(t, s.Close())
-	require.NoError(t, s.Close(), "Close is idempotent")
-	for _, s := range subs {
+		require.Equal(t, "1", recv(t, late))
 		require.NoError(t, s.Close())
-	}
-	require.Eventually(t, func() bool { return tc.upstream.Subscribers("t") == 0 }, waitTimeout, time.Millisecond)
-	require.Equal(t, 0, f.Stats().Subscriptions)
+		require.NoError(t, s.Close(), "Close is idempotent")
+		for _, s := range subs {
+			require.NoError(t, s.Close())
+		}
+		require.Eventually(t, func() bool { return tc.upstream.Subscribers("t") == 0 }, waitTimeout, time.Millisecond)
+		require.Equal(t, 0, f.Stats().Subscriptions)
+	})
 }
 
 func recv(t *testing.T, ch <-chan string) string {
@@ -216,96 +221,115 @@ func recv(t *testing.T, ch <-chan string) string {
 }
 
 func TestSlowSubscriberDropsOldestAndStallsNobody(t *testing.T) {
-	tc := newTestCluster(t)
-	tc.join(nil)
-	f := tc.join(func(c *cluster.Config) { c.SubscriptionBuffer = 4 })
-	other := tc.join(nil)
-	ctx := context.Background()
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	var slowMu sync.Mutex
-	var slow []string
-	_, err := f.Subscribe(ctx, "t", func(m cluster.Message) {
-		<-release
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		tc.join(nil)
+		f := tc.join(func(c *cluster.Config) { c.SubscriptionBuffer = 4 })
+		other := tc.join(nil)
+		ctx := context.Background()
+		release := make(chan struct{})
+		var releaseOnce sync.Once
+		t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+		var slowMu sync.Mutex
+		var slow []string
+		entered := make(chan struct{}, 1)
+		_, err := f.Subscribe(ctx, "t", func(m cluster.Message) {
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			<-release
+			slowMu.Lock()
+			slow = append(slow, string(m.Data))
+			slowMu.Unlock()
+		})
+		require.NoError(t, err)
+		// A subscriber elsewhere on the host (default buffer) is not held up by it.
+		fast := make(chan string, 1000)
+		_, err = other.Subscribe(ctx, "t", func(m cluster.Message) { fast <- string(m.Data) })
+		require.NoError(t, err)
+		// Park the slow callback on a first message, so the queue's contents are exact.
+		tc.upstream.Push("t", []byte("warm"))
+		require.Equal(t, "warm", recv(t, fast))
+		select {
+		case <-entered:
+		case <-time.After(waitTimeout):
+			t.Fatal("the slow callback never ran")
+		}
+		for i := range 100 {
+			tc.upstream.Push("t", []byte(strconv.Itoa(i)))
+		}
+		for i := range 100 {
+			require.Equal(t, strconv.Itoa(i), recv(t, fast), "the fast subscriber must get every message in order")
+		}
+		// All 100 reach the slow member while its callback is parked: the queue
+		// (4) keeps the newest and the other 96 are dropped, oldest first.
+		require.Eventually(t, func() bool { return f.Stats().Dropped == 96 }, waitTimeout, time.Millisecond)
+		releaseOnce.Do(func() { close(release) })
+		require.Eventually(t, func() bool {
+			slowMu.Lock()
+			defer slowMu.Unlock()
+			return len(slow) == 5
+		}, waitTimeout, time.Millisecond)
 		slowMu.Lock()
-		slow = append(slow, string(m.Data))
+		require.Equal(t, []string{"warm", "96", "97", "98", "99"}, slow, "the slow subscriber keeps the newest messages")
 		slowMu.Unlock()
+		require.Equal(t, uint64(96), f.Stats().Dropped)
 	})
-	require.NoError(t, err)
-	// A subscriber elsewhere on the host (default buffer) is not held up by it.
-	fast := make(chan string, 1000)
-	_, err = other.Subscribe(ctx, "t", func(m cluster.Message) { fast <- string(m.Data) })
-	require.NoError(t, err)
-	for i := range 100 {
-		tc.upstream.Push("t", []byte(strconv.Itoa(i)))
-	}
-	for i := range 100 {
-		require.Equal(t, strconv.Itoa(i), recv(t, fast), "the fast subscriber must get every message in order")
-	}
-	releaseOnce.Do(func() { close(release) })
-	require.Eventually(t, func() bool {
-		slowMu.Lock()
-		defer slowMu.Unlock()
-		return len(slow) > 0 && slow[len(slow)-1] == "99"
-	}, waitTimeout, time.Millisecond)
-	slowMu.Lock()
-	require.LessOrEqual(t, len(slow), 5, "the slow subscriber's queue is bounded")
-	slowMu.Unlock()
-	require.Greater(t, f.Stats().Dropped, uint64(0))
 }
 
 func TestCloseIsIdempotentAndEndsCalls(t *testing.T) {
-	tc := newTestCluster(t)
-	l := tc.join(nil)
-	f := tc.join(nil)
-	require.NoError(t, f.Close())
-	require.NoError(t, f.Close())
-	_, err := f.Invoke(context.Background(), "echo", cluster.Message{})
-	require.ErrorIs(t, err, cluster.ErrClosed)
-	_, err = f.Subscribe(context.Background(), "t", func(cluster.Message) {})
-	require.ErrorIs(t, err, cluster.ErrClosed)
-	require.Equal(t, cluster.RoleClosed, f.Role().Role)
-	require.NoError(t, l.Close())
-	_, err = l.Invoke(context.Background(), "echo", cluster.Message{})
-	require.ErrorIs(t, err, cluster.ErrClosed)
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		l := tc.join(nil)
+		f := tc.join(nil)
+		require.NoError(t, f.Close())
+		require.NoError(t, f.Close())
+		_, err := f.Invoke(context.Background(), "echo", cluster.Message{})
+		require.ErrorIs(t, err, cluster.ErrClosed)
+		_, err = f.Subscribe(context.Background(), "t", func(cluster.Message) {})
+		require.ErrorIs(t, err, cluster.ErrClosed)
+		require.Equal(t, cluster.RoleClosed, f.Role().Role)
+		require.NoError(t, l.Close())
+		_, err = l.Invoke(context.Background(), "echo", cluster.Message{})
+		require.ErrorIs(t, err, cluster.ErrClosed)
+	})
 }
 
 func TestInProcessHandoverKeepsSubscriptions(t *testing.T) {
-	tc := newTestCluster(t)
-	l := tc.join(nil)
-	f1 := tc.join(nil)
-	f2 := tc.join(nil)
-	got1, got2 := make(chan string, 10), make(chan string, 10)
-	_, err := f1.Subscribe(context.Background(), "t", func(m cluster.Message) { got1 <- string(m.Data) })
-	require.NoError(t, err)
-	_, err = f2.Subscribe(context.Background(), "t", func(m cluster.Message) { got2 <- string(m.Data) })
-	require.NoError(t, err)
-	term := l.Role().Term
-	require.NoError(t, l.Close())
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	// Calls made during the handover wait for the next Leader.
-	_, err = f1.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
-	require.NoError(t, err)
-	require.NoError(t, tc.upstream.WaitSubscribers(ctx, "t", 1))
-	tc.upstream.Push("t", []byte("after"))
-	require.Equal(t, "after", recv(t, got1))
-	require.Equal(t, "after", recv(t, got2))
-	var newLeader *cluster.Client
-	for _, c := range []*cluster.Client{f1, f2} {
-		if c.Role().Role == cluster.RoleLeader {
-			newLeader = c
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		l := tc.join(nil)
+		f1 := tc.join(nil)
+		f2 := tc.join(nil)
+		got1, got2 := make(chan string, 10), make(chan string, 10)
+		_, err := f1.Subscribe(context.Background(), "t", func(m cluster.Message) { got1 <- string(m.Data) })
+		require.NoError(t, err)
+		_, err = f2.Subscribe(context.Background(), "t", func(m cluster.Message) { got2 <- string(m.Data) })
+		require.NoError(t, err)
+		term := l.Role().Term
+		require.NoError(t, l.Close())
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		// Calls made during the handover wait for the next Leader.
+		_, err = f1.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
+		require.NoError(t, err)
+		require.NoError(t, tc.upstream.WaitSubscribers(ctx, "t", 1))
+		tc.upstream.Push("t", []byte("after"))
+		require.Equal(t, "after", recv(t, got1))
+		require.Equal(t, "after", recv(t, got2))
+		var newLeader *cluster.Client
+		for _, c := range []*cluster.Client{f1, f2} {
+			if c.Role().Role == cluster.RoleLeader {
+				newLeader = c
+			}
 		}
-	}
-	require.NotNil(t, newLeader)
-	require.Greater(t, newLeader.Role().Term, term)
-	require.Eventually(t, func() bool {
-		return f1.Role().Term == newLeader.Role().Term && f2.Role().Term == newLeader.Role().Term
-	}, waitTimeout, time.Millisecond)
-	// Both lost a Leader once: the one that took over and the one that followed it.
-	require.Equal(t, uint64(1), f1.Stats().Failovers)
-	require.Equal(t, uint64(1), f2.Stats().Failovers)
+		require.NotNil(t, newLeader)
+		require.Greater(t, newLeader.Role().Term, term)
+		require.Eventually(t, func() bool {
+			return f1.Role().Term == newLeader.Role().Term && f2.Role().Term == newLeader.Role().Term
+		}, waitTimeout, time.Millisecond)
+		// Both lost a Leader once: the one that took over and the one that followed it.
+		require.Equal(t, uint64(1), f1.Stats().Failovers)
+		require.Equal(t, uint64(1), f2.Stats().Failovers)
+	})
 }
 
 // rawConn dials the Leader's socket directly, as a hostile or broken peer would.
@@ -422,28 +446,29 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 }
 
 func TestTypedMethodsAndTopics(t *testing.T) {
-	tc := newTestCluster(t)
-	tc.join(nil)
-	f := tc.join(nil)
-	type point struct{ X, Y int }
-	echo := cluster.Method[point, point]{Name: "echo"}
-	p, err := echo.Invoke(context.Background(), f, point{1, 2})
-	require.NoError(t, err)
-	require.Equal(t, point{1, 2}, p)
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		tc.join(nil)
+		f := tc.join(nil)
+		type point struct{ X, Y int }
+		echo := cluster.Method[point, point]{Name: "echo"}
+		p, err := echo.Invoke(context.Background(), f, point{1, 2})
+		require.NoError(t, err)
+		require.Equal(t, point{1, 2}, p)
 
-	topic := cluster.Topic[point]{Name: "points"}
-	got := make(chan point, 1)
-	_, err = topic.Subscribe(context.Background(), f, func(p point) { got <- p })
-	require.NoError(t, err)
-	require.NoError(t, topic.Publish(context.Background(), f, point{3, 4}))
-	select {
-	case p := <-got:
-		require.Equal(t, point{3, 4}, p)
-	case <-time.After(waitTimeout):
-		t.Fatal("no typed message")
-	}
-	// A response that does not decode is an error, not a zero value.
-	bad := cluster.Method[point, int]{Name: "echo"}
-	_, err = bad.Invoke(context.Background(), f, point{1, 2})
-	require.ErrorContains(t, err, "decoding the response")
+		topic := cluster.Topic[point]{Name: "points"}
+		got := make(chan point, 1)
+		_, err = topic.Subscribe(context.Background(), f, func(p point) { got <- p })
+		require.NoError(t, err)
+		require.NoError(t, topic.Publish(context.Background(), f, point{3, 4}))
+		select {
+		case p := <-got:
+			require.Equal(t, point{3, 4}, p)
+		case <-time.After(waitTimeout):
+			t.Fatal("no typed message")
+		}
+		// A response that does not decode is an error, not a zero value.
+		bad := cluster.Method[point, int]{Name: "echo"}
+		_, err = bad.Invoke(context.Background(), f, point{1, 2})
+		require.ErrorContains(t, err, "decoding the response")
+	})
 }

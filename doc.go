@@ -29,9 +29,11 @@
 //     gives safety (never two Leaders), not liveness. Followers see their calls time out
 //     and the connection's heartbeat fail, and reconnect when it resumes.
 //
-// Platform notes: election uses flock(2) (gofrs/flock); the transport uses Unix sockets
-// and, on Linux, SO_PEERCRED to admit only the same user (Config.AllowUIDs and
-// AllowGIDs widen it). Off Linux, peer credentials are not checked: the 0700 directory
-// and the 0600 socket are the gate. Windows is not supported by this version's
-// transport.
+// Transports: by default members elect with flock(2) (gofrs/flock) and talk over a
+// Unix socket; on Linux SO_PEERCRED admits only the same user (Config.AllowUIDs and
+// AllowGIDs widen it), elsewhere the 0700 directory and the 0600 socket are the gate.
+// Where flock or Unix sockets are unavailable (and on Windows), or when
+// Config.Transport or CLUSTER_TRANSPORT=tcp asks for it, members elect by binding
+// 127.0.0.1:Port and talk over loopback TCP, authenticated by a per-term token in
+// <Dir>/<Name>.token. Every member of a cluster must use the same transport.
 package cluster

@@ -4,13 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
 	"github.com/cluster-client-go/cluster/ipc"
 )
+
+// errHungUp marks a handshake the other side ended without a word: a Leader dying at
+// that moment, or, when it keeps happening, a program that is not ours.
+var errHungUp = errors.New("the other side hung up during the handshake")
 
 // follower is the backend of a member whose Leader is another process.
 type follower struct {
@@ -46,6 +52,9 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 			return nil, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
 		case errors.Is(err, ipc.ErrNotOurProtocol):
 			return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.tr.where(), err)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			err = fmt.Errorf("%w: %w", errHungUp, err)
 		}
 		return nil, fmt.Errorf("handshake with the leader at %s: %w", c.tr.where(), err)
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -158,6 +159,10 @@ func memberMain() int {
 			emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid()})
 		},
 	}
+	if os.Getenv("CT_TRANSPORT") == "tcp" {
+		cfg.Transport = cluster.TransportTCP
+		cfg.Port, _ = strconv.Atoi(os.Getenv("CT_PORT"))
+	}
 	if hb := os.Getenv("CT_HEARTBEAT"); hb != "" {
 		cfg.Heartbeat, _ = time.ParseDuration(hb)
 		cfg.HeartbeatTimeout = 3 * cfg.Heartbeat
@@ -280,10 +285,51 @@ type memberOpts struct {
 
 // cluster groups what members of one test share.
 type testCluster struct {
-	t        testing.TB
-	dir      string
-	name     string
-	upstream *upstream.Server
+	t         testing.TB
+	dir       string
+	name      string
+	upstream  *upstream.Server
+	transport string // "unix" or "tcp"
+	port      int    // for tcp
+}
+
+// transports lists every transport the end-to-end tests run over.
+var transports = []string{"unix", "tcp"}
+
+// forEachTransport runs fn as a subtest per transport, each with a fresh cluster.
+func forEachTransport(t *testing.T, fn func(t *testing.T, tc *testCluster)) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			tc := newTestCluster(t)
+			if tr == "tcp" {
+				tc.transport, tc.port = "tcp", freePort(t)
+			}
+			fn(t, tc)
+		})
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// where is how error messages name the rendezvous point.
+func (tc *testCluster) where() string {
+	if tc.transport == "tcp" {
+		return fmt.Sprintf("127.0.0.1:%d", tc.port)
+	}
+	return tc.name + ".sock"
+}
+
+func (tc *testCluster) apply(cfg *cluster.Config) {
+	if tc.transport == "tcp" {
+		cfg.Transport, cfg.Port = cluster.TransportTCP, tc.port
+	}
 }
 
 func newTestCluster(t testing.TB) *testCluster {
@@ -294,7 +340,7 @@ func newTestCluster(t testing.TB) *testCluster {
 	up, err := upstream.Start("127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { up.Close() })
-	return &testCluster{t: t, dir: dir, name: "svc", upstream: up}
+	return &testCluster{t: t, dir: dir, name: "svc", upstream: up, transport: "unix"}
 }
 
 func (tc *testCluster) start(o memberOpts) *proc {
@@ -305,7 +351,8 @@ func (tc *testCluster) start(o memberOpts) *proc {
 	usedMu.Unlock()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"=member", "CT_DIR="+tc.dir, "CT_NAME="+tc.name,
-		"CT_UPSTREAM="+tc.upstream.Addr(), "CT_LEAD="+o.lead, "CT_HEARTBEAT="+o.heartbeat, "CT_JOIN_TIMEOUT="+o.joinTimeout)
+		"CT_UPSTREAM="+tc.upstream.Addr(), "CT_LEAD="+o.lead, "CT_HEARTBEAT="+o.heartbeat, "CT_JOIN_TIMEOUT="+o.joinTimeout,
+		"CT_TRANSPORT="+tc.transport, fmt.Sprintf("CT_PORT=%d", tc.port))
 	p := &proc{t: t, cmd: cmd, notify: make(chan struct{}), exited: make(chan struct{})}
 	cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
 	var err error

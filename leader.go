@@ -33,8 +33,9 @@ type leader struct {
 
 	calls gate // Service calls in progress, local and remote
 
-	mu     sync.Mutex
-	conns  map[*ipc.Conn]*peerConn
+	mu       sync.Mutex
+	stopping bool // set by shutdown before it snapshots conns: no registration after
+	conns    map[*ipc.Conn]*peerConn
 	topics map[string]*topic
 
 	acceptDone chan struct{}
@@ -150,10 +151,19 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	opts.Handler = pc.handle
 	conn := ipc.NewConn(nc, peer, opts)
 	pc.conn = conn
-	conn.Start()
+	// Register atomically with respect to shutdown's snapshot: a Follower whose
+	// handshake finished as the handover began is closed here (it re-elects), instead of
+	// being missed by the goodbye and the drain.
 	l.mu.Lock()
+	if l.stopping {
+		l.mu.Unlock()
+		pc.cancel()
+		_ = nc.Close()
+		return
+	}
 	l.conns[conn] = pc
 	l.mu.Unlock()
+	conn.Start()
 	l.c.stats.followers.Add(1)
 
 	<-conn.Done()
@@ -180,6 +190,7 @@ func (l *leader) shutdown() {
 	<-l.acceptDone
 	l.calls.close()
 	l.mu.Lock()
+	l.stopping = true
 	peers := make([]*peerConn, 0, len(l.conns))
 	for _, pc := range l.conns {
 		peers = append(peers, pc)

@@ -111,7 +111,7 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 	backoff := time.Duration(0)
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
-	refusals := 0
+	refusals, hungUp := 0, 0
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -157,6 +157,16 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 			}
 			if c.fallBack(err) {
 				continue
+			}
+			// A dying Leader hangs up on at most one handshake; a port that keeps doing
+			// it is held by a program that is not ours.
+			if errors.Is(err, errHungUp) {
+				hungUp++
+				if !joined && hungUp >= 3 && c.tr.kind() == "tcp" {
+					return nil, fmt.Errorf("%w: %s accepts connections but hangs up without speaking the cluster protocol: is another program using the port? (set Config.Port): %w", ErrProtocol, c.tr.where(), err)
+				}
+			} else {
+				hungUp = 0
 			}
 			lastFollow = err
 			// A Leader that refuses us will refuse again: fail Join at once (on TCP after

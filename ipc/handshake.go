@@ -1,8 +1,10 @@
 package ipc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -23,7 +25,20 @@ func ClientHandshake(nc net.Conn, hello frame.Hello, deadline time.Time) (frame.
 	// A Leader that refuses us (peer credentials) may answer and close before our hello
 	// is written: the write then fails (EPIPE) but the reason is readable, so read it.
 	werr := frame.Write(nc, frame.Header{Kind: frame.KindHello}, nil, hello.Append(nil))
-	f, err := frame.Read(nc, handshakeLimits)
+	// Judge the first byte alone: a program that is not ours (a banner shorter than a
+	// header, say) is recognised at once instead of after the deadline. Reading it
+	// separately never reads past the welcome, whose followers belong to the Conn.
+	var first [1]byte
+	if _, err := io.ReadFull(nc, first[:]); err != nil {
+		if werr != nil {
+			return frame.Welcome{}, fmt.Errorf("sending hello: %w", werr)
+		}
+		return frame.Welcome{}, fmt.Errorf("waiting for welcome: %w", err)
+	}
+	if first[0] != frame.Version {
+		return frame.Welcome{}, fmt.Errorf("%w: the answer starts with byte %#02x (%q), not protocol version %d", ErrNotOurProtocol, first[0], first[0], frame.Version)
+	}
+	f, err := frame.Read(io.MultiReader(bytes.NewReader(first[:]), nc), handshakeLimits)
 	if err != nil && werr != nil {
 		return frame.Welcome{}, fmt.Errorf("sending hello: %w", werr)
 	}
