@@ -36,7 +36,7 @@ type leader struct {
 	mu       sync.Mutex
 	stopping bool // set by shutdown before it snapshots conns: no registration after
 	conns    map[*ipc.Conn]*peerConn
-	topics map[string]*topic
+	topics   map[string]*topic
 
 	acceptDone chan struct{}
 	serveWG    sync.WaitGroup // one per accepted connection; Add only from acceptLoop
