@@ -39,7 +39,7 @@ func pair(t *testing.T, client, server Options) (*Conn, *Conn) {
 	return cc, sc
 }
 
-func socketPair(t *testing.T) (net.Conn, net.Conn) {
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

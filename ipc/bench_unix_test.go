@@ -1,0 +1,40 @@
+//go:build !windows
+
+package ipc
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+// benchRoundTrip measures one Call round trip (64-byte body, echoed) over a and b.
+func benchRoundTrip(b *testing.B, a, z net.Conn) {
+	cc := started(NewConn(a, PeerCred{}, Options{Heartbeat: -1}))
+	sc := started(NewConn(z, PeerCred{}, Options{Heartbeat: -1, Handler: func(c *Conn, f frame.Frame) { _ = c.Reply(f.ID, f.Body) }}))
+	defer sc.Close()
+	defer cc.Close()
+	body := make([]byte, 64)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetBytes(int64(2 * (frame.HeaderSize + len(body))))
+	for b.Loop() {
+		if _, err := cc.Call(ctx, frame.KindInvoke, 0, nil, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRoundTripUnix is the fd-less Call round trip over a Unix socketpair.
+func BenchmarkRoundTripUnix(b *testing.B) {
+	a, z := unixSocketPair(b)
+	benchRoundTrip(b, a, z)
+}
+
+// BenchmarkRoundTripTCP is the same round trip over loopback TCP.
+func BenchmarkRoundTripTCP(b *testing.B) {
+	a, z := socketPair(b)
+	benchRoundTrip(b, a, z)
+}
