@@ -23,8 +23,21 @@ func (echoService) Invoke(_ context.Context, _ string, req cluster.Message) (clu
 	return req, nil
 }
 
-func benchCluster(b *testing.B) (leader, follower *cluster.Client) {
+// benchTransports are the transports the per-call benchmarks run over.
+var benchTransports = []cluster.Transport{cluster.TransportUnix, cluster.TransportTCP}
+
+func forEachBenchTransport(b *testing.B, fn func(b *testing.B, tr cluster.Transport)) {
+	for _, tr := range benchTransports {
+		b.Run(tr.String(), func(b *testing.B) { fn(b, tr) })
+	}
+}
+
+func benchCluster(b *testing.B, tr cluster.Transport) (leader, follower *cluster.Client) {
 	b.Helper()
+	port := 0
+	if tr == cluster.TransportTCP {
+		port = freePort(b)
+	}
 	dir, err := os.MkdirTemp("", "")
 	if err != nil {
 		b.Fatal(err)
@@ -33,6 +46,7 @@ func benchCluster(b *testing.B) (leader, follower *cluster.Client) {
 	join := func() *cluster.Client {
 		c, err := cluster.Join(context.Background(), cluster.Config{
 			Name: "bench", Dir: dir, Logger: slog.New(slog.DiscardHandler),
+			Transport: tr, Port: port,
 			NewService: func(context.Context) (cluster.Service, error) {
 				return echoService{broker: &broker{subs: map[string]map[int]func(cluster.Message){}}}, nil
 			},
@@ -46,39 +60,44 @@ func benchCluster(b *testing.B) (leader, follower *cluster.Client) {
 	return join(), join()
 }
 
-// BenchmarkInvokeFollower is one Follower -> Leader -> Follower round trip, 64 bytes.
+// BenchmarkInvokeFollower is one Follower -> Leader -> Follower round trip, 64 bytes,
+// over each transport.
 func BenchmarkInvokeFollower(b *testing.B) {
-	_, f := benchCluster(b)
-	req := cluster.Message{Data: make([]byte, 64)}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := f.Invoke(ctx, "echo", req); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkInvokeFollowerParallel is the Follower's throughput with many callers.
-func BenchmarkInvokeFollowerParallel(b *testing.B) {
-	_, f := benchCluster(b)
-	req := cluster.Message{Data: make([]byte, 64)}
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.SetParallelism(32)
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
+	forEachBenchTransport(b, func(b *testing.B, tr cluster.Transport) {
+		_, f := benchCluster(b, tr)
+		req := cluster.Message{Data: make([]byte, 64)}
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
 			if _, err := f.Invoke(ctx, "echo", req); err != nil {
-				b.Error(err)
-				return
+				b.Fatal(err)
 			}
 		}
 	})
 }
 
+// BenchmarkInvokeFollowerParallel is the Follower's throughput with many callers.
+func BenchmarkInvokeFollowerParallel(b *testing.B) {
+	forEachBenchTransport(b, func(b *testing.B, tr cluster.Transport) {
+		_, f := benchCluster(b, tr)
+		req := cluster.Message{Data: make([]byte, 64)}
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.SetParallelism(32)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := f.Invoke(ctx, "echo", req); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
 // BenchmarkInvokeLeaderLocal is the Leader's own call: straight to the Service.
 func BenchmarkInvokeLeaderLocal(b *testing.B) {
-	l, _ := benchCluster(b)
+	l, _ := benchCluster(b, cluster.TransportUnix)
 	req := cluster.Message{Data: make([]byte, 64)}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -89,18 +108,31 @@ func BenchmarkInvokeLeaderLocal(b *testing.B) {
 	}
 }
 
-// BenchmarkUnixPingPongFloor is the physical floor: a raw 64-byte round trip over a
-// Unix socket between two goroutines, no framing, no library.
-func BenchmarkUnixPingPongFloor(b *testing.B) {
-	dir, err := os.MkdirTemp("", "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
-	if err != nil {
-		b.Fatal(err)
-	}
+// BenchmarkPingPongFloor is the physical floor: a raw 64-byte round trip between two
+// goroutines over a Unix socket and over loopback TCP, no framing, no library.
+func BenchmarkPingPongFloor(b *testing.B) {
+	b.Run("unix", func(b *testing.B) {
+		dir, err := os.MkdirTemp("", "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		ln, err := net.Listen("unix", filepath.Join(dir, "s"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pingPong(b, ln)
+	})
+	b.Run("tcp", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		pingPong(b, ln)
+	})
+}
+
+func pingPong(b *testing.B, ln net.Listener) {
 	defer ln.Close()
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -121,7 +153,7 @@ func BenchmarkUnixPingPongFloor(b *testing.B) {
 			}
 		}
 	}()
-	c, err := net.Dial("unix", filepath.Join(dir, "s"))
+	c, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)
 	}
