@@ -59,8 +59,10 @@ type RoleInfo struct {
 type backend interface {
 	invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error)
 	publish(ctx context.Context, topic string, msg Message) error
-	subscribe(ctx context.Context, topic string) error
-	unsubscribe(ctx context.Context, topic string) error
+	subscribe(ctx context.Context, topic string, shared bool) error
+	unsubscribe(ctx context.Context, topic string, shared bool) error
+	register(ctx context.Context, r *Registration) error
+	withdraw(ctx context.Context, r *Registration) error
 	info() RoleInfo
 	// context ends when the backend can no longer serve (connection lost, term over).
 	context() context.Context
@@ -89,6 +91,7 @@ type Client struct {
 	epochMu sync.Mutex // serialises epoch replacement (the run loop and Close)
 
 	reg    registry
+	regs   registrations
 	subsWG sync.WaitGroup
 
 	closing   chan struct{}
@@ -129,7 +132,7 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.setTransport(vc.transport, vc.transportWhy)
 	c.life, c.endLife = context.WithCancel(context.Background())
-	c.reg = registry{c: c, topics: make(map[string]*localTopic)}
+	c.reg = registry{c: c, topics: make(map[subKey]*localTopic)}
 	c.ep.Store(&epoch{changed: make(chan struct{}), role: RoleInfo{Role: RoleElecting, At: time.Now()}})
 	if vc.OnRoleChange != nil {
 		c.roles = make(chan RoleInfo, 64)
@@ -304,13 +307,35 @@ func (c *Client) Publish(ctx context.Context, topic string, msg Message) error {
 	return c.do(ctx, "publish", topic, func(b backend) error { return b.publish(ctx, topic, msg) })
 }
 
+// SubscribeOption changes how Subscribe delivers.
+type SubscribeOption func(*subscribeOptions)
+
+type subscribeOptions struct{ shared bool }
+
+// Shared makes a work-sharing subscription (cluster-client's isBroadcast: false): each
+// message of the topic goes to exactly one of the topic's shared subscribers on the
+// whole host, in turn across processes and, within a process, across its shared
+// subscribers. Broadcast subscribers of the same topic still get every message. A shared
+// subscriber gets no replay of the latest message (it was already handled once).
+//
+// Delivery is at most once: a message on its way to a process that dies (or whose
+// subscriber closes) before the callback runs is lost, not redelivered to another
+// subscriber. Use Invoke when work must be acknowledged.
+func Shared() SubscribeOption { return func(o *subscribeOptions) { o.shared = true } }
+
 // Subscribe calls fn with every message on topic until the Subscription is closed.
 // However many subscribers there are on the host, the Leader's Service holds one
 // subscription per topic. The latest message of the topic, if any, is delivered to fn
-// at once. Subscribe returns when the Leader has acknowledged the subscription. It
-// survives failover: the subscription is re-established on every new Leader. fn runs on
-// a goroutine of its own (see Subscription for the queueing policy).
-func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message)) (*Subscription, error) {
+// at once (use Subscription.First to wait for it). Subscribe returns when the Leader has
+// acknowledged the subscription. It survives failover: the subscription is
+// re-established on every new Leader. fn runs on a goroutine of its own (see
+// Subscription for the queueing policy). With Shared, each message goes to one
+// subscriber instead of all.
+func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), opts ...SubscribeOption) (*Subscription, error) {
+	var o subscribeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if fn == nil {
 		return nil, fmt.Errorf("%w: Subscribe: fn must not be nil", ErrConfig)
 	}
@@ -324,7 +349,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message)) 
 	}
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
-	s := newSubscription(c, topic, fn, c.cfg.SubscriptionBuffer)
+	s := newSubscription(c, topic, o.shared, fn, c.cfg.SubscriptionBuffer)
 	lt := c.reg.add(s)
 	err := c.do(ctx, "subscribe", topic, func(b backend) error {
 		err := c.reg.ensure(ctx, lt, b)
@@ -356,6 +381,8 @@ type Stats struct {
 	Followers int
 	// Subscriptions is the number of live local Subscriptions.
 	Subscriptions int
+	// Registrations is the number of live Registrations this member made.
+	Registrations int
 	// Calls counts Invoke, InvokeOneway, Publish and Subscribe calls; Errors those that
 	// failed, of which Timeouts with ErrTimeout and LeaderLost with ErrLeaderLost.
 	Calls, Errors, Timeouts, LeaderLost uint64
@@ -380,6 +407,7 @@ func (c *Client) Stats() Stats {
 		Address:         c.trk.Load().where,
 		Followers:       int(c.stats.followers.Load()),
 		Subscriptions:   c.reg.count(),
+		Registrations:   c.regs.count(),
 		Calls:           c.stats.calls.Load(),
 		Errors:          c.stats.errors.Load(),
 		Timeouts:        c.stats.timeouts.Load(),
@@ -404,7 +432,7 @@ func (c *Client) Close() error {
 		<-c.runDone
 		for _, lt := range c.reg.snapshot() {
 			c.reg.mu.Lock()
-			for s := range lt.subs {
+			for _, s := range lt.subs {
 				s.stop()
 			}
 			c.reg.mu.Unlock()

@@ -18,7 +18,6 @@ import (
 const (
 	DefaultCallTimeout        = 10 * time.Second
 	DefaultHeartbeat          = time.Second
-	DefaultHeartbeatTimeout   = 10 * time.Second
 	DefaultSubscriptionBuffer = 1024
 	DefaultMaxBody            = frame.DefaultMaxBody
 	DefaultSocketMode         = os.FileMode(0o600)
@@ -72,15 +71,20 @@ type Config struct {
 	// CallTimeout bounds calls whose ctx has no deadline. Default DefaultCallTimeout;
 	// negative means no default bound (the ctx alone decides).
 	CallTimeout time.Duration
-	// Heartbeat is how long a connection may be idle before a ping is sent. Default
-	// DefaultHeartbeat; negative disables heartbeats (a dead process is still noticed at
-	// once through EOF; only a stopped or hung one is not).
-	Heartbeat time.Duration
-	// HeartbeatTimeout is how long a peer may stay silent before its connection is
-	// dropped. A Follower whose Leader is stopped (SIGSTOP, a debugger) sees its calls
-	// time out and reconnects when the Leader resumes; it can never take over while the
-	// stopped Leader holds the lock. Default DefaultHeartbeatTimeout.
+	// HeartbeatTimeout is the switch between "dead" and "slow". Zero, the default, means
+	// a peer is dead only when its connection ends: on one host the kernel closes a
+	// process's sockets the moment it exits, even by SIGKILL, so a Leader's death is seen
+	// at once through EOF and a process paused in a debugger, stopped (SIGSTOP, docker
+	// pause) or busy for minutes keeps its connection, its subscriptions and its
+	// registrations; calls to a paused Leader wait out their own deadlines. A positive
+	// value also drops a connection on which nothing was heard for that long (pings keep
+	// an idle one alive), and one whose writes make no progress for that long: choose it
+	// to free a hung peer's resources. A stopped Leader is never replaced either way: it
+	// still holds the lock.
 	HeartbeatTimeout time.Duration
+	// Heartbeat is how often an idle connection is pinged when HeartbeatTimeout is set.
+	// Default DefaultHeartbeat, or HeartbeatTimeout/3 if that is shorter.
+	Heartbeat time.Duration
 	// MaxBody is the largest payload this member accepts in one frame. Default
 	// DefaultMaxBody (16 MiB).
 	MaxBody int
@@ -163,11 +167,17 @@ func (c Config) validate() (*config, error) {
 	if cfg.CallTimeout == 0 {
 		cfg.CallTimeout = DefaultCallTimeout
 	}
+	if cfg.HeartbeatTimeout < 0 {
+		return nil, bad("HeartbeatTimeout", "%v is negative; use 0 to detect only dead peers (the default) or a positive duration", cfg.HeartbeatTimeout)
+	}
+	if cfg.Heartbeat < 0 {
+		return nil, bad("Heartbeat", "%v is negative", cfg.Heartbeat)
+	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultHeartbeat
-	}
-	if cfg.HeartbeatTimeout <= 0 {
-		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
+		if cfg.HeartbeatTimeout > 0 {
+			cfg.Heartbeat = min(cfg.Heartbeat, cfg.HeartbeatTimeout/3)
+		}
 	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = DefaultMaxBody
@@ -207,10 +217,9 @@ func (c Config) validate() (*config, error) {
 func (c *config) limits() frame.Limits { return frame.Limits{MaxBody: uint32(c.MaxBody)} }
 
 func (c *config) connOptions() ipc.Options {
-	return ipc.Options{
-		Limits:           c.limits(),
-		Heartbeat:        c.Heartbeat,
-		HeartbeatTimeout: c.HeartbeatTimeout,
-		Logger:           c.Logger,
+	o := ipc.Options{Limits: c.limits(), Logger: c.Logger, Heartbeat: -1} // dead = EOF only
+	if c.HeartbeatTimeout > 0 {
+		o.Heartbeat, o.HeartbeatTimeout = c.Heartbeat, c.HeartbeatTimeout
 	}
+	return o
 }

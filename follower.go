@@ -74,7 +74,7 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 func (f *follower) handle(conn *ipc.Conn, fr frame.Frame) {
 	switch fr.Kind {
 	case frame.KindMessage:
-		f.c.reg.deliver(string(fr.Meta), Message{Data: fr.Body})
+		f.c.reg.deliver(string(fr.Meta), Message{Data: fr.Body}, fr.Flags&frame.FlagShared != 0)
 	case frame.KindGoodbye:
 		// The Leader is handing over. Acknowledge with our own goodbye as the last frame
 		// we send: from here on a request on this connection fails before it is sent
@@ -138,14 +138,34 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 	return f.mapErr(ctx, "publish", topic, err)
 }
 
-func (f *follower) subscribe(ctx context.Context, topic string) error {
-	_, err := f.conn.Call(ctx, frame.KindSubscribe, timeoutMillis(ctx), []byte(topic), nil)
+func subscribeBody(shared bool) []byte {
+	if shared {
+		return frame.SubscribeShared
+	}
+	return nil
+}
+
+func (f *follower) subscribe(ctx context.Context, topic string, shared bool) error {
+	_, err := f.conn.Call(ctx, frame.KindSubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
 	return f.mapErr(ctx, "subscribe", topic, err)
 }
 
-func (f *follower) unsubscribe(ctx context.Context, topic string) error {
-	_, err := f.conn.Call(ctx, frame.KindUnsubscribe, timeoutMillis(ctx), []byte(topic), nil)
+func (f *follower) unsubscribe(ctx context.Context, topic string, shared bool) error {
+	_, err := f.conn.Call(ctx, frame.KindUnsubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
 	return f.mapErr(ctx, "unsubscribe", topic, err)
+}
+
+func (f *follower) register(ctx context.Context, r *Registration) error {
+	if len(r.msg.Data) > int(f.welcome.MaxBody)-frame.RegistrationIDSize {
+		return fmt.Errorf("cluster: register %q: payload is %d bytes, the leader accepts %d: %w", r.topic, len(r.msg.Data), int(f.welcome.MaxBody)-frame.RegistrationIDSize, ErrTooLarge)
+	}
+	_, err := f.conn.Call(ctx, frame.KindRegister, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, r.msg.Data))
+	return f.mapErr(ctx, "register", r.topic, err)
+}
+
+func (f *follower) withdraw(ctx context.Context, r *Registration) error {
+	_, err := f.conn.Call(ctx, frame.KindWithdraw, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, nil))
+	return f.mapErr(ctx, "withdraw", r.topic, err)
 }
 
 // mapErr turns transport errors into the Client's errors.

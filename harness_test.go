@@ -110,11 +110,12 @@ type event struct {
 // command is one line the test writes to a member's stdin.
 type command struct {
 	ID      int    `json:"id"`
-	Op      string `json:"op"` // invoke, oneway, publish, subscribe, unsubscribe, stats, close
+	Op      string `json:"op"` // invoke, oneway, publish, subscribe, unsubscribe, register, withdraw, stats, close
 	Name    string `json:"name,omitempty"`
 	Data    string `json:"data,omitempty"`
 	Timeout string `json:"timeout,omitempty"`
-	Sub     int    `json:"sub,omitempty"`
+	Sub     int    `json:"sub,omitempty"`    // unsubscribe, withdraw: the id of the subscribe or register command
+	Shared  bool   `json:"shared,omitempty"` // subscribe: a shared subscription
 }
 
 func errKind(err error) string {
@@ -184,6 +185,7 @@ func memberMain() int {
 	var wg sync.WaitGroup
 	var subsMu sync.Mutex
 	subs := map[int]*cluster.Subscription{}
+	regs := map[int]*cluster.Registration{}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		var cmd command
@@ -218,10 +220,14 @@ func memberMain() int {
 			case "publish":
 				err = c.Publish(ctx, cmd.Name, cluster.Message{Data: []byte(cmd.Data)})
 			case "subscribe":
+				var opts []cluster.SubscribeOption
+				if cmd.Shared {
+					opts = append(opts, cluster.Shared())
+				}
 				var s *cluster.Subscription
 				s, err = c.Subscribe(ctx, cmd.Name, func(m cluster.Message) {
 					emit(event{Ev: "msg", Sub: cmd.ID, Topic: cmd.Name, Data: string(m.Data)})
-				})
+				}, opts...)
 				if err == nil {
 					subsMu.Lock()
 					subs[cmd.ID] = s
@@ -234,6 +240,23 @@ func memberMain() int {
 				subsMu.Unlock()
 				if s != nil {
 					err = s.Close()
+				}
+			case "register":
+				var r *cluster.Registration
+				r, err = c.Register(ctx, cmd.Name, cluster.Message{Data: []byte(cmd.Data)})
+				if err == nil {
+					subsMu.Lock()
+					regs[cmd.ID] = r
+					subsMu.Unlock()
+				}
+			case "withdraw":
+				subsMu.Lock()
+				r := regs[cmd.Sub]
+				subsMu.Unlock()
+				if r == nil {
+					err = fmt.Errorf("no registration %d", cmd.Sub)
+				} else {
+					err = r.Withdraw(ctx)
 				}
 			case "stats":
 				st := c.Stats()

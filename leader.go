@@ -145,7 +145,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		_ = nc.Close()
 		return
 	}
-	pc := &peerConn{l: l, hello: hello, topics: make(map[string]struct{}), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{})}
+	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{})}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.connOptions()
 	opts.Handler = pc.handle
@@ -172,9 +172,10 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	topics := pc.topics
 	pc.topics = nil
 	pc.mu.Unlock()
-	for t := range topics {
-		l.removeSink(t, pc)
+	for k := range topics {
+		l.removeSink(k.topic, pc, k.shared)
 	}
+	pc.endRegistrations()
 	conn.Close()
 	l.mu.Lock()
 	delete(l.conns, conn)
@@ -280,23 +281,49 @@ func (l *leader) publish(ctx context.Context, topic string, msg Message) error {
 	return nil
 }
 
-func (l *leader) subscribe(ctx context.Context, topic string) error {
+func (l *leader) subscribe(ctx context.Context, topic string, shared bool) error {
 	if !l.calls.enter() {
 		return errNotSent
 	}
 	defer l.calls.leave()
-	return l.addSink(ctx, topic, localSink{l.c})
+	return l.addSink(ctx, topic, localSink{l.c}, shared)
 }
 
-func (l *leader) unsubscribe(_ context.Context, topic string) error {
-	l.removeSink(topic, localSink{l.c})
+func (l *leader) unsubscribe(_ context.Context, topic string, shared bool) error {
+	l.removeSink(topic, localSink{l.c}, shared)
+	return nil
+}
+
+func (l *leader) register(ctx context.Context, r *Registration) error {
+	if !l.calls.enter() {
+		return errNotSent
+	}
+	defer l.calls.leave()
+	if err := l.svc.Publish(ctx, r.topic, r.msg); err != nil {
+		return serviceErr(ctx, "register", r.topic, err)
+	}
+	return nil
+}
+
+func (l *leader) withdraw(ctx context.Context, r *Registration) error {
+	w, ok := l.svc.(Withdrawer)
+	if !ok {
+		return nil
+	}
+	if !l.calls.enter() {
+		return errNotSent
+	}
+	defer l.calls.leave()
+	if err := w.Withdraw(ctx, r.topic, r.msg); err != nil {
+		return serviceErr(ctx, "withdraw", r.topic, err)
+	}
 	return nil
 }
 
 // localSink delivers to this process's own subscribers.
 type localSink struct{ c *Client }
 
-func (s localSink) deliver(topic string, m Message) { s.c.reg.deliver(topic, m) }
+func (s localSink) deliver(topic string, m Message, shared bool) { s.c.reg.deliver(topic, m, shared) }
 
 // gate counts calls in progress and refuses new ones once closed.
 type gate struct {

@@ -49,6 +49,7 @@ func (c *Client) run(joinCtx context.Context) {
 		}
 		c.setEpoch(b, b.info())
 		c.resubscribe(b)
+		c.replay(b)
 		if !lostAt.IsZero() {
 			d := time.Since(lostAt)
 			c.stats.lastFailover.Store(int64(d))
@@ -98,7 +99,7 @@ func (c *Client) resubscribe(b backend) {
 		stop()
 		cancel()
 		if err != nil {
-			c.cfg.Logger.Warn("cluster: re-subscribing failed", "topic", lt.name, "err", err)
+			c.cfg.Logger.Warn("cluster: re-subscribing failed", "topic", lt.key.topic, "shared", lt.key.shared, "err", err)
 		}
 		if b.context().Err() != nil || c.life.Err() != nil {
 			return

@@ -32,3 +32,16 @@ type Service interface {
 	// Close releases the Service when its leadership term ends.
 	Close() error
 }
+
+// Withdrawer is implemented by a Service that can take back a registration (see
+// Client.Register): what a service registry calls unpublish or deregister. The Leader
+// calls Withdraw with the topic and the Message that Publish registered, when the
+// registering member withdraws it or when that member's connection ends (the member
+// died or left). A Service that does not implement Withdrawer is never told; its
+// registrations are still never replayed to later Leaders once withdrawn.
+//
+// Withdraw must undo exactly one earlier Publish of the same topic and payload: two
+// members may register equal payloads, and withdrawing one must leave the other.
+type Withdrawer interface {
+	Withdraw(ctx context.Context, topic string, msg Message) error
+}

@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -13,9 +15,15 @@ import (
 // message is dropped (the newest always survives; Stats.Dropped counts the losses): a
 // slow subscriber never stalls the Leader or the other subscribers.
 type Subscription struct {
-	c     *Client
-	topic string
-	fn    func(Message)
+	c      *Client
+	topic  string
+	shared bool
+	fn     func(Message)
+
+	first     chan struct{} // closed when the first message arrived
+	firstMsg  Message       // written once before first is closed
+	gotFirst  bool          // guarded by mu
+	closedErr chan struct{} // closed by stop
 
 	mu      sync.Mutex
 	queue   []Message // ring buffer
@@ -30,6 +38,33 @@ type Subscription struct {
 
 // Topic returns the subscribed topic.
 func (s *Subscription) Topic() string { return s.topic }
+
+// Shared reports whether this is a shared subscription (see Shared).
+func (s *Subscription) Shared() bool { return s.shared }
+
+// First returns the first message this subscription received (for a broadcast
+// subscription, usually the topic's latest value, replayed at once), waiting for it
+// until ctx ends (Config.CallTimeout applies when ctx has no deadline). On timeout it
+// returns an error matching ErrTimeout and the subscription stays: Close it if the
+// caller no longer wants it. This is cluster-client's subscribe-with-timeout. The
+// callback is called with the same message as usual; First only reports it.
+func (s *Subscription) First(ctx context.Context) (Message, error) {
+	select { // a message that is already here wins over an expired ctx
+	case <-s.first:
+		return s.firstMsg, nil
+	default:
+	}
+	ctx, cancel := s.c.callContext(ctx)
+	defer cancel()
+	select {
+	case <-s.first:
+		return s.firstMsg, nil
+	case <-s.closedErr:
+		return Message{}, fmt.Errorf("first message of %q: subscription closed: %w", s.topic, ErrClosed)
+	case <-ctx.Done():
+		return Message{}, ctxErr(ctx, "first message of", s.topic)
+	}
+}
 
 // Close unsubscribes. The callback is not called again once Close returns, except that
 // an invocation already running finishes. When this was the last subscriber of the
@@ -46,8 +81,12 @@ func (s *Subscription) Close() error {
 	return s.closeErr
 }
 
-func newSubscription(c *Client, topic string, fn func(Message), size int) *Subscription {
-	s := &Subscription{c: c, topic: topic, fn: fn, queue: make([]Message, size), wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newSubscription(c *Client, topic string, shared bool, fn func(Message), size int) *Subscription {
+	s := &Subscription{
+		c: c, topic: topic, shared: shared, fn: fn, queue: make([]Message, size),
+		wake: make(chan struct{}, 1), done: make(chan struct{}),
+		first: make(chan struct{}), closedErr: make(chan struct{}),
+	}
 	c.subsWG.Add(1)
 	go s.dispatch()
 	return s
@@ -59,6 +98,10 @@ func (s *Subscription) push(m Message) (dropped bool) {
 	if s.closed {
 		s.mu.Unlock()
 		return false
+	}
+	if !s.gotFirst {
+		s.gotFirst, s.firstMsg = true, m
+		close(s.first)
 	}
 	if s.n == len(s.queue) {
 		s.queue[s.head] = Message{}
@@ -78,6 +121,9 @@ func (s *Subscription) push(m Message) (dropped bool) {
 
 func (s *Subscription) stop() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.closedErr)
+	}
 	s.closed = true
 	clear(s.queue)
 	s.n = 0
@@ -112,19 +158,22 @@ func (s *Subscription) dispatch() {
 	}
 }
 
-// registry is the process's table of local subscriptions: one entry per topic, however
-// many callbacks, so the Leader sees one subscription per topic per process.
+// registry is the process's table of local subscriptions: one entry per topic and
+// mode (broadcast or shared), however many callbacks, so the Leader sees at most one
+// subscription of each per process.
 type registry struct {
 	c       *Client
 	mu      sync.Mutex
-	topics  map[string]*localTopic
+	topics  map[subKey]*localTopic
 	dropped atomic.Uint64
 }
 
 type localTopic struct {
-	name string
-	subs map[*Subscription]struct{} // guarded by registry.mu
-	// latest is the last message seen on the topic, replayed to late local subscribers.
+	key  subKey
+	subs []*Subscription // guarded by registry.mu, in subscription order
+	next int             // shared: the subscriber the next message goes to
+	// latest is the last broadcast message seen on the topic, replayed to late local
+	// subscribers.
 	latest    Message
 	hasLatest bool
 
@@ -132,32 +181,46 @@ type localTopic struct {
 	activeOn backend    // the backend this topic is subscribed on; guarded by opMu
 }
 
-// add registers s and replays the topic's latest message to it.
+// add registers s and replays the topic's latest message to a broadcast subscriber.
 func (r *registry) add(s *Subscription) *localTopic {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	lt := r.topics[s.topic]
+	key := subKey{s.topic, s.shared}
+	lt := r.topics[key]
 	if lt == nil {
-		lt = &localTopic{name: s.topic, subs: make(map[*Subscription]struct{})}
-		r.topics[s.topic] = lt
+		lt = &localTopic{key: key}
+		r.topics[key] = lt
 	}
-	lt.subs[s] = struct{}{}
+	lt.subs = append(lt.subs, s)
 	if lt.hasLatest {
 		s.push(lt.latest)
 	}
 	return lt
 }
 
-// deliver fans m out to every local subscriber of topic without blocking.
-func (r *registry) deliver(topic string, m Message) {
+// deliver hands m to every local broadcast subscriber of topic, or, when shared, to
+// one shared subscriber (in turn), without blocking.
+func (r *registry) deliver(topic string, m Message, shared bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	lt := r.topics[topic]
-	if lt == nil {
+	lt := r.topics[subKey{topic, shared}]
+	if lt == nil || len(lt.subs) == 0 {
+		if shared {
+			r.c.cfg.Logger.Warn("cluster: shared message arrived after the last shared subscriber left; dropped", "topic", topic)
+			r.dropped.Add(1)
+		}
+		return
+	}
+	if shared {
+		lt.next %= len(lt.subs)
+		if lt.subs[lt.next].push(m) {
+			r.dropped.Add(1)
+		}
+		lt.next++
 		return
 	}
 	lt.latest, lt.hasLatest = m, true
-	for s := range lt.subs {
+	for _, s := range lt.subs {
 		if s.push(m) {
 			r.dropped.Add(1)
 		}
@@ -174,7 +237,7 @@ func (r *registry) ensure(ctx context.Context, lt *localTopic, b backend) error 
 	if empty || lt.activeOn == b {
 		return nil
 	}
-	if err := b.subscribe(ctx, lt.name); err != nil {
+	if err := b.subscribe(ctx, lt.key.topic, lt.key.shared); err != nil {
 		return err
 	}
 	lt.activeOn = b
@@ -184,12 +247,17 @@ func (r *registry) ensure(ctx context.Context, lt *localTopic, b backend) error 
 // remove unregisters s; the last local subscriber of a topic unsubscribes it upstream.
 func (r *registry) remove(ctx context.Context, s *Subscription) error {
 	r.mu.Lock()
-	lt := r.topics[s.topic]
+	lt := r.topics[subKey{s.topic, s.shared}]
 	if lt == nil {
 		r.mu.Unlock()
 		return nil
 	}
-	delete(lt.subs, s)
+	if i := slices.Index(lt.subs, s); i >= 0 {
+		lt.subs = slices.Delete(lt.subs, i, i+1)
+		if lt.next > i {
+			lt.next--
+		}
+	}
 	empty := len(lt.subs) == 0
 	r.mu.Unlock()
 	if !empty {
@@ -205,7 +273,7 @@ func (r *registry) remove(ctx context.Context, s *Subscription) error {
 		b := lt.activeOn
 		lt.activeOn = nil
 		if b == r.c.currentBackend() {
-			err = b.unsubscribe(ctx, lt.name)
+			err = b.unsubscribe(ctx, lt.key.topic, lt.key.shared)
 			// A lost Leader took its subscription table with it, and the next Leader
 			// never hears of this topic: nothing is left to undo.
 			if errors.Is(err, errNotSent) || errors.Is(err, ErrLeaderLost) || errors.Is(err, ErrClosed) {
@@ -214,8 +282,8 @@ func (r *registry) remove(ctx context.Context, s *Subscription) error {
 		}
 	}
 	r.mu.Lock()
-	if len(lt.subs) == 0 && r.topics[lt.name] == lt {
-		delete(r.topics, lt.name)
+	if len(lt.subs) == 0 && r.topics[lt.key] == lt {
+		delete(r.topics, lt.key)
 	}
 	r.mu.Unlock()
 	return err

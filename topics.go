@@ -1,8 +1,11 @@
 package cluster
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/cluster-client-go/cluster/frame"
@@ -10,13 +13,22 @@ import (
 )
 
 // sink is a subscriber of a topic on the Leader: a Follower connection, or the Leader's
-// own process. deliver must not block.
+// own process. deliver must not block; shared says the message is for one of the
+// sink's shared subscribers rather than all of its broadcast ones.
 type sink interface {
-	deliver(topic string, m Message)
+	deliver(topic string, m Message, shared bool)
+}
+
+// subKey names one of a process's two subscriptions of a topic: broadcast (every
+// subscriber gets every message) or shared (each message goes to one subscriber).
+type subKey struct {
+	topic  string
+	shared bool
 }
 
 // topic is one entry of the Leader's subscription table: the Service's one
-// subscription, the latest message, and the sinks it fans out to.
+// subscription, the latest message, and the sinks it fans out to: every broadcast sink
+// gets every message, and one shared sink (in turn) gets each message.
 type topic struct {
 	name string
 	// sub serialises Service.Subscribe and the cancel of this topic. It is never held
@@ -29,8 +41,12 @@ type topic struct {
 	dead   bool // removed from the table; emits are ignored
 	latest Message
 	has    bool
-	sinks  map[sink]struct{}
+	sinks  map[sink]struct{} // broadcast
+	shared []sink            // shared, in subscription order
+	next   int               // the shared sink the next message goes to
 }
+
+func (t *topic) empty() bool { return len(t.sinks) == 0 && len(t.shared) == 0 }
 
 // emit is the func given to Service.Subscribe. Holding fan while fanning out keeps the
 // per-topic order and makes "replay latest, then live messages" gap- and duplicate-free
@@ -43,7 +59,12 @@ func (t *topic) emit(m Message) {
 	}
 	t.latest, t.has = m, true
 	for s := range t.sinks {
-		s.deliver(t.name, m)
+		s.deliver(t.name, m, false)
+	}
+	if n := len(t.shared); n > 0 {
+		t.next %= n
+		t.shared[t.next].deliver(t.name, m, true)
+		t.next++
 	}
 }
 
@@ -55,6 +76,7 @@ func (t *topic) kill() {
 	cancel := t.cancel
 	t.dead, t.cancel = true, nil
 	clear(t.sinks)
+	t.shared = nil
 	t.fan.Unlock()
 	if cancel != nil {
 		cancel()
@@ -62,8 +84,9 @@ func (t *topic) kill() {
 }
 
 // addSink subscribes s to name: the first sink makes the one Service subscription, and
-// every sink gets the latest message at once.
-func (l *leader) addSink(ctx context.Context, name string, s sink) error {
+// every broadcast sink gets the latest message at once. A shared sink gets no replay:
+// the latest message already went to one shared subscriber, and work is done once.
+func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) error {
 	for {
 		l.mu.Lock()
 		t := l.topics[name]
@@ -85,7 +108,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink) error {
 			cancel, err := l.svc.Subscribe(ctx, name, t.emit)
 			if err != nil {
 				t.fan.Lock()
-				gone := len(t.sinks) == 0
+				gone := t.empty()
 				if gone {
 					t.dead = true
 				}
@@ -101,10 +124,17 @@ func (l *leader) addSink(ctx context.Context, name string, s sink) error {
 			t.fan.Unlock()
 		}
 		t.fan.Lock()
-		if _, dup := t.sinks[s]; !dup {
-			t.sinks[s] = struct{}{}
-			if t.has {
-				s.deliver(name, t.latest)
+		switch {
+		case shared:
+			if !slices.Contains(t.shared, s) {
+				t.shared = append(t.shared, s)
+			}
+		default:
+			if _, dup := t.sinks[s]; !dup {
+				t.sinks[s] = struct{}{}
+				if t.has {
+					s.deliver(name, t.latest, false)
+				}
 			}
 		}
 		t.fan.Unlock()
@@ -115,7 +145,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink) error {
 
 // removeSink unsubscribes s from name; the last sink cancels the Service subscription
 // and forgets the latest message.
-func (l *leader) removeSink(name string, s sink) {
+func (l *leader) removeSink(name string, s sink, shared bool) {
 	l.mu.Lock()
 	t := l.topics[name]
 	l.mu.Unlock()
@@ -125,8 +155,17 @@ func (l *leader) removeSink(name string, s sink) {
 	t.sub.Lock()
 	defer t.sub.Unlock()
 	t.fan.Lock()
-	delete(t.sinks, s)
-	last := len(t.sinks) == 0 && !t.dead
+	if shared {
+		if i := slices.Index(t.shared, s); i >= 0 {
+			t.shared = slices.Delete(t.shared, i, i+1)
+			if t.next > i {
+				t.next-- // keep the turn order of the others
+			}
+		}
+	} else {
+		delete(t.sinks, s)
+	}
+	last := t.empty() && !t.dead
 	var cancel func()
 	if last {
 		cancel = t.cancel
@@ -164,24 +203,38 @@ type peerConn struct {
 	ackOnce sync.Once
 
 	mu     sync.Mutex
-	topics map[string]struct{} // nil once the connection ended
+	topics map[subKey]struct{}     // nil once the connection ended
+	regs   map[uint64]registration // the Follower's live registrations; nil once ended
+	regSeq uint64                  // orders regs
+}
+
+// registration is one the Leader holds for a Follower.
+type registration struct {
+	seq   uint64
+	topic string
+	msg   Message
 }
 
 // deliver queues a message frame; a Follower that does not keep up is dropped by the
 // connection's queue bound, then reconnects and gets the latest message again.
-func (pc *peerConn) deliver(topic string, m Message) {
+func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 	if len(m.Data) > int(pc.hello.MaxBody) {
 		pc.l.c.cfg.Logger.Warn("cluster: message larger than the follower accepts; not delivered", "topic", topic, "size", len(m.Data), "limit", pc.hello.MaxBody)
 		return
 	}
-	_ = pc.conn.Send(frame.Header{Kind: frame.KindMessage}, []byte(topic), m.Data)
+	h := frame.Header{Kind: frame.KindMessage}
+	if shared {
+		h.Flags = frame.FlagShared
+	}
+	_ = pc.conn.Send(h, []byte(topic), m.Data)
 }
 
 // handle runs on the reader goroutine. Requests run on goroutines of their own; at most
 // maxInflightPerConn at once, after which reading this connection waits.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame) {
 	switch f.Kind {
-	case frame.KindInvoke, frame.KindOneway, frame.KindPublish, frame.KindSubscribe, frame.KindUnsubscribe:
+	case frame.KindInvoke, frame.KindOneway, frame.KindPublish, frame.KindSubscribe, frame.KindUnsubscribe,
+		frame.KindRegister, frame.KindWithdraw:
 	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
 		pc.ackOnce.Do(func() { close(pc.acked) })
 		return
@@ -217,6 +270,13 @@ func (pc *peerConn) exec(f frame.Frame) {
 	}
 	l, name := pc.l, string(f.Meta)
 	var err error
+	var shared bool
+	if f.Kind == frame.KindSubscribe || f.Kind == frame.KindUnsubscribe {
+		if shared, err = subscriptionMode(f.Body); err != nil {
+			pc.conn.Abort(err)
+			return
+		}
+	}
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway:
 		var out Message
@@ -241,29 +301,35 @@ func (pc *peerConn) exec(f frame.Frame) {
 			err = serviceErr(ctx, "publish", name, err)
 		}
 	case frame.KindSubscribe:
+		key := subKey{name, shared}
 		pc.mu.Lock()
 		ended := pc.topics == nil
 		pc.mu.Unlock()
 		if ended {
 			return
 		}
-		if err = l.addSink(ctx, name, pc); err == nil {
+		if err = l.addSink(ctx, name, pc, key.shared); err == nil {
 			pc.mu.Lock()
 			if pc.topics != nil {
-				pc.topics[name] = struct{}{}
+				pc.topics[key] = struct{}{}
 				pc.mu.Unlock()
 			} else { // the connection ended meanwhile: undo
 				pc.mu.Unlock()
-				l.removeSink(name, pc)
+				l.removeSink(name, pc, key.shared)
 			}
 		}
 	case frame.KindUnsubscribe:
+		key := subKey{name, shared}
 		pc.mu.Lock()
 		if pc.topics != nil {
-			delete(pc.topics, name)
+			delete(pc.topics, key)
 		}
 		pc.mu.Unlock()
-		l.removeSink(name, pc)
+		l.removeSink(name, pc, key.shared)
+	case frame.KindRegister:
+		err = pc.register(ctx, name, f.Body)
+	case frame.KindWithdraw:
+		err = pc.withdraw(ctx, name, f.Body)
 	}
 	pc.reply(f.ID, err)
 }
@@ -282,4 +348,114 @@ func (pc *peerConn) reply(id uint64, err error) {
 		code = frame.CodeTimeout
 	}
 	_ = pc.conn.ReplyError(id, code, msg)
+}
+
+// register publishes a Follower's registration and remembers it for the life of the
+// connection.
+func (pc *peerConn) register(ctx context.Context, topic string, body []byte) error {
+	id, payload, err := frame.ParseRegister(body)
+	if err != nil {
+		pc.conn.Abort(err)
+		return err
+	}
+	pc.mu.Lock()
+	_, dup := pc.regs[id]
+	ended := pc.regs == nil
+	pc.mu.Unlock()
+	if ended {
+		return fmt.Errorf("the connection ended")
+	}
+	if dup {
+		return nil // a replay of what we hold: nothing to do
+	}
+	msg := Message{Data: slices.Clone(payload)}
+	if err := pc.l.svc.Publish(ctx, topic, msg); err != nil {
+		return serviceErr(ctx, "register", topic, err)
+	}
+	pc.mu.Lock()
+	if pc.regs != nil {
+		pc.regSeq++
+		pc.regs[id] = registration{seq: pc.regSeq, topic: topic, msg: msg}
+		pc.mu.Unlock()
+		return nil
+	}
+	pc.mu.Unlock()
+	// The connection ended while the Service registered it: its owner is gone.
+	pc.l.withdrawFromService(topic, msg)
+	return nil
+}
+
+// withdraw takes back a Follower's registration.
+func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) error {
+	id, err := frame.ParseWithdraw(body)
+	if err != nil {
+		pc.conn.Abort(err)
+		return err
+	}
+	pc.mu.Lock()
+	r, ok := pc.regs[id]
+	delete(pc.regs, id)
+	pc.mu.Unlock()
+	if !ok {
+		return nil // not held: nothing to undo
+	}
+	if w, ok := pc.l.svc.(Withdrawer); ok {
+		if err := w.Withdraw(ctx, r.topic, r.msg); err != nil {
+			return serviceErr(ctx, "withdraw", topic, err)
+		}
+	}
+	return nil
+}
+
+// endRegistrations withdraws, in registration order, what a Follower whose connection
+// ended still had registered: its process left or died, and nobody will renew them. At
+// the end of the term they are left to the Service's Close instead: the Followers
+// register them again with the next Leader.
+func (pc *peerConn) endRegistrations() {
+	pc.mu.Lock()
+	regs := pc.regs
+	pc.regs = nil
+	pc.mu.Unlock()
+	if len(regs) == 0 || pc.l.ctx.Err() != nil {
+		return
+	}
+	pc.l.mu.Lock()
+	stopping := pc.l.stopping
+	pc.l.mu.Unlock()
+	if stopping {
+		return
+	}
+	ordered := make([]registration, 0, len(regs))
+	for _, r := range regs {
+		ordered = append(ordered, r)
+	}
+	slices.SortFunc(ordered, func(a, b registration) int { return cmp.Compare(a.seq, b.seq) })
+	for _, r := range ordered {
+		pc.l.withdrawFromService(r.topic, r.msg)
+	}
+}
+
+// withdrawFromService tells a Withdrawer Service that a registration's owner is gone.
+func (l *leader) withdrawFromService(topic string, msg Message) {
+	w, ok := l.svc.(Withdrawer)
+	if !ok || !l.calls.enter() {
+		return
+	}
+	defer l.calls.leave()
+	ctx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
+	defer cancel()
+	if err := w.Withdraw(ctx, topic, msg); err != nil {
+		l.c.cfg.Logger.Warn("cluster: withdrawing a departed member's registration failed", "topic", topic, "err", err)
+	}
+}
+
+// subscriptionMode reads the body of a subscribe or unsubscribe frame.
+func subscriptionMode(body []byte) (shared bool, err error) {
+	switch {
+	case len(body) == 0:
+		return false, nil
+	case bytes.Equal(body, frame.SubscribeShared):
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: subscribe body must be empty or 0x01, got %d bytes", frame.ErrProtocol, len(body))
 }

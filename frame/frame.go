@@ -63,6 +63,8 @@ const (
 	KindPing        Kind = 11 // liveness probe; answered by a pong with the same id
 	KindPong        Kind = 12 // answer to a ping
 	KindGoodbye     Kind = 13 // leader → follower: handing over, send no new requests
+	KindRegister    Kind = 14 // follower → leader: a remembered publish; body is a RegisterBody
+	KindWithdraw    Kind = 15 // follower → leader: take back a registration; body is its 8-byte id
 )
 
 var kindNames = [...]string{
@@ -79,6 +81,8 @@ var kindNames = [...]string{
 	KindPing:        "ping",
 	KindPong:        "pong",
 	KindGoodbye:     "goodbye",
+	KindRegister:    "register",
+	KindWithdraw:    "withdraw",
 }
 
 // String returns the kind's lower-case name, or "kind(N)" for an unknown kind.
@@ -90,11 +94,28 @@ func (k Kind) String() string {
 }
 
 // Valid reports whether k is a kind defined by this protocol version.
-func (k Kind) Valid() bool { return k >= KindHello && k <= KindGoodbye }
+func (k Kind) Valid() bool { return k >= KindHello && k <= KindWithdraw }
 
-// Flags is the third byte of the header. No flags are defined in version 1: a frame
-// with any bit set is a protocol violation. The byte is reserved for later versions.
+// Flags is the third byte of the header. Each flag is defined for some kinds only; a
+// frame with a bit set that its kind does not define is a protocol violation.
 type Flags uint8
+
+// FlagShared, on a message frame, says the message is for exactly one of the receiving
+// process's shared (work-sharing) subscribers of the topic, not for all of its
+// broadcast subscribers.
+const FlagShared Flags = 1 << 0
+
+// AllowedFlags returns the flags defined for kind k.
+func AllowedFlags(k Kind) Flags {
+	if k == KindMessage {
+		return FlagShared
+	}
+	return 0
+}
+
+// SubscribeShared is the body of a subscribe or unsubscribe frame that names the
+// process's shared subscription of the topic; an empty body names the broadcast one.
+var SubscribeShared = []byte{1}
 
 // Header is the fixed 24-byte header that starts every frame. All integers are
 // big-endian.
@@ -165,8 +186,8 @@ func ParseHeader(b []byte, lim Limits) (Header, error) {
 		return Header{}, fmt.Errorf("frame: received protocol version %d, this side speaks version %d: %w", h.Version, Version, ErrVersion)
 	case !h.Kind.Valid():
 		return Header{}, fmt.Errorf("frame: unknown frame kind %d: %w", uint8(h.Kind), ErrProtocol)
-	case h.Flags != 0:
-		return Header{}, fmt.Errorf("frame: %s frame has flags 0x%02x, but version %d defines none: %w", h.Kind, uint8(h.Flags), Version, ErrProtocol)
+	case h.Flags&^AllowedFlags(h.Kind) != 0:
+		return Header{}, fmt.Errorf("frame: %s frame has flags 0x%02x, but only 0x%02x are defined for it: %w", h.Kind, uint8(h.Flags), uint8(AllowedFlags(h.Kind)), ErrProtocol)
 	case h.FDs > MaxFDs:
 		return Header{}, fmt.Errorf("frame: %s frame declares %d file descriptors, the limit is %d: %w", h.Kind, h.FDs, MaxFDs, ErrProtocol)
 	case h.MetaLen > lim.maxMeta():

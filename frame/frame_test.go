@@ -42,13 +42,15 @@ func TestConstants(t *testing.T) {
 		{frame.KindPing, 11, "ping"},
 		{frame.KindPong, 12, "pong"},
 		{frame.KindGoodbye, 13, "goodbye"},
+		{frame.KindRegister, 14, "register"},
+		{frame.KindWithdraw, 15, "withdraw"},
 	}
 	for _, c := range kinds {
 		require.Equal(t, c.v, uint8(c.k), c.name)
 		require.Equal(t, c.name, c.k.String())
 		require.True(t, c.k.Valid(), c.name)
 	}
-	for _, k := range []frame.Kind{0, 14, 99, 255} {
+	for _, k := range []frame.Kind{0, 16, 99, 255} {
 		require.False(t, k.Valid(), k)
 	}
 	require.Equal(t, "kind(0)", frame.Kind(0).String())
@@ -205,9 +207,10 @@ var rejections = []struct {
 	{"version 2", set(0, 2), frame.Limits{}, frame.ErrVersion, []string{"version 2", "version 1"}},
 	{"version 255", set(0, 255), frame.Limits{}, frame.ErrVersion, []string{"version 255", "version 1"}},
 	{"kind 0", set(1, 0), frame.Limits{}, frame.ErrProtocol, []string{"kind 0"}},
-	{"kind 14", set(1, 14), frame.Limits{}, frame.ErrProtocol, []string{"kind 14"}},
+	{"kind 16", set(1, 16), frame.Limits{}, frame.ErrProtocol, []string{"kind 16"}},
 	{"kind 255", set(1, 255), frame.Limits{}, frame.ErrProtocol, []string{"kind 255"}},
-	{"flag 0x01", set(2, 0x01), frame.Limits{}, frame.ErrProtocol, []string{"flags 0x01"}},
+	{"flag 0x01", set(2, 0x01), frame.Limits{}, frame.ErrProtocol, []string{"invoke frame has flags 0x01", "only 0x00"}},
+	{"shared message with another flag", func(b []byte) { b[1], b[2] = byte(frame.KindMessage), 0x03 }, frame.Limits{}, frame.ErrProtocol, []string{"flags 0x03", "only 0x01"}},
 	{"flag 0x80", set(2, 0x80), frame.Limits{}, frame.ErrProtocol, []string{"flags 0x80"}},
 	{"17 fds", set(3, 17), frame.Limits{}, frame.ErrProtocol, []string{"17 file descriptors", "limit is 16"}},
 	{"255 fds", set(3, 255), frame.Limits{}, frame.ErrProtocol, []string{"255 file descriptors"}},
@@ -264,7 +267,12 @@ func TestParseHeaderAcceptsLimits(t *testing.T) {
 		_, err := frame.ParseHeader(header(c.mutate), c.lim)
 		require.NoError(t, err, name)
 	}
-	for k := frame.KindHello; k <= frame.KindGoodbye; k++ {
+	h, err := frame.ParseHeader(header(func(b []byte) { b[1], b[2] = byte(frame.KindMessage), byte(frame.FlagShared) }), frame.Limits{})
+	require.NoError(t, err)
+	require.Equal(t, frame.FlagShared, h.Flags)
+	_, err = frame.ParseHeader(header(func(b []byte) { b[1], b[2] = byte(frame.KindSubscribe), byte(frame.FlagShared) }), frame.Limits{})
+	require.ErrorIs(t, err, frame.ErrProtocol, "the shared subscription is named in the body, not by a flag")
+	for k := frame.KindHello; k <= frame.KindWithdraw; k++ {
 		h, err := frame.ParseHeader(header(set(1, byte(k))), frame.Limits{})
 		require.NoError(t, err, k)
 		require.Equal(t, k, h.Kind)
@@ -392,4 +400,26 @@ func TestErrorTexts(t *testing.T) {
 	require.ErrorIs(t, frame.ErrVersion, frame.ErrProtocol)
 	require.NotErrorIs(t, frame.ErrProtocol, frame.ErrVersion)
 	require.NotErrorIs(t, frame.ErrTooLarge, frame.ErrProtocol)
+}
+
+func TestRegisterBodies(t *testing.T) {
+	b := frame.AppendRegister(nil, 0x0102030405060708, []byte("addr"))
+	require.Equal(t, []byte{1, 2, 3, 4, 5, 6, 7, 8, 'a', 'd', 'd', 'r'}, b)
+	id, payload, err := frame.ParseRegister(b)
+	require.NoError(t, err)
+	require.Equal(t, uint64(0x0102030405060708), id)
+	require.Equal(t, []byte("addr"), payload)
+	_, payload, err = frame.ParseRegister(b[:8])
+	require.NoError(t, err)
+	require.Empty(t, payload)
+	_, _, err = frame.ParseRegister(b[:7])
+	require.ErrorIs(t, err, frame.ErrProtocol)
+
+	id, err = frame.ParseWithdraw(b[:8])
+	require.NoError(t, err)
+	require.Equal(t, uint64(0x0102030405060708), id)
+	for _, n := range []int{0, 7, 9} {
+		_, err = frame.ParseWithdraw(make([]byte, n))
+		require.ErrorIs(t, err, frame.ErrProtocol, n)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,6 +41,15 @@ type serverConn struct {
 	cancel context.CancelFunc
 	wmu    sync.Mutex          // serialises writes
 	subs   map[string]struct{} // guarded by Server.mu
+	// regs is what this session published and did not withdraw: like a registry's
+	// ephemeral entries, they live as long as the connection. Guarded by Server.mu.
+	regs []entry
+}
+
+// entry is one published payload on a topic.
+type entry struct {
+	topic string
+	data  string
 }
 
 // Start listens on addr ("127.0.0.1:0" picks a free port) with network "tcp" and serves
@@ -149,8 +159,25 @@ func (s *Server) serve(sc *serverConn) {
 			s.mu.Unlock()
 			sc.reply(p.ID, nil, nil)
 		case opPublish:
+			s.mu.Lock()
+			sc.regs = append(sc.regs, entry{p.Topic, string(p.Data)})
+			s.notifyLocked()
+			s.mu.Unlock()
 			s.Push(p.Topic, p.Data)
 			sc.reply(p.ID, nil, nil)
+		case opWithdraw:
+			s.mu.Lock()
+			i := slices.Index(sc.regs, entry{p.Topic, string(p.Data)})
+			if i >= 0 {
+				sc.regs = slices.Delete(sc.regs, i, i+1)
+				s.notifyLocked()
+			}
+			s.mu.Unlock()
+			var err error
+			if i < 0 {
+				err = fmt.Errorf("withdraw: %q was not published on %q by this connection", p.Data, p.Topic)
+			}
+			sc.reply(p.ID, nil, err)
 		default:
 			sc.reply(p.ID, nil, fmt.Errorf("unknown operation %q", p.Op))
 		}
@@ -252,6 +279,46 @@ func (s *Server) Inflight() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.inflight
+}
+
+// Registered returns, sorted, the payloads published on topic and not withdrawn, over
+// every live connection: what a registry with ephemeral entries would list.
+func (s *Server) Registered(topic string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.registeredLocked(topic)
+}
+
+func (s *Server) registeredLocked(topic string) []string {
+	out := []string{}
+	for sc := range s.conns {
+		for _, e := range sc.regs {
+			if e.topic == topic {
+				out = append(out, e.data)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// WaitRegistered blocks until Registered(topic) equals want (sorted). It returns an
+// error naming what it saw if ctx ends first.
+func (s *Server) WaitRegistered(ctx context.Context, topic string, want []string) error {
+	want = slices.Sorted(slices.Values(want))
+	for {
+		s.mu.Lock()
+		have, ch := s.registeredLocked(topic), s.changed
+		s.mu.Unlock()
+		if slices.Equal(have, want) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("upstream: registered on %q: %q, waiting for %q: %w", topic, have, want, ctx.Err())
+		}
+	}
 }
 
 // Subscribers returns how many connections are subscribed to topic right now.

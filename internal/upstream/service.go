@@ -245,6 +245,13 @@ func (s *Service) Publish(ctx context.Context, topic string, msg cluster.Message
 	return err
 }
 
+// Withdraw takes back one earlier Publish of msg on topic by this connection; it
+// implements cluster.Withdrawer.
+func (s *Service) Withdraw(ctx context.Context, topic string, msg cluster.Message) error {
+	_, err := s.call(ctx, packet{Op: opWithdraw, Topic: topic, Data: msg.Data})
+	return err
+}
+
 // Subscribe calls emit, from the connection's reader goroutine and in order, for every
 // message on topic, until cancel is called. It returns once the server has the
 // subscription, so a message pushed after it returns reaches emit; emit may be called

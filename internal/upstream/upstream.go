@@ -6,10 +6,14 @@
 // The protocol is length-prefixed JSON over TCP: each packet is a 4-byte big-endian
 // length followed by a JSON object (byte payloads travel as base64). Client to server:
 // invoke {id, method, data}, subscribe {id, topic}, unsubscribe {topic},
-// publish {id, topic, data}. Server to client: response {id, data, err} to every packet
+// publish {id, topic, data}, withdraw {id, topic, data}. Server to client: response {id, data, err} to every packet
 // that carries an id, and message {topic, data} to subscribers. Each side reads a
 // connection on one goroutine and serialises its writes, so per connection, packets
 // keep their order.
+//
+// Publish is also a registration, as in a service registry with ephemeral entries: the
+// server remembers each published payload for the publishing connection until that
+// connection withdraws it (one equal entry per withdraw) or closes (Server.Registered).
 //
 // Server invoke methods:
 //
@@ -38,6 +42,7 @@ const (
 	opSubscribe   = "subscribe"
 	opUnsubscribe = "unsubscribe"
 	opPublish     = "publish"
+	opWithdraw    = "withdraw"
 	opResponse    = "response"
 	opMessage     = "message"
 )

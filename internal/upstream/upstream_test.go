@@ -497,3 +497,34 @@ func TestBrokenPeer(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return s.TotalConns() == 3 && s.Conns() == 1 }, waitFor, time.Millisecond)
 }
+
+// TestRegistryEntries checks the registry semantics the cluster's registration tests
+// rely on: a publish is an entry of its connection until withdrawn (one per withdraw)
+// or until the connection closes.
+func TestRegistryEntries(t *testing.T) {
+	s := startServer(t)
+	a, b := dial(t, s), dial(t, s)
+	var _ cluster.Withdrawer = a
+	ctx := testCtx(t)
+	require.NoError(t, a.Publish(ctx, "svc", cluster.Message{Data: []byte("a1")}))
+	require.NoError(t, a.Publish(ctx, "svc", cluster.Message{Data: []byte("same")}))
+	require.NoError(t, b.Publish(ctx, "svc", cluster.Message{Data: []byte("same")}))
+	require.NoError(t, b.Publish(ctx, "other", cluster.Message{Data: []byte("b1")}))
+	require.Equal(t, []string{"a1", "same", "same"}, s.Registered("svc"))
+	require.Equal(t, []string{"b1"}, s.Registered("other"))
+
+	require.NoError(t, a.Withdraw(ctx, "svc", cluster.Message{Data: []byte("same")}))
+	require.Equal(t, []string{"a1", "same"}, s.Registered("svc"), "withdrawing one of two equal entries leaves the other")
+	err := a.Withdraw(ctx, "svc", cluster.Message{Data: []byte("same")})
+	require.ErrorContains(t, err, "was not published", "a connection withdraws only its own entries")
+
+	require.NoError(t, b.Close())
+	require.NoError(t, s.WaitRegistered(ctx, "svc", []string{"a1"}), "a closed connection's entries go with it")
+	require.Equal(t, []string{}, s.Registered("other"))
+
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	err = s.WaitRegistered(short, "svc", []string{"never"})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, err, `["a1"]`)
+}

@@ -1,0 +1,201 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Registration is a publish the cluster remembers: typically a worker's address in a
+// service registry. The Leader publishes it through Service.Publish; every later Leader
+// gets it again from the registering member (in the order the member registered, once
+// per Leader); Withdraw takes it back for good. When the registering member's process
+// ends, by Close or by a crash, the Leader withdraws its registrations from the Service
+// (see Withdrawer), because nobody is left to keep them alive.
+//
+// This is what cluster-client users get from publish, minus its flaw: cluster-client
+// replays every publish after a re-election, including withdrawn ones.
+type Registration struct {
+	c     *Client
+	id    uint64
+	topic string
+	msg   Message
+
+	// guarded by Client.regs.op
+	activeOn  backend // the backend that holds it; nil when none does
+	withdrawn bool
+
+	once sync.Once
+	err  error
+}
+
+// Topic returns the registration's topic.
+func (r *Registration) Topic() string { return r.topic }
+
+// Data returns the registered payload (do not modify it).
+func (r *Registration) Data() []byte { return r.msg.Data }
+
+// registrations is the member's ordered list of live registrations.
+type registrations struct {
+	// op serialises every registration operation on a backend (register, withdraw,
+	// replay), so that a new Leader receives registrations in their order and each
+	// exactly once. Registrations are rare; serialising them is cheap.
+	op     sync.Mutex
+	mu     sync.Mutex // guards list and nextID
+	list   []*Registration
+	nextID uint64
+}
+
+// Register publishes msg on topic and keeps it registered until Withdraw or until this
+// member leaves: after a failover the member registers it again with the new Leader.
+// It returns once the Leader's Service accepted it, or with the Service's error (a
+// *RemoteError; nothing is then remembered). If the Leader is lost before it answers,
+// Register waits for the next one and registers there. ctx (or Config.CallTimeout)
+// bounds the wait.
+func (c *Client) Register(ctx context.Context, topic string, msg Message) (*Registration, error) {
+	if err := checkMessage("register", topic, msg, c.cfg.MaxBody); err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.closing:
+		return nil, fmt.Errorf("register %q: %w", topic, ErrClosed)
+	default:
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	c.regs.mu.Lock()
+	c.regs.nextID++
+	r := &Registration{c: c, id: c.regs.nextID, topic: topic, msg: msg}
+	c.regs.list = append(c.regs.list, r)
+	c.regs.mu.Unlock()
+	err := c.do(ctx, "register", topic, func(b backend) error {
+		err := c.regs.ensure(ctx, r, b)
+		if errors.Is(err, ErrLeaderLost) {
+			// It stays on the list, and the next Leader gets it in the replay; wait
+			// for that one to acknowledge.
+			return fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		return err
+	})
+	if err != nil {
+		c.regs.op.Lock()
+		r.withdrawn = true
+		c.regs.drop(r)
+		b := r.activeOn
+		r.activeOn = nil
+		c.regs.op.Unlock()
+		if b != nil { // a replay got it registered after all: take it back
+			wctx, wcancel := c.callContext(context.Background())
+			_ = b.withdraw(wctx, r)
+			wcancel()
+		}
+		return nil, err
+	}
+	return r, nil
+}
+
+// Withdraw takes the registration back: the Leader withdraws it from its Service (see
+// Withdrawer) and no later Leader hears of it. Withdraw is idempotent and returns the
+// same result every time. If the Leader is lost meanwhile, there is nothing left to
+// undo and Withdraw succeeds.
+func (r *Registration) Withdraw(ctx context.Context) error {
+	r.once.Do(func() {
+		c := r.c
+		ctx, cancel := c.callContext(ctx)
+		defer cancel()
+		c.regs.op.Lock()
+		defer c.regs.op.Unlock()
+		r.withdrawn = true
+		c.regs.drop(r)
+		b := r.activeOn
+		r.activeOn = nil
+		if b == nil || b != c.currentBackend() || b.context().Err() != nil {
+			return // no Leader holds it any more
+		}
+		err := b.withdraw(ctx, r)
+		if errors.Is(err, errNotSent) || errors.Is(err, ErrLeaderLost) || errors.Is(err, ErrClosed) {
+			err = nil // the Leader that held it is gone, and the next never hears of it
+		}
+		r.err = err
+	})
+	return r.err
+}
+
+// ensure registers r on b unless b already holds it or it was withdrawn. Older live
+// registrations that b does not hold yet go first, so b always receives them in order
+// whoever (this call or the replay after a failover) gets there first.
+func (rs *registrations) ensure(ctx context.Context, r *Registration, b backend) error {
+	rs.op.Lock()
+	defer rs.op.Unlock()
+	for _, x := range rs.snapshot() {
+		if x == r {
+			break
+		}
+		if x.withdrawn || x.activeOn == b {
+			continue
+		}
+		if err := b.register(ctx, x); err != nil {
+			if b.context().Err() != nil {
+				return err
+			}
+			r.c.cfg.Logger.Warn("cluster: re-registering failed", "topic", x.topic, "err", err)
+			continue
+		}
+		x.activeOn = b
+	}
+	if r.withdrawn || r.activeOn == b {
+		return nil
+	}
+	if err := b.register(ctx, r); err != nil {
+		return err
+	}
+	r.activeOn = b
+	return nil
+}
+
+// drop removes r from the list. rs.op must be held.
+func (rs *registrations) drop(r *Registration) {
+	rs.mu.Lock()
+	rs.list = slices.DeleteFunc(rs.list, func(x *Registration) bool { return x == r })
+	rs.mu.Unlock()
+}
+
+func (rs *registrations) snapshot() []*Registration {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return slices.Clone(rs.list)
+}
+
+func (rs *registrations) count() int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return len(rs.list)
+}
+
+// replay registers every live registration on b, in order, until b ends or the Client
+// closes. It holds op throughout, so a Register racing with it lands after the older
+// registrations.
+func (c *Client) replay(b backend) {
+	c.regs.op.Lock()
+	defer c.regs.op.Unlock()
+	for _, r := range c.regs.snapshot() {
+		if r.withdrawn || r.activeOn == b {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
+		stop := context.AfterFunc(c.life, cancel)
+		err := b.register(ctx, r)
+		stop()
+		cancel()
+		if err == nil {
+			r.activeOn = b
+		} else {
+			c.cfg.Logger.Warn("cluster: re-registering failed", "topic", r.topic, "err", err)
+		}
+		if b.context().Err() != nil || c.life.Err() != nil {
+			return
+		}
+	}
+}
