@@ -25,9 +25,17 @@
 //   - A slow subscriber never stalls the Leader: each Subscription has a bounded queue
 //     that drops its oldest message, and a Follower process that stops reading is
 //     disconnected (it reconnects and gets the latest message again).
-//   - A stopped (SIGSTOP) or hung Leader keeps its lock, so no one may take over: flock
-//     gives safety (never two Leaders), not liveness. Followers see their calls time out
-//     and the connection's heartbeat fail, and reconnect when it resumes.
+//   - Register is a publish the cluster remembers: each member replays its live
+//     registrations, in order, to every new Leader; Withdraw takes one back for good;
+//     a member that dies has its registrations withdrawn by the Leader (Withdrawer).
+//     Plain Publish is never replayed.
+//   - Subscribe with the Shared option shares work: each message goes to one shared
+//     subscriber on the host. Subscription.First waits for a topic's first value.
+//   - A peer is dead when its connection ends: the kernel reports that at once, even
+//     after SIGKILL. A process stopped (SIGSTOP, a debugger) or busy is slow, not dead,
+//     and keeps its place unless Config.HeartbeatTimeout is set. A stopped Leader keeps
+//     its lock, so no one may take over: flock gives safety (never two Leaders), not
+//     liveness; calls to it wait out their deadlines.
 //
 // Transports: by default members elect with flock(2) (gofrs/flock) and talk over a
 // Unix socket; on Linux SO_PEERCRED admits only the same user (Config.AllowUIDs and

@@ -2,10 +2,13 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/cluster-client-go/cluster"
 )
@@ -111,4 +114,118 @@ func ExampleTopic() {
 	fmt.Println((<-got).Headline)
 	// Output:
 	// typed
+}
+
+// registry is a Service that keeps registrations, as a service registry would.
+type registry struct {
+	broker
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (r *registry) Publish(ctx context.Context, topic string, msg cluster.Message) error {
+	r.mu.Lock()
+	r.addrs = append(r.addrs, string(msg.Data))
+	r.mu.Unlock()
+	return r.broker.Publish(ctx, topic, msg)
+}
+
+// Withdraw makes registry a cluster.Withdrawer: the Leader calls it when a member
+// withdraws a registration or dies.
+func (r *registry) Withdraw(_ context.Context, _ string, msg cluster.Message) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.addrs = slices.DeleteFunc(r.addrs, func(a string) bool { return a == string(msg.Data) })
+	return nil
+}
+
+func ExampleClient_Register() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	reg := &registry{broker: broker{subs: map[string]map[int]func(cluster.Message){}}}
+	c, err := cluster.Join(ctx, cluster.Config{
+		Name: "registry", Dir: dir, Logger: slog.New(slog.DiscardHandler),
+		NewService: func(context.Context) (cluster.Service, error) { return reg, nil },
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+
+	// A worker announces itself. Every future Leader gets this registration again from
+	// this member, until it withdraws it or dies.
+	r, err := c.Register(ctx, "workers", cluster.Message{Data: []byte("10.0.0.7:8080")})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(reg.addrs)
+	_ = r.Withdraw(ctx)
+	fmt.Println(reg.addrs)
+	// Output:
+	// [10.0.0.7:8080]
+	// []
+}
+
+func ExampleShared() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	c, err := cluster.Join(ctx, cluster.Config{Name: "jobs", Dir: dir, NewService: newBroker, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+
+	// Two workers share the "jobs" topic: each job goes to one of them.
+	var mu sync.Mutex
+	done := map[string]int{}
+	var wg sync.WaitGroup
+	wg.Add(4)
+	for _, name := range []string{"a", "b"} {
+		sub, _ := c.Subscribe(ctx, "jobs", func(cluster.Message) {
+			mu.Lock()
+			done[name]++
+			mu.Unlock()
+			wg.Done()
+		}, cluster.Shared())
+		defer sub.Close()
+	}
+	for _, job := range []string{"1", "2", "3", "4"} {
+		_ = c.Publish(ctx, "jobs", cluster.Message{Data: []byte(job)})
+	}
+	wg.Wait()
+	fmt.Println(done["a"], done["b"])
+	// Output:
+	// 2 2
+}
+
+func ExampleSubscription_First() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	c, err := cluster.Join(ctx, cluster.Config{Name: "first", Dir: dir, NewService: newBroker, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+
+	sub, _ := c.Subscribe(ctx, "config", func(cluster.Message) {})
+	defer sub.Close()
+	// Wait at most 10ms for a first value; nothing was published, so this times out
+	// and the subscription stays.
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	_, err = sub.First(short)
+	fmt.Println(errors.Is(err, cluster.ErrTimeout))
+	_ = c.Publish(ctx, "config", cluster.Message{Data: []byte("v1")})
+	m, _ := sub.First(ctx)
+	fmt.Println(string(m.Data))
+	// Output:
+	// true
+	// v1
 }

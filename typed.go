@@ -101,9 +101,10 @@ func (t Topic[T]) Publish(ctx context.Context, c *Client, v T) error {
 	return c.Publish(ctx, t.Name, Message{Data: data})
 }
 
-// Subscribe calls fn with every message of the topic, decoded. A message that does not
-// decode is skipped and logged (Config.Logger), never passed on half-filled.
-func (t Topic[T]) Subscribe(ctx context.Context, c *Client, fn func(T)) (*Subscription, error) {
+// Subscribe calls fn with every message of the topic, decoded (opts as for
+// Client.Subscribe). A message that does not decode is skipped and logged
+// (Config.Logger), never passed on half-filled.
+func (t Topic[T]) Subscribe(ctx context.Context, c *Client, fn func(T), opts ...SubscribeOption) (*Subscription, error) {
 	codec := codecOr(t.Codec)
 	return c.Subscribe(ctx, t.Name, func(m Message) {
 		var v T
@@ -112,7 +113,16 @@ func (t Topic[T]) Subscribe(ctx context.Context, c *Client, fn func(T)) (*Subscr
 			return
 		}
 		fn(v)
-	})
+	}, opts...)
+}
+
+// Register encodes v and calls Client.Register.
+func (t Topic[T]) Register(ctx context.Context, c *Client, v T) (*Registration, error) {
+	data, err := codecOr(t.Codec).Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: register %q: encoding: %w", t.Name, err)
+	}
+	return c.Register(ctx, t.Name, Message{Data: data})
 }
 
 // Encode encodes v for an emit or a response with the topic's Codec.
