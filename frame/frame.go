@@ -100,15 +100,28 @@ func (k Kind) Valid() bool { return k >= KindHello && k <= KindWithdraw }
 // frame with a bit set that its kind does not define is a protocol violation.
 type Flags uint8
 
-// FlagShared, on a message frame, says the message is for exactly one of the receiving
-// process's shared (work-sharing) subscribers of the topic, not for all of its
-// broadcast subscribers.
-const FlagShared Flags = 1 << 0
+const (
+	// FlagShared, on a message frame, says the message is for exactly one of the
+	// receiving process's shared (work-sharing) subscribers of the topic, not for all
+	// of its broadcast subscribers.
+	FlagShared Flags = 1 << 0
+	// FlagBlob says the frame's first file descriptor is a blob: a sealed memfd holding
+	// the payload's large part, mapped read-only by the receiver. The body is the
+	// payload's inline part as usual.
+	FlagBlob Flags = 1 << 1
+	// FlagInlineBlob says the payload carries a blob sent inline, on a connection that
+	// cannot pass descriptors: the body is the inline part's length (4 bytes,
+	// big-endian), the inline part, then the blob's bytes. See SplitInlineBlob.
+	FlagInlineBlob Flags = 1 << 2
+)
 
 // AllowedFlags returns the flags defined for kind k.
 func AllowedFlags(k Kind) Flags {
-	if k == KindMessage {
-		return FlagShared
+	switch k {
+	case KindMessage:
+		return FlagShared | FlagBlob | FlagInlineBlob
+	case KindInvoke, KindOneway, KindResponse, KindPublish:
+		return FlagBlob | FlagInlineBlob
 	}
 	return 0
 }
@@ -188,6 +201,10 @@ func ParseHeader(b []byte, lim Limits) (Header, error) {
 		return Header{}, fmt.Errorf("frame: unknown frame kind %d: %w", uint8(h.Kind), ErrProtocol)
 	case h.Flags&^AllowedFlags(h.Kind) != 0:
 		return Header{}, fmt.Errorf("frame: %s frame has flags 0x%02x, but only 0x%02x are defined for it: %w", h.Kind, uint8(h.Flags), uint8(AllowedFlags(h.Kind)), ErrProtocol)
+	case h.Flags&(FlagBlob|FlagInlineBlob) == FlagBlob|FlagInlineBlob:
+		return Header{}, fmt.Errorf("frame: %s frame is flagged both blob and inline blob: %w", h.Kind, ErrProtocol)
+	case h.Flags&FlagBlob != 0 && h.FDs == 0:
+		return Header{}, fmt.Errorf("frame: %s frame is flagged blob but passes no file descriptor: %w", h.Kind, ErrProtocol)
 	case h.FDs > MaxFDs:
 		return Header{}, fmt.Errorf("frame: %s frame declares %d file descriptors, the limit is %d: %w", h.Kind, h.FDs, MaxFDs, ErrProtocol)
 	case h.MetaLen > lim.maxMeta():

@@ -209,8 +209,11 @@ var rejections = []struct {
 	{"kind 0", set(1, 0), frame.Limits{}, frame.ErrProtocol, []string{"kind 0"}},
 	{"kind 16", set(1, 16), frame.Limits{}, frame.ErrProtocol, []string{"kind 16"}},
 	{"kind 255", set(1, 255), frame.Limits{}, frame.ErrProtocol, []string{"kind 255"}},
-	{"flag 0x01", set(2, 0x01), frame.Limits{}, frame.ErrProtocol, []string{"invoke frame has flags 0x01", "only 0x00"}},
-	{"shared message with another flag", func(b []byte) { b[1], b[2] = byte(frame.KindMessage), 0x03 }, frame.Limits{}, frame.ErrProtocol, []string{"flags 0x03", "only 0x01"}},
+	{"flag 0x01", set(2, 0x01), frame.Limits{}, frame.ErrProtocol, []string{"invoke frame has flags 0x01", "only 0x06"}},
+	{"shared message with an undefined flag", func(b []byte) { b[1], b[2] = byte(frame.KindMessage), 0x09 }, frame.Limits{}, frame.ErrProtocol, []string{"flags 0x09", "only 0x07"}},
+	{"blob and inline blob", func(b []byte) { b[2] = 0x06; b[3] = 1 }, frame.Limits{}, frame.ErrProtocol, []string{"both blob and inline blob"}},
+	{"blob without a descriptor", set(2, 0x02), frame.Limits{}, frame.ErrProtocol, []string{"flagged blob but passes no file descriptor"}},
+	{"ping with a flag", func(b []byte) { b[1], b[2] = byte(frame.KindPing), 0x02 }, frame.Limits{}, frame.ErrProtocol, []string{"ping frame has flags 0x02", "only 0x00"}},
 	{"flag 0x80", set(2, 0x80), frame.Limits{}, frame.ErrProtocol, []string{"flags 0x80"}},
 	{"17 fds", set(3, 17), frame.Limits{}, frame.ErrProtocol, []string{"17 file descriptors", "limit is 16"}},
 	{"255 fds", set(3, 255), frame.Limits{}, frame.ErrProtocol, []string{"255 file descriptors"}},
@@ -422,4 +425,43 @@ func TestRegisterBodies(t *testing.T) {
 		_, err = frame.ParseWithdraw(make([]byte, n))
 		require.ErrorIs(t, err, frame.ErrProtocol, n)
 	}
+}
+
+func TestInlineBlobBodies(t *testing.T) {
+	b := frame.AppendInlineBlob(nil, []byte("hi"), []byte("BLOB"))
+	require.Equal(t, []byte{0, 0, 0, 2, 'h', 'i', 'B', 'L', 'O', 'B'}, b)
+	require.Equal(t, len(b), frame.InlineBlobSize(2, 4))
+	data, blob, err := frame.SplitInlineBlob(b)
+	require.NoError(t, err)
+	require.Equal(t, "hi", string(data))
+	require.Equal(t, "BLOB", string(blob))
+	data = append(data, 'X')
+	require.Equal(t, "BLOB", string(blob), "appending to data must not overwrite the blob")
+
+	data, blob, err = frame.SplitInlineBlob([]byte{0, 0, 0, 0})
+	require.NoError(t, err)
+	require.Empty(t, data)
+	require.Empty(t, blob)
+	for _, bad := range [][]byte{nil, {0, 0, 0}, {0, 0, 0, 3, 'a', 'b'}, {0xff, 0xff, 0xff, 0xff}} {
+		_, _, err := frame.SplitInlineBlob(bad)
+		require.ErrorIs(t, err, frame.ErrProtocol, bad)
+	}
+}
+
+func TestFlagsPerKind(t *testing.T) {
+	for k := frame.KindHello; k <= frame.KindWithdraw; k++ {
+		allowed := frame.AllowedFlags(k)
+		for bit := range 8 {
+			f := frame.Flags(1 << bit)
+			_, err := frame.ParseHeader(header(func(b []byte) { b[1], b[2], b[3] = byte(k), byte(f), 1 }), frame.Limits{})
+			if allowed&f != 0 {
+				require.NoError(t, err, "%s with flag 0x%02x", k, f)
+			} else {
+				require.ErrorIs(t, err, frame.ErrProtocol, "%s with flag 0x%02x", k, f)
+			}
+		}
+	}
+	require.Equal(t, frame.FlagShared|frame.FlagBlob|frame.FlagInlineBlob, frame.AllowedFlags(frame.KindMessage))
+	require.Equal(t, frame.FlagBlob|frame.FlagInlineBlob, frame.AllowedFlags(frame.KindInvoke))
+	require.Zero(t, frame.AllowedFlags(frame.KindSubscribe))
 }
