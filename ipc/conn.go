@@ -43,8 +43,15 @@ type Options struct {
 	HeartbeatTimeout time.Duration
 	// Handler receives every frame that is not a response, an error answer, a ping or a
 	// pong. It runs on the Conn's reader goroutine: it must not block, and must not call
-	// Close (use Abort).
+	// Close (use Abort). A frame for the Handler that carries file descriptors is a
+	// protocol violation: set FileHandler to accept them.
 	Handler func(c *Conn, f frame.Frame)
+	// FileHandler, when set, is used instead of Handler for every frame Handler would
+	// get, together with the files passed with it (nil for most frames; at most
+	// frame.MaxFDs, as many as f.FDs). The handler owns the files and must close them.
+	// Descriptors arrive only on Unix sockets on Linux (see CanPassFiles). The same rules
+	// as for Handler apply: it runs on the reader goroutine and must not block.
+	FileHandler func(c *Conn, f frame.Frame, files []*os.File)
 	// Logger receives the reason a Conn closed abnormally. Default: discard.
 	Logger *slog.Logger
 }
@@ -67,6 +74,7 @@ type Conn struct {
 	wmu     sync.Mutex
 	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
+	wfds    []fdFrame     // the frames in wbuf that carry descriptors, in order
 	writing bool          // the writer holds bytes it took from wbuf
 	wake    chan struct{} // capacity 1: "wbuf became non-empty"
 	flushed chan struct{} // closed and replaced whenever everything queued was written
@@ -88,8 +96,17 @@ type call struct {
 }
 
 type result struct {
-	f   frame.Frame
-	err error
+	f     frame.Frame
+	files []*os.File // descriptors passed with a response; owned by whoever holds the result
+	err   error
+}
+
+// fdFrame marks a queued frame that carries descriptors: wbuf[off:end] goes out in its
+// own sendmsg with fds attached. The fds are the Conn's own duplicates of the caller's
+// files; they are closed once written, or when the Conn ends without writing them.
+type fdFrame struct {
+	off, end int
+	fds      []int
 }
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
@@ -206,32 +223,95 @@ func (c *Conn) Drain(ctx context.Context) error {
 // Conn is aborted with ErrSlowConsumer; if the Conn has ended Send returns its cause
 // wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
-	return c.send(h, meta, body, false)
+	return c.send(h, meta, body, nil, false)
 }
 
-func (c *Conn) send(h frame.Header, meta, body []byte, last bool) error {
-	h.FDs = 0
+// CanPassFiles reports whether files can be sent and received on this Conn: it runs
+// over a Unix socket, on Linux. Elsewhere SendFiles, CallFiles and ReplyFiles with
+// files fail with ErrFDUnsupported.
+func (c *Conn) CanPassFiles() bool { return canPassFiles(c.nc) }
+
+// SendFiles is Send with files passed alongside the frame (SCM_RIGHTS); h.FDs is set to
+// len(files), at most frame.MaxFDs (else ErrTooManyFiles). The Conn duplicates every
+// file's descriptor before SendFiles returns, so the caller may close its files at once;
+// the duplicates are closed after the write, or when the Conn ends without writing them.
+// The frame goes out in its own sendmsg, with the descriptors attached to its first
+// byte. With no files it is Send. Files on a Conn that cannot pass them (see
+// CanPassFiles) fail with ErrFDUnsupported. It does not wait for the write.
+func (c *Conn) SendFiles(h frame.Header, meta, body []byte, files []*os.File) error {
+	fds, err := c.dupFiles(files)
+	if err != nil {
+		return err
+	}
+	return c.send(h, meta, body, fds, false)
+}
+
+// dupFiles duplicates the descriptors of files for the writer, after checking that they
+// can be sent. Nil files give nil.
+func (c *Conn) dupFiles(files []*os.File) ([]int, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	if !c.CanPassFiles() {
+		return nil, fmt.Errorf("%w: %s (only Unix sockets on Linux pass them)", ErrFDUnsupported, describeConn(c.nc))
+	}
+	if len(files) > frame.MaxFDs {
+		return nil, fmt.Errorf("%w: %d files, a frame passes at most %d", ErrTooManyFiles, len(files), frame.MaxFDs)
+	}
+	fds := make([]int, 0, len(files))
+	for i, f := range files {
+		fd, err := dupFile(f)
+		if err != nil {
+			closeFDs(fds)
+			return nil, fmt.Errorf("duplicating file %d of %d (%v): %w", i+1, len(files), fileName(f), err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func fileName(f *os.File) string {
+	if f == nil {
+		return "nil"
+	}
+	return f.Name()
+}
+
+func describeConn(nc net.Conn) string {
+	return fmt.Sprintf("%s connection to %v", nc.LocalAddr().Network(), nc.RemoteAddr())
+}
+
+// send queues a frame; fds (the Conn's own duplicates, possibly nil) are attached to
+// it. Whatever happens, send takes ownership of fds: they are queued or closed.
+func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last bool) error {
+	h.FDs = uint8(len(fds))
 	size := frame.HeaderSize + len(meta) + len(body)
 	c.wmu.Lock()
 	select {
 	case <-c.done:
 		c.wmu.Unlock()
+		closeFDs(fds)
 		return c.lostErr()
 	default:
 	}
 	if c.wclosed {
 		c.wmu.Unlock()
+		closeFDs(fds)
 		return ErrSendClosed
 	}
 	if len(c.wbuf) > 0 && len(c.wbuf)+size > c.opts.MaxQueue {
 		queued := len(c.wbuf)
 		c.wmu.Unlock()
+		closeFDs(fds)
 		err := fmt.Errorf("%w: %d bytes queued, limit %d", ErrSlowConsumer, queued, c.opts.MaxQueue)
 		c.log.Warn("cluster: dropping a peer that does not read", "peer", c.peer, "queued", queued, "limit", c.opts.MaxQueue)
 		c.Abort(err)
 		return fmt.Errorf("%w: %w", ErrConnLost, err)
 	}
 	wasEmpty := len(c.wbuf) == 0
+	if len(fds) > 0 {
+		c.wfds = append(c.wfds, fdFrame{off: len(c.wbuf), end: len(c.wbuf) + size, fds: fds})
+	}
 	c.wbuf = frame.AppendFrame(c.wbuf, h, meta, body)
 	c.wclosed = last
 	c.wmu.Unlock()
@@ -248,12 +328,19 @@ func (c *Conn) send(h frame.Header, meta, body []byte, last bool) error {
 // ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
 // follows h. Reading goes on.
 func (c *Conn) CloseSend(h frame.Header) error {
-	return c.send(h, nil, nil, true)
+	return c.send(h, nil, nil, nil, true)
 }
 
 // Reply answers request id with a response frame.
 func (c *Conn) Reply(id uint64, body []byte) error {
 	return c.Send(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body)
+}
+
+// ReplyFiles answers request id with a response frame that passes files, as SendFiles
+// does: the caller may close its files when ReplyFiles returns. (A response with header
+// flags is SendFiles with Kind frame.KindResponse and the request's id.)
+func (c *Conn) ReplyFiles(id uint64, body []byte, files []*os.File) error {
+	return c.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body, files)
 }
 
 // ReplyError answers request id with an error frame carrying code and msg.
@@ -266,48 +353,84 @@ func (c *Conn) ReplyError(id uint64, code, msg string) error {
 // bounded by ctx. An error frame from the peer is returned as a *FrameError. If the Conn
 // ends first the error wraps ErrConnLost and the Conn's cause; if ctx ends first,
 // ctx.Err() is returned and a late response is discarded. A failure before the request
-// was queued also matches ErrNotSent.
+// was queued also matches ErrNotSent. A response that passes file descriptors is an
+// error matching ErrUnexpectedFiles (the descriptors are closed): use CallFiles.
 func (c *Conn) Call(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte) (frame.Frame, error) {
+	r := c.call(ctx, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil)
+	if len(r.files) > 0 {
+		closeFiles(r.files)
+		return frame.Frame{}, fmt.Errorf("%w: the %s to request %d passes %d; use CallFiles", ErrUnexpectedFiles, r.f.Kind, r.f.ID, len(r.files))
+	}
+	return r.f, r.err
+}
+
+// CallFiles is Call with files passed alongside the request (see SendFiles: they are
+// duplicated, so the caller may close them when CallFiles returns) and returning the
+// files passed with the response, which the caller then owns and must close. files may
+// be empty, and the response may carry none (nil). On error no files are returned.
+func (c *Conn) CallFiles(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
+	return c.CallHeader(ctx, frame.Header{Kind: kind, Timeout: timeout}, meta, body, files)
+}
+
+// CallHeader is CallFiles for a request that needs header flags: Kind, Flags and
+// Timeout of h are used, the id is assigned and FDs set from files.
+func (c *Conn) CallHeader(ctx context.Context, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
+	fds, err := c.dupFiles(files)
+	if err != nil {
+		return frame.Frame{}, nil, fmt.Errorf("%w: %w", ErrNotSent, err)
+	}
+	r := c.call(ctx, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, fds)
+	return r.f, r.files, r.err
+}
+
+// call sends a request with a fresh id and waits for its answer. It takes ownership of
+// fds. A result with an error carries no files.
+func (c *Conn) call(ctx context.Context, h frame.Header, meta, body []byte, fds []int) result {
 	id := c.nextID.Add(1)
+	h.ID = id
 	cl := callPool.Get().(*call)
 	c.pmu.Lock()
 	select {
 	case <-c.done:
 		c.pmu.Unlock()
 		callPool.Put(cl)
-		return frame.Frame{}, fmt.Errorf("%w: %w", ErrNotSent, c.lostErr())
+		closeFDs(fds)
+		return result{err: fmt.Errorf("%w: %w", ErrNotSent, c.lostErr())}
 	default:
 	}
 	c.pending[id] = cl
 	c.pmu.Unlock()
 
-	if err := c.Send(frame.Header{Kind: kind, ID: id, Timeout: timeout}, meta, body); err != nil {
+	if err := c.send(h, meta, body, fds, false); err != nil {
 		c.forget(id, cl)
-		return frame.Frame{}, fmt.Errorf("%w: %w", ErrNotSent, err)
+		return result{err: fmt.Errorf("%w: %w", ErrNotSent, err)}
 	}
 	select {
 	case r := <-cl.ch:
 		callPool.Put(cl)
-		return r.f, r.err
+		return r
 	case <-ctx.Done():
 		c.forget(id, cl)
-		return frame.Frame{}, ctx.Err()
+		return result{err: ctx.Err()}
 	}
 }
 
 // forget removes a call that its caller abandoned. If a result raced in, it is drained
-// so the pooled call is clean for its next user.
+// (closing any files it passed) so the pooled call is clean for its next user.
 func (c *Conn) forget(id uint64, cl *call) {
 	c.pmu.Lock()
 	_, ok := c.pending[id]
 	delete(c.pending, id)
 	c.pmu.Unlock()
 	if !ok {
-		<-cl.ch // the completer removed it and has sent (or is about to send) exactly once
+		r := <-cl.ch // the completer removed it and has sent (or is about to send) exactly once
+		closeFiles(r.files)
 	}
 	callPool.Put(cl)
 }
 
+// complete hands r to the caller waiting for request id; if there is none (the call was
+// abandoned), r's files are closed.
 func (c *Conn) complete(id uint64, r result) {
 	c.pmu.Lock()
 	cl, ok := c.pending[id]
@@ -315,6 +438,15 @@ func (c *Conn) complete(id uint64, r result) {
 	c.pmu.Unlock()
 	if ok {
 		cl.ch <- r
+	} else {
+		closeFiles(r.files)
+	}
+}
+
+// closeFiles closes files the Conn received and could not deliver.
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
 	}
 }
 
@@ -343,7 +475,17 @@ func (c *Conn) readLoop() {
 	}
 }
 
+// read runs the receive side until the Conn fails. On Linux Unix sockets the reader is
+// descriptor-aware (see fdReader); elsewhere it reads through a bufio.Reader and a
+// frame that declares descriptors is a protocol violation.
 func (c *Conn) read() error {
+	if r := newFDReader(c); r != nil {
+		return r.run()
+	}
+	return c.readPlain()
+}
+
+func (c *Conn) readPlain() error {
 	br := bufio.NewReaderSize(c.nc, readBufferSize)
 	for {
 		hb, err := br.Peek(frame.HeaderSize)
@@ -372,39 +514,80 @@ func (c *Conn) read() error {
 			}
 			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
 		}
-		c.lastRecv.Store(time.Now().UnixNano())
-		// Answers to abandoned calls are dropped quietly, but an answer to an id this
-		// side never issued is a broken or hostile peer.
-		if (h.Kind == frame.KindResponse || h.Kind == frame.KindError && h.ID != 0) && h.ID > c.nextID.Load() {
-			return fmt.Errorf("%w: %s for request %d, which was never sent", frame.ErrProtocol, h.Kind, h.ID)
-		}
-		switch h.Kind {
-		case frame.KindResponse:
-			c.complete(h.ID, result{f: f})
-		case frame.KindError:
-			fe := &FrameError{Code: string(f.Meta), Message: string(f.Body)}
-			if h.ID == 0 {
-				return fe // a connection-level error from the peer
-			}
-			c.complete(h.ID, result{f: f, err: fe})
-		case frame.KindPing:
-			if err := c.Send(frame.Header{Kind: frame.KindPong, ID: h.ID}, nil, nil); err != nil {
-				return err
-			}
-		case frame.KindPong:
-		case frame.KindHello, frame.KindWelcome:
-			return fmt.Errorf("%w: unexpected %s frame after the handshake", frame.ErrProtocol, h.Kind)
-		default:
-			if c.opts.Handler == nil {
-				return fmt.Errorf("%w: unexpected %s frame", frame.ErrProtocol, h.Kind)
-			}
-			c.opts.Handler(c, f)
+		if err := c.dispatch(f, nil); err != nil {
+			return err
 		}
 	}
 }
 
+// checkFDKind is called for a frame that passes descriptors: only responses, and frames
+// for a FileHandler, may.
+func (c *Conn) checkFDKind(h frame.Header) error {
+	switch h.Kind {
+	case frame.KindResponse:
+		return nil
+	case frame.KindError, frame.KindPing, frame.KindPong, frame.KindHello, frame.KindWelcome:
+		return fmt.Errorf("%w: %s frame declares %d file descriptors; only responses and requests pass descriptors", frame.ErrProtocol, h.Kind, h.FDs)
+	}
+	if c.opts.FileHandler == nil {
+		return fmt.Errorf("%w: %s frame declares %d file descriptors, but this connection does not accept descriptors", frame.ErrProtocol, h.Kind, h.FDs)
+	}
+	return nil
+}
+
+// dispatch acts on one received frame. files are the descriptors passed with it (nil
+// for most frames; the reader has checked them with checkFDKind): dispatch hands them on
+// or closes them.
+func (c *Conn) dispatch(f frame.Frame, files []*os.File) error {
+	h := f.Header
+	c.lastRecv.Store(time.Now().UnixNano())
+	// Answers to abandoned calls are dropped quietly, but an answer to an id this
+	// side never issued is a broken or hostile peer.
+	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError && h.ID != 0) && h.ID > c.nextID.Load() {
+		closeFiles(files)
+		return fmt.Errorf("%w: %s for request %d, which was never sent", frame.ErrProtocol, h.Kind, h.ID)
+	}
+	switch h.Kind {
+	case frame.KindResponse:
+		c.complete(h.ID, result{f: f, files: files})
+	case frame.KindError:
+		fe := &FrameError{Code: string(f.Meta), Message: string(f.Body)}
+		if h.ID == 0 {
+			return fe // a connection-level error from the peer
+		}
+		c.complete(h.ID, result{f: f, err: fe})
+	case frame.KindPing:
+		if err := c.Send(frame.Header{Kind: frame.KindPong, ID: h.ID}, nil, nil); err != nil {
+			return err
+		}
+	case frame.KindPong:
+	case frame.KindHello, frame.KindWelcome:
+		return fmt.Errorf("%w: unexpected %s frame after the handshake", frame.ErrProtocol, h.Kind)
+	default:
+		switch {
+		case c.opts.FileHandler != nil:
+			c.opts.FileHandler(c, f, files)
+		case c.opts.Handler != nil:
+			c.opts.Handler(c, f)
+		default:
+			return fmt.Errorf("%w: unexpected %s frame", frame.ErrProtocol, h.Kind)
+		}
+	}
+	return nil
+}
+
 func (c *Conn) writeLoop() {
 	defer close(c.writerDone)
+	defer func() {
+		// The Conn has ended (done is closed, so send queues nothing more): close the
+		// descriptors of frames that will never be written.
+		c.wmu.Lock()
+		for _, m := range c.wfds {
+			closeFDs(m.fds)
+		}
+		c.wfds = nil
+		c.wmu.Unlock()
+	}()
 	var tick <-chan time.Time
 	if c.opts.Heartbeat > 0 {
 		t := time.NewTicker(c.opts.Heartbeat)
@@ -412,6 +595,7 @@ func (c *Conn) writeLoop() {
 		tick = t.C
 	}
 	var spare []byte
+	var spareFDs []fdFrame
 	for {
 		select {
 		case <-c.done:
@@ -428,7 +612,7 @@ func (c *Conn) writeLoop() {
 		}
 		for {
 			c.wmu.Lock()
-			out := c.wbuf
+			out, marks := c.wbuf, c.wfds
 			if len(out) == 0 {
 				c.writing = false
 				close(c.flushed)
@@ -436,16 +620,10 @@ func (c *Conn) writeLoop() {
 				c.wmu.Unlock()
 				break
 			}
-			c.wbuf = spare[:0]
+			c.wbuf, c.wfds = spare[:0], spareFDs[:0]
 			c.writing = true
 			c.wmu.Unlock()
-			// A peer that stops reading must not park the writer (and with it the
-			// heartbeat check) forever: a write that makes no progress for the
-			// heartbeat timeout ends the Conn.
-			if c.opts.Heartbeat > 0 {
-				_ = c.nc.SetWriteDeadline(time.Now().Add(c.opts.HeartbeatTimeout))
-			}
-			if _, err := c.nc.Write(out); err != nil {
+			if err := c.writeOut(out, marks); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					err = fmt.Errorf("%w: the peer read nothing for %v", ErrHeartbeatTimeout, c.opts.HeartbeatTimeout)
 				}
@@ -458,7 +636,53 @@ func (c *Conn) writeLoop() {
 			} else {
 				spare = nil
 			}
+			clear(marks) // drop the closed fd slices
+			spareFDs = marks[:0]
 		}
+	}
+}
+
+// writeOut writes queued frames: runs of frames without descriptors in one write each,
+// and every frame that passes descriptors in its own sendmsg with the descriptors
+// attached, so that they travel with its first byte (see fdReader for why). It closes
+// every descriptor in marks, written or not.
+func (c *Conn) writeOut(out []byte, marks []fdFrame) (err error) {
+	defer func() {
+		for _, m := range marks {
+			closeFDs(m.fds)
+		}
+	}()
+	pos := 0
+	for _, m := range marks {
+		if m.off > pos {
+			if err := c.write(out[pos:m.off]); err != nil {
+				return err
+			}
+		}
+		c.setWriteDeadline()
+		if err := writeWithFDs(c.nc, out[m.off:m.end], m.fds); err != nil {
+			return err
+		}
+		pos = m.end
+	}
+	if pos < len(out) {
+		return c.write(out[pos:])
+	}
+	return nil
+}
+
+func (c *Conn) write(b []byte) error {
+	c.setWriteDeadline()
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// setWriteDeadline arms the write deadline: a peer that stops reading must not park the
+// writer (and with it the heartbeat check) forever, so a write that makes no progress
+// for the heartbeat timeout ends the Conn.
+func (c *Conn) setWriteDeadline() {
+	if c.opts.Heartbeat > 0 {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.opts.HeartbeatTimeout))
 	}
 }
 

@@ -39,6 +39,12 @@ func pair(t *testing.T, client, server Options) (*Conn, *Conn) {
 	return cc, sc
 }
 
+// transport makes a connected pair of net.Conns.
+type transport struct {
+	name string
+	pair func(testing.TB) (net.Conn, net.Conn)
+}
+
 func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -61,14 +67,29 @@ func socketPair(t testing.TB) (net.Conn, net.Conn) {
 }
 
 func TestCallRoundTripsConcurrently(t *testing.T) {
-	c, _ := pair(t, Options{}, Options{})
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) { testCallRoundTripsConcurrently(t, tr) })
+	}
+}
+
+func testCallRoundTripsConcurrently(t *testing.T, tr transport) {
+	a, b := tr.pair(t)
+	c := started(NewConn(a, PeerCred{}, Options{}))
+	s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
+	t.Cleanup(func() { c.Close(); s.Close() })
 	var wg sync.WaitGroup
 	for i := range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range 50 {
-				body := []byte(strings.Repeat("x", i*j))
+				// Mostly small bodies, coalesced by the writer; every 16th crosses the
+				// reader's 64 KiB buffer and is read straight into place.
+				n := i * j
+				if j%16 == 15 {
+					n = readBufferSize + i*j*7
+				}
+				body := []byte(strings.Repeat("x", n))
 				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), body)
 				if !assertNoErr(t, err) {
 					return
@@ -181,23 +202,25 @@ func TestProtocolViolationsCloseTheConn(t *testing.T) {
 		{"answer to a request never sent", frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 7}, nil, nil), frame.ErrProtocol},
 		{"truncated frame", frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("method"), []byte("body"))[:30], frame.ErrProtocol},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			a, b := socketPair(t)
-			c := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
-			defer c.Close()
-			_, err := a.Write(tt.bytes)
-			require.NoError(t, err)
-			if tt.name == "truncated frame" {
-				a.(*net.TCPConn).CloseWrite()
-			}
-			select {
-			case <-c.Done():
-			case <-time.After(10 * time.Second):
-				t.Fatal("conn survived a protocol violation")
-			}
-			require.ErrorIs(t, c.Err(), tt.want)
-			a.Close()
-		})
+		for _, tr := range transports() {
+			t.Run(tr.name+"/"+tt.name, func(t *testing.T) {
+				a, b := tr.pair(t)
+				c := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
+				defer c.Close()
+				_, err := a.Write(tt.bytes)
+				require.NoError(t, err)
+				if tt.name == "truncated frame" {
+					require.NoError(t, a.(interface{ CloseWrite() error }).CloseWrite())
+				}
+				select {
+				case <-c.Done():
+				case <-time.After(10 * time.Second):
+					t.Fatal("conn survived a protocol violation")
+				}
+				require.ErrorIs(t, c.Err(), tt.want)
+				a.Close()
+			})
+		}
 	}
 }
 

@@ -9,6 +9,26 @@
 // Requests carry per-connection ids; each pending call completes exactly once: by its
 // response, by its caller's context, or with the Conn's cause when the Conn ends.
 //
+// # File descriptors
+//
+// On a Unix socket on Linux a frame may pass up to frame.MaxFDs open files
+// (SCM_RIGHTS): SendFiles, CallFiles, CallHeader and ReplyFiles send them, a
+// FileHandler and CallFiles receive them; CanPassFiles says whether a Conn can. Elsewhere
+// (TCP, other systems) sending files fails with ErrFDUnsupported and a frame declaring
+// descriptors is a protocol violation.
+//
+// The writer duplicates the caller's descriptors when the frame is queued and sends a
+// frame with descriptors in a sendmsg of its own that starts at the frame's first byte
+// and holds nothing but that frame; frames without descriptors are still coalesced. The
+// reader reads with recvmsg into its own buffer and attaches each batch of descriptors
+// to the last frame that starts within the bytes that recvmsg returned with it (on
+// Linux, a unix-stream recvmsg returns the descriptors of at most one sendmsg, and no
+// bytes after that sendmsg's). A batch whose count differs from what its frame
+// declares, a frame declaring descriptors with none, a batch no frame starts in, and
+// MSG_CTRUNC are protocol violations that end the Conn. Only responses and frames for a
+// FileHandler may pass descriptors. Every descriptor the Conn holds and does not deliver
+// (a frame never written, a violation, a response to an abandoned call) is closed.
+//
 // The package knows nothing of election: which side leads is the root package's
 // business.
 package ipc

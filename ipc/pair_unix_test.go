@@ -28,3 +28,11 @@ func unixSocketPair(tb testing.TB) (*net.UnixConn, *net.UnixConn) {
 	}
 	return conn(fds[0]), conn(fds[1])
 }
+
+// transports are the kinds of connection the transport-independent tests run over.
+func transports() []transport {
+	return []transport{
+		{"tcp", socketPair},
+		{"unix", func(tb testing.TB) (net.Conn, net.Conn) { return unixSocketPair(tb) }},
+	}
+}
