@@ -38,3 +38,24 @@ func BenchmarkRoundTripTCP(b *testing.B) {
 	a, z := socketPair(b)
 	benchRoundTrip(b, a, z)
 }
+
+// BenchmarkRoundTripUnixParallel is many concurrent callers on one Conn: frames are
+// coalesced by the writer and many arrive per read.
+func BenchmarkRoundTripUnixParallel(b *testing.B) {
+	a, z := unixSocketPair(b)
+	cc := started(NewConn(a, PeerCred{}, Options{Heartbeat: -1}))
+	sc := started(NewConn(z, PeerCred{}, Options{Heartbeat: -1, Handler: func(c *Conn, f frame.Frame) { _ = c.Reply(f.ID, f.Body) }}))
+	defer sc.Close()
+	defer cc.Close()
+	body := make([]byte, 64)
+	b.ReportAllocs()
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := cc.Call(context.Background(), frame.KindInvoke, 0, nil, body); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
