@@ -58,8 +58,9 @@ type Options struct {
 
 // Conn is a framed, multiplexed, full-duplex connection. Requests carry ids; Call
 // matches each response to its caller. One reader goroutine and one writer goroutine
-// own the socket; the writer coalesces queued frames into one write. All methods are
-// safe for concurrent use.
+// own the socket; the writer coalesces queued frames into one write, except that a
+// frame passing file descriptors goes out in a sendmsg of its own (see the package
+// documentation). All methods are safe for concurrent use.
 type Conn struct {
 	nc   net.Conn
 	opts Options
@@ -227,8 +228,8 @@ func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 }
 
 // CanPassFiles reports whether files can be sent and received on this Conn: it runs
-// over a Unix socket, on Linux. Elsewhere SendFiles, CallFiles and ReplyFiles with
-// files fail with ErrFDUnsupported.
+// over a Unix socket, on Linux. Elsewhere SendFiles, CallFiles, CallHeader and
+// ReplyFiles with files fail with ErrFDUnsupported.
 func (c *Conn) CanPassFiles() bool { return canPassFiles(c.nc) }
 
 // SendFiles is Send with files passed alongside the frame (SCM_RIGHTS); h.FDs is set to
