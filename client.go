@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -246,15 +247,33 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 	}
 }
 
-func checkMessage(op, name string, m Message, maxBody int) error {
-	if len(m.Files) > 0 {
-		return fmt.Errorf("cluster: %s %q: passing files is not supported by this transport: %w", op, name, errors.ErrUnsupported)
-	}
+func (c *Client) checkMessage(op, name string, m Message) error {
 	if len(name) > frame.DefaultMaxMeta {
 		return fmt.Errorf("cluster: %s: name is %d bytes, the limit is %d: %w", op, len(name), frame.DefaultMaxMeta, ErrTooLarge)
 	}
-	if len(m.Data) > maxBody {
-		return fmt.Errorf("cluster: %s %q: payload is %d bytes, the limit is %d: %w", op, name, len(m.Data), maxBody, ErrTooLarge)
+	if len(m.Data) > c.cfg.MaxBody {
+		return fmt.Errorf("cluster: %s %q: payload is %d bytes, the limit is %d: %w", op, name, len(m.Data), c.cfg.MaxBody, ErrTooLarge)
+	}
+	if m.Blob != nil && m.Blob.Bytes() == nil {
+		return fmt.Errorf("cluster: %s %q: the Message's Blob is closed: %w", op, name, os.ErrClosed)
+	}
+	if len(m.Files) == 0 {
+		return nil
+	}
+	if k := c.trk.Load().kind; k != "unix" || runtime.GOOS != "linux" {
+		return fmt.Errorf("cluster: %s %q: a Message with Files needs file descriptor passing, which only the Unix-socket transport on Linux has (this member uses %s on %s): %w", op, name, k, runtime.GOOS, ErrFDUnsupported)
+	}
+	n := len(m.Files)
+	if m.Blob != nil {
+		n++
+	}
+	if n > frame.MaxFDs {
+		return fmt.Errorf("cluster: %s %q: %d files (a Blob counts as one), a message passes at most %d: %w", op, name, n, frame.MaxFDs, ErrTooLarge)
+	}
+	for i, f := range m.Files {
+		if f == nil {
+			return fmt.Errorf("%w: %s %q: Message.Files[%d] is nil", ErrConfig, op, name, i)
+		}
 	}
 	return nil
 }
@@ -265,7 +284,7 @@ func checkMessage(op, name string, m Message, maxBody int) error {
 // may or may not have run; it is not re-sent). While no Leader is reachable it waits
 // for the next one. A Service error is returned as a *RemoteError.
 func (c *Client) Invoke(ctx context.Context, method string, req Message) (Message, error) {
-	if err := checkMessage("invoke", method, req, c.cfg.MaxBody); err != nil {
+	if err := c.checkMessage("invoke", method, req); err != nil {
 		return Message{}, err
 	}
 	ctx, cancel := c.callContext(ctx)
@@ -284,7 +303,7 @@ func (c *Client) Invoke(ctx context.Context, method string, req Message) (Messag
 // Leader). The Service's result and error are discarded (errors are logged by the
 // Leader). It waits for a Leader within ctx like Invoke.
 func (c *Client) InvokeOneway(ctx context.Context, method string, req Message) error {
-	if err := checkMessage("invoke", method, req, c.cfg.MaxBody); err != nil {
+	if err := c.checkMessage("invoke", method, req); err != nil {
 		return err
 	}
 	ctx, cancel := c.callContext(ctx)
@@ -299,7 +318,7 @@ func (c *Client) InvokeOneway(ctx context.Context, method string, req Message) e
 // its verdict. It does not deliver to local subscribers by itself: the server does,
 // through the one subscription the Leader holds.
 func (c *Client) Publish(ctx context.Context, topic string, msg Message) error {
-	if err := checkMessage("publish", topic, msg, c.cfg.MaxBody); err != nil {
+	if err := c.checkMessage("publish", topic, msg); err != nil {
 		return err
 	}
 	ctx, cancel := c.callContext(ctx)
@@ -339,7 +358,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	if fn == nil {
 		return nil, fmt.Errorf("%w: Subscribe: fn must not be nil", ErrConfig)
 	}
-	if err := checkMessage("subscribe", topic, Message{}, c.cfg.MaxBody); err != nil {
+	if err := c.checkMessage("subscribe", topic, Message{}); err != nil {
 		return nil, err
 	}
 	select {
@@ -438,6 +457,7 @@ func (c *Client) Close() error {
 			c.reg.mu.Unlock()
 		}
 		c.subsWG.Wait()
+		c.reg.releaseLatest()
 		if c.roles != nil {
 			close(c.roles)
 			c.rolesWG.Wait()

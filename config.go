@@ -20,6 +20,7 @@ const (
 	DefaultHeartbeat          = time.Second
 	DefaultSubscriptionBuffer = 1024
 	DefaultMaxBody            = frame.DefaultMaxBody
+	DefaultMaxBlob            = 1 << 30
 	DefaultSocketMode         = os.FileMode(0o600)
 	handshakeTimeout          = 5 * time.Second
 	drainTimeout              = 5 * time.Second
@@ -88,6 +89,11 @@ type Config struct {
 	// MaxBody is the largest payload this member accepts in one frame. Default
 	// DefaultMaxBody (16 MiB).
 	MaxBody int
+	// MaxBlob is the largest Message.Blob this member accepts as a descriptor from
+	// another process; a larger one is closed unread and the call fails with
+	// ErrTooLarge. (A blob sent inline, over TCP, counts against MaxBody instead.)
+	// Default DefaultMaxBlob (1 GiB).
+	MaxBlob int
 	// SubscriptionBuffer is how many undelivered messages each Subscription queues for a
 	// slow callback before it drops the oldest (counted in Stats.Dropped). Default
 	// DefaultSubscriptionBuffer.
@@ -144,6 +150,9 @@ func (c Config) validate() (*config, error) {
 	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
 		return nil, bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
 	}
+	if c.MaxBlob < 0 {
+		return nil, bad("MaxBlob", "%d is negative", c.MaxBlob)
+	}
 	if c.Port < 0 || c.Port > 65535 {
 		return nil, bad("Port", "%d is not a TCP port", c.Port)
 	}
@@ -181,6 +190,9 @@ func (c Config) validate() (*config, error) {
 	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.MaxBlob == 0 {
+		cfg.MaxBlob = DefaultMaxBlob
 	}
 	if cfg.SubscriptionBuffer <= 0 {
 		cfg.SubscriptionBuffer = DefaultSubscriptionBuffer

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -64,17 +66,34 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	}
 	f := &follower{c: c, welcome: w, at: time.Now(), goodbye: make(chan struct{})}
 	opts := c.cfg.connOptions()
-	opts.Handler = f.handle
+	opts.FileHandler = f.handle
 	f.conn = ipc.NewConn(nc, ipc.PeerCred{}, opts)
 	f.conn.Start()
 	return f, nil
 }
 
-// handle runs on the connection's reader goroutine: it must not block.
-func (f *follower) handle(conn *ipc.Conn, fr frame.Frame) {
+// handle runs on the connection's reader goroutine: it must not block. It owns files.
+func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 	switch fr.Kind {
 	case frame.KindMessage:
-		f.c.reg.deliver(string(fr.Meta), Message{Data: fr.Body}, fr.Flags&frame.FlagShared != 0)
+		topic := string(fr.Meta)
+		m, err := decodeMessage(fr, files, f.c.cfg.MaxBlob)
+		if err != nil {
+			if errors.Is(err, frame.ErrProtocol) {
+				conn.Abort(err)
+				return
+			}
+			f.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
+			f.c.reg.dropped.Add(1)
+			return
+		}
+		m, _ = own(m) // a fresh Message: own cannot fail
+		f.c.reg.deliver(topic, m, fr.Flags&frame.FlagShared != 0)
+		release(m)
+		return
+	}
+	closeFiles(files)
+	switch fr.Kind {
 	case frame.KindGoodbye:
 		// The Leader is handing over. Acknowledge with our own goodbye as the last frame
 		// we send: from here on a request on this connection fails before it is sent
@@ -113,28 +132,38 @@ func timeoutMillis(ctx context.Context) uint32 {
 }
 
 func (f *follower) invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error) {
-	if len(req.Data) > int(f.welcome.MaxBody) {
-		return Message{}, fmt.Errorf("cluster: invoke %q: payload is %d bytes, the leader accepts %d: %w", method, len(req.Data), f.welcome.MaxBody, ErrTooLarge)
+	w, err := encodeMessage(f.conn, req, int(f.welcome.MaxBody), "invoke "+strconv.Quote(method))
+	if err != nil {
+		return Message{}, err
 	}
+	h := frame.Header{Kind: frame.KindInvoke, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	if oneway {
-		err := f.conn.Send(frame.Header{Kind: frame.KindOneway, Timeout: timeoutMillis(ctx)}, []byte(method), req.Data)
-		if err != nil {
+		h.Kind = frame.KindOneway
+		if err := f.conn.SendFiles(h, []byte(method), w.body, w.files); err != nil {
 			return Message{}, fmt.Errorf("%w: %w", errNotSent, err)
 		}
 		return Message{}, nil
 	}
-	fr, err := f.conn.Call(ctx, frame.KindInvoke, timeoutMillis(ctx), []byte(method), req.Data)
+	fr, files, err := f.conn.CallHeader(ctx, h, []byte(method), w.body, w.files)
 	if err != nil {
+		closeFiles(files)
 		return Message{}, f.mapErr(ctx, "invoke", method, err)
 	}
-	return Message{Data: fr.Body}, nil
+	out, err := decodeMessage(fr, files, f.c.cfg.MaxBlob)
+	if err != nil {
+		return Message{}, fmt.Errorf("cluster: invoke %q: the response: %w", method, err)
+	}
+	return out, nil
 }
 
 func (f *follower) publish(ctx context.Context, topic string, msg Message) error {
-	if len(msg.Data) > int(f.welcome.MaxBody) {
-		return fmt.Errorf("cluster: publish %q: payload is %d bytes, the leader accepts %d: %w", topic, len(msg.Data), f.welcome.MaxBody, ErrTooLarge)
+	w, err := encodeMessage(f.conn, msg, int(f.welcome.MaxBody), "publish "+strconv.Quote(topic))
+	if err != nil {
+		return err
 	}
-	_, err := f.conn.Call(ctx, frame.KindPublish, timeoutMillis(ctx), []byte(topic), msg.Data)
+	h := frame.Header{Kind: frame.KindPublish, Flags: w.flags, Timeout: timeoutMillis(ctx)}
+	_, files, err := f.conn.CallHeader(ctx, h, []byte(topic), w.body, w.files)
+	closeFiles(files)
 	return f.mapErr(ctx, "publish", topic, err)
 }
 

@@ -148,7 +148,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{})}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.connOptions()
-	opts.Handler = pc.handle
+	opts.FileHandler = pc.handle
 	conn := ipc.NewConn(nc, peer, opts)
 	pc.conn = conn
 	// Register atomically with respect to shutdown's snapshot: a Follower whose
@@ -252,18 +252,28 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 		return Message{}, errNotSent
 	}
 	if oneway {
+		// The call outlives InvokeOneway, and the caller may close its Blob and Files
+		// when InvokeOneway returns: the Service gets clones, as a Follower's would.
+		req, err := own(lend(req))
+		if err != nil {
+			l.calls.leave()
+			return Message{}, fmt.Errorf("cluster: invoke-oneway %q: %w", method, err)
+		}
 		go func() {
 			defer l.calls.leave()
+			defer release(req)
 			octx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
 			defer cancel()
-			if _, err := l.svc.Invoke(octx, method, req); err != nil {
+			out, err := l.svc.Invoke(octx, method, req)
+			_ = out.Close()
+			if err != nil {
 				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", method, "err", err)
 			}
 		}()
 		return Message{}, nil
 	}
 	defer l.calls.leave()
-	out, err := l.svc.Invoke(ctx, method, req)
+	out, err := l.svc.Invoke(ctx, method, lend(req))
 	if err != nil {
 		return Message{}, serviceErr(ctx, "invoke", method, err)
 	}
@@ -275,7 +285,7 @@ func (l *leader) publish(ctx context.Context, topic string, msg Message) error {
 		return errNotSent
 	}
 	defer l.calls.leave()
-	if err := l.svc.Publish(ctx, topic, msg); err != nil {
+	if err := l.svc.Publish(ctx, topic, lend(msg)); err != nil {
 		return serviceErr(ctx, "publish", topic, err)
 	}
 	return nil

@@ -55,7 +55,10 @@ type registrations struct {
 // Register waits for the next one and registers there. ctx (or Config.CallTimeout)
 // bounds the wait.
 func (c *Client) Register(ctx context.Context, topic string, msg Message) (*Registration, error) {
-	if err := checkMessage("register", topic, msg, c.cfg.MaxBody); err != nil {
+	if msg.Blob != nil || len(msg.Files) > 0 {
+		return nil, fmt.Errorf("cluster: register %q: a registration carries Data only, not a Blob or Files (it is replayed to every future Leader): %w", topic, errors.ErrUnsupported)
+	}
+	if err := c.checkMessage("register", topic, msg); err != nil {
 		return nil, err
 	}
 	select {

@@ -2,32 +2,26 @@ package cluster
 
 import (
 	"context"
-	"os"
 )
-
-// Message is what travels through the cluster: a payload and, on transports that pass
-// descriptors, files. A Message handed to a subscriber is shared with the other
-// subscribers of the topic: treat Data as read-only.
-type Message struct {
-	Data []byte
-	// Files are reserved for descriptor passing; a Message with Files is refused with
-	// an error on this version's transport.
-	Files []*os.File
-}
 
 // Service is the real client, the one that talks to the server. Only the Leader builds
 // it (Config.NewService), once per leadership term; every member's calls end up here.
 // Its methods are called concurrently.
 type Service interface {
-	// Invoke performs a request/response call. ctx carries the caller's deadline.
+	// Invoke performs a request/response call. ctx carries the caller's deadline. req is
+	// lent: its Blob and Files are valid until Invoke returns (Clone them to keep them).
+	// The returned Message is given away: the library closes its Blob and Files once
+	// they are sent, or hands them to the local caller, who owns them.
 	Invoke(ctx context.Context, method string, req Message) (Message, error)
 	// Subscribe starts the one real subscription for topic and returns a function that
 	// cancels it. emit delivers each message; it never blocks and may be called from any
 	// goroutine, including during Subscribe itself. The Service must not modify a
-	// Message's Data after emitting it. ctx bounds the Subscribe call only, not the
+	// Message's Data after emitting it. emit takes the Message's Blob and Files: the
+	// library closes them when no subscriber needs them any more, so emit each one once
+	// (Clone to emit the same blob again). ctx bounds the Subscribe call only, not the
 	// subscription's life.
 	Subscribe(ctx context.Context, topic string, emit func(Message)) (cancel func(), err error)
-	// Publish sends msg to topic on the server.
+	// Publish sends msg to topic on the server. msg is lent, as Invoke's req is.
 	Publish(ctx context.Context, topic string, msg Message) error
 	// Close releases the Service when its leadership term ends.
 	Close() error

@@ -100,10 +100,13 @@ func (s *Subscription) push(m Message) (dropped bool) {
 		return false
 	}
 	if !s.gotFirst {
+		retain(m) // First's hold, released by stop
 		s.gotFirst, s.firstMsg = true, m
 		close(s.first)
 	}
+	retain(m) // the queue's hold, released once the callback returns or m is dropped
 	if s.n == len(s.queue) {
+		release(s.queue[s.head])
 		s.queue[s.head] = Message{}
 		s.head = (s.head + 1) % len(s.queue)
 		s.n--
@@ -121,17 +124,30 @@ func (s *Subscription) push(m Message) (dropped bool) {
 
 func (s *Subscription) stop() {
 	s.mu.Lock()
+	var first Message
 	if !s.closed {
 		close(s.closedErr)
+		first = s.firstMsg // First's hold ends with the subscription
 	}
 	s.closed = true
+	for i := 0; i < s.n; i++ {
+		release(s.queue[(s.head+i)%len(s.queue)])
+	}
 	clear(s.queue)
 	s.n = 0
 	s.mu.Unlock()
+	release(first)
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// call runs the callback with m, then drops the queue's hold on m's resources (also
+// when the callback panics).
+func (s *Subscription) call(m Message) {
+	defer release(m)
+	s.fn(m)
 }
 
 func (s *Subscription) dispatch() {
@@ -153,7 +169,7 @@ func (s *Subscription) dispatch() {
 			s.head = (s.head + 1) % len(s.queue)
 			s.n--
 			s.mu.Unlock()
-			s.fn(m)
+			s.call(m)
 		}
 	}
 }
@@ -219,6 +235,8 @@ func (r *registry) deliver(topic string, m Message, shared bool) {
 		lt.next++
 		return
 	}
+	retain(m)
+	release(lt.latest)
 	lt.latest, lt.hasLatest = m, true
 	for _, s := range lt.subs {
 		if s.push(m) {
@@ -284,9 +302,21 @@ func (r *registry) remove(ctx context.Context, s *Subscription) error {
 	r.mu.Lock()
 	if len(lt.subs) == 0 && r.topics[lt.key] == lt {
 		delete(r.topics, lt.key)
+		release(lt.latest)
+		lt.latest, lt.hasLatest = Message{}, false
 	}
 	r.mu.Unlock()
 	return err
+}
+
+// releaseLatest drops the registry's holds on the topics' latest messages (at Close).
+func (r *registry) releaseLatest() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, lt := range r.topics {
+		release(lt.latest)
+		lt.latest, lt.hasLatest = Message{}, false
+	}
 }
 
 // snapshot returns the topics that have subscribers.

@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/cluster-client-go/cluster/frame"
@@ -31,6 +35,7 @@ type subKey struct {
 // gets every message, and one shared sink (in turn) gets each message.
 type topic struct {
 	name string
+	log  *slog.Logger
 	// sub serialises Service.Subscribe and the cancel of this topic. It is never held
 	// by emit, so a Service may emit from inside Subscribe.
 	sub sync.Mutex
@@ -51,12 +56,23 @@ func (t *topic) empty() bool { return len(t.sinks) == 0 && len(t.shared) == 0 }
 // emit is the func given to Service.Subscribe. Holding fan while fanning out keeps the
 // per-topic order and makes "replay latest, then live messages" gap- and duplicate-free
 // for a sink that joins concurrently.
+//
+// emit takes m's Blob and Files: they are closed when the latest message no longer
+// needs them and no local subscriber holds them (peers get duplicates at once).
 func (t *topic) emit(m Message) {
+	m, err := own(m)
+	if err != nil {
+		t.log.Warn("cluster: emitted message not delivered", "topic", t.name, "err", err)
+		return
+	}
+	defer release(m)
 	t.fan.Lock()
 	defer t.fan.Unlock()
 	if t.dead {
 		return
 	}
+	retain(m)
+	release(t.latest)
 	t.latest, t.has = m, true
 	for s := range t.sinks {
 		s.deliver(t.name, m, false)
@@ -77,6 +93,8 @@ func (t *topic) kill() {
 	t.dead, t.cancel = true, nil
 	clear(t.sinks)
 	t.shared = nil
+	release(t.latest)
+	t.latest, t.has = Message{}, false
 	t.fan.Unlock()
 	if cancel != nil {
 		cancel()
@@ -91,7 +109,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 		l.mu.Lock()
 		t := l.topics[name]
 		if t == nil {
-			t = &topic{name: name, sinks: make(map[sink]struct{})}
+			t = &topic{name: name, log: l.c.cfg.Logger, sinks: make(map[sink]struct{})}
 			l.topics[name] = t
 		}
 		l.mu.Unlock()
@@ -170,6 +188,7 @@ func (l *leader) removeSink(name string, s sink, shared bool) {
 	if last {
 		cancel = t.cancel
 		t.dead, t.cancel = true, nil
+		release(t.latest)
 		t.latest, t.has = Message{}, false
 	}
 	t.fan.Unlock()
@@ -218,31 +237,41 @@ type registration struct {
 // deliver queues a message frame; a Follower that does not keep up is dropped by the
 // connection's queue bound, then reconnects and gets the latest message again.
 func (pc *peerConn) deliver(topic string, m Message, shared bool) {
-	if len(m.Data) > int(pc.hello.MaxBody) {
-		pc.l.c.cfg.Logger.Warn("cluster: message larger than the follower accepts; not delivered", "topic", topic, "size", len(m.Data), "limit", pc.hello.MaxBody)
+	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on "+strconv.Quote(topic))
+	if err != nil {
+		pc.l.c.cfg.Logger.Warn("cluster: message not delivered to a follower", "topic", topic, "peer", pc.conn.Peer(), "err", err)
 		return
 	}
-	h := frame.Header{Kind: frame.KindMessage}
+	h := frame.Header{Kind: frame.KindMessage, Flags: w.flags}
 	if shared {
-		h.Flags = frame.FlagShared
+		h.Flags |= frame.FlagShared
 	}
-	_ = pc.conn.Send(h, []byte(topic), m.Data)
+	_ = pc.conn.SendFiles(h, []byte(topic), w.body, w.files)
 }
 
 // handle runs on the reader goroutine. Requests run on goroutines of their own; at most
 // maxInflightPerConn at once, after which reading this connection waits.
-func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame) {
+// It owns files: only invoke, oneway and publish requests may pass them.
+func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	switch f.Kind {
-	case frame.KindInvoke, frame.KindOneway, frame.KindPublish, frame.KindSubscribe, frame.KindUnsubscribe,
-		frame.KindRegister, frame.KindWithdraw:
+	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
+	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
+		if len(files) > 0 {
+			closeFiles(files)
+			conn.Abort(fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
+			return
+		}
 	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
+		closeFiles(files)
 		pc.ackOnce.Do(func() { close(pc.acked) })
 		return
 	default:
+		closeFiles(files)
 		conn.Abort(fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
 		return
 	}
 	if !pc.l.calls.enter() {
+		closeFiles(files)
 		if f.Kind != frame.KindOneway {
 			_ = conn.ReplyError(f.ID, frame.CodeClosed, "leader is handing over; retry on the next leader")
 		}
@@ -251,13 +280,34 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame) {
 	select {
 	case pc.sem <- struct{}{}:
 	case <-conn.Done():
+		closeFiles(files)
 		pc.l.calls.leave()
 		return
 	}
-	go pc.exec(f)
+	go pc.exec(f, files)
 }
 
-func (pc *peerConn) exec(f frame.Frame) {
+// request decodes the Message of an invoke, oneway or publish frame, under a lease the
+// caller releases when the Service is done with it. ok is false when the request was
+// answered (or the connection aborted) instead.
+func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool) {
+	m, err := decodeMessage(f, files, pc.l.c.cfg.MaxBlob)
+	if err != nil {
+		switch {
+		case errors.Is(err, frame.ErrProtocol):
+			pc.conn.Abort(err)
+		case f.Kind != frame.KindOneway:
+			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, err.Error())
+		default:
+			pc.l.c.cfg.Logger.Warn("cluster: oneway invoke refused", "method", string(f.Meta), "peer", pc.conn.Peer(), "err", err)
+		}
+		return Message{}, false
+	}
+	m, _ = own(m) // a fresh Message: own cannot fail
+	return m, true
+}
+
+func (pc *peerConn) exec(f frame.Frame, files []*os.File) {
 	defer func() {
 		<-pc.sem
 		pc.l.calls.leave()
@@ -279,25 +329,32 @@ func (pc *peerConn) exec(f frame.Frame) {
 	}
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway:
+		req, ok := pc.request(f, files)
+		if !ok {
+			return
+		}
+		defer release(req)
 		var out Message
-		out, err = l.svc.Invoke(ctx, name, Message{Data: f.Body})
+		out, err = l.svc.Invoke(ctx, name, req)
 		if f.Kind == frame.KindOneway {
+			_ = out.Close()
 			if err != nil {
 				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", err)
 			}
 			return
 		}
 		if err == nil {
-			if len(out.Data) > int(pc.hello.MaxBody) {
-				_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("response is %d bytes, the follower accepts %d", len(out.Data), pc.hello.MaxBody))
-				return
-			}
-			_ = pc.conn.Reply(f.ID, out.Data)
+			pc.respond(f.ID, out)
 			return
 		}
 		err = serviceErr(ctx, "invoke", name, err)
 	case frame.KindPublish:
-		if err = l.svc.Publish(ctx, name, Message{Data: f.Body}); err != nil {
+		msg, ok := pc.request(f, files)
+		if !ok {
+			return
+		}
+		defer release(msg)
+		if err = l.svc.Publish(ctx, name, msg); err != nil {
 			err = serviceErr(ctx, "publish", name, err)
 		}
 	case frame.KindSubscribe:
@@ -332,6 +389,22 @@ func (pc *peerConn) exec(f frame.Frame) {
 		err = pc.withdraw(ctx, name, f.Body)
 	}
 	pc.reply(f.ID, err)
+}
+
+// respond sends the Service's response to request id, then closes it: the Service gave
+// it to us, and the Follower got duplicates of its descriptors.
+func (pc *peerConn) respond(id uint64, out Message) {
+	defer out.Close()
+	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "response")
+	if err != nil {
+		code := frame.CodeRemote
+		if errors.Is(err, ErrTooLarge) {
+			code = frame.CodeTooLarge
+		}
+		_ = pc.conn.ReplyError(id, code, err.Error())
+		return
+	}
+	_ = pc.conn.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.files)
 }
 
 // reply answers a request with an empty response or the error's code and message.

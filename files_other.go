@@ -1,0 +1,13 @@
+//go:build !unix
+
+package cluster
+
+import (
+	"fmt"
+	"os"
+)
+
+// dupFile is not available here: no transport of this platform passes descriptors.
+func dupFile(f *os.File) (*os.File, error) {
+	return nil, fmt.Errorf("duplicating %s: %w", f.Name(), ErrFDUnsupported)
+}
