@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/blob"
 )
 
 // broker is a tiny in-memory Service: "greet" answers, and Publish delivers to the
@@ -228,4 +229,41 @@ func ExampleSubscription_First() {
 	// Output:
 	// true
 	// v1
+}
+
+// A large payload travels as a Blob: written once into sealed shared memory, passed as
+// a file descriptor and mapped read-only by every receiver, so a snapshot fanned out to
+// the whole pool is never copied. Over TCP it is sent inline, transparently.
+func ExampleMessage_blob() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	join := func() *cluster.Client {
+		c, err := cluster.Join(ctx, cluster.Config{Name: "snapshots", Dir: dir, NewService: newBroker, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			panic(err)
+		}
+		return c
+	}
+	leader, follower := join(), join() // in real life, two processes
+	defer leader.Close()
+	defer follower.Close()
+
+	got := make(chan string, 1)
+	sub, _ := follower.Subscribe(ctx, "snapshot", func(m cluster.Message) {
+		// The Blob is lent to the callback: read it here, or Clone the Message to keep it.
+		got <- fmt.Sprintf("%s: %d bytes, starts with %q", m.Data, m.Blob.Len(), m.Blob.Bytes()[:5])
+	})
+	defer sub.Close()
+
+	snap, err := blob.New(append([]byte("hello"), make([]byte, 8<<20)...))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer snap.Close() // what you send stays yours
+	_ = leader.Publish(ctx, "snapshot", cluster.Message{Data: []byte("v42"), Blob: snap})
+	fmt.Println(<-got)
+	// Output:
+	// v42: 8388613 bytes, starts with "hello"
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -132,7 +131,7 @@ func timeoutMillis(ctx context.Context) uint32 {
 }
 
 func (f *follower) invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error) {
-	w, err := encodeMessage(f.conn, req, int(f.welcome.MaxBody), "invoke "+strconv.Quote(method))
+	w, err := encodeMessage(f.conn, req, int(f.welcome.MaxBody), "invoke", method)
 	if err != nil {
 		return Message{}, err
 	}
@@ -157,7 +156,7 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 }
 
 func (f *follower) publish(ctx context.Context, topic string, msg Message) error {
-	w, err := encodeMessage(f.conn, msg, int(f.welcome.MaxBody), "publish "+strconv.Quote(topic))
+	w, err := encodeMessage(f.conn, msg, int(f.welcome.MaxBody), "publish", topic)
 	if err != nil {
 		return err
 	}

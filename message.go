@@ -187,17 +187,17 @@ type wire struct {
 
 // encodeMessage encodes m for conn. A Blob goes as a descriptor when conn passes them,
 // else inline; Files need a connection that passes descriptors. maxBody is the
-// receiver's limit; what names the operation for errors.
-func encodeMessage(conn *ipc.Conn, m Message, maxBody int, what string) (wire, error) {
+// receiver's limit; op and name name the operation for errors.
+func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name string) (wire, error) {
 	w := wire{body: m.Data}
 	fdOK := conn.CanPassFiles()
 	if len(m.Files) > 0 && !fdOK {
-		return wire{}, fmt.Errorf("cluster: %s: a Message with Files needs a connection that passes file descriptors, and this one cannot (%s): %w", what, connKind(conn), ErrFDUnsupported)
+		return wire{}, fmt.Errorf("cluster: %s %q: a Message with Files needs a connection that passes file descriptors, and this one cannot (%s): %w", op, name, connKind(conn), ErrFDUnsupported)
 	}
 	if m.Blob != nil {
 		data := m.Blob.Bytes()
 		if data == nil {
-			return wire{}, fmt.Errorf("cluster: %s: the Message's Blob is closed: %w", what, os.ErrClosed)
+			return wire{}, fmt.Errorf("cluster: %s %q: the Message's Blob is closed: %w", op, name, os.ErrClosed)
 		}
 		if fdOK && m.Blob.File() != nil {
 			w.flags = frame.FlagBlob
@@ -205,7 +205,7 @@ func encodeMessage(conn *ipc.Conn, m Message, maxBody int, what string) (wire, e
 			w.files = append(w.files, m.Files...)
 		} else {
 			if n := frame.InlineBlobHeaderSize + len(m.Data) + len(data); n > maxBody {
-				return wire{}, fmt.Errorf("cluster: %s: the blob travels inline on this connection (%s) and the frame would be %d bytes, the receiver accepts %d (raise Config.MaxBody on every member, or use Unix sockets on Linux): %w", what, connKind(conn), n, maxBody, ErrTooLarge)
+				return wire{}, fmt.Errorf("cluster: %s %q: the blob travels inline on this connection (%s) and the frame would be %d bytes, the receiver accepts %d (raise Config.MaxBody on every member, or use Unix sockets on Linux): %w", op, name, connKind(conn), n, maxBody, ErrTooLarge)
 			}
 			w.flags = frame.FlagInlineBlob
 			w.body = frame.AppendInlineBlob(make([]byte, 0, frame.InlineBlobHeaderSize+len(m.Data)+len(data)), m.Data, data)
@@ -214,7 +214,7 @@ func encodeMessage(conn *ipc.Conn, m Message, maxBody int, what string) (wire, e
 		w.files = m.Files
 	}
 	if len(w.body) > maxBody {
-		return wire{}, fmt.Errorf("cluster: %s: payload is %d bytes, the receiver accepts %d: %w", what, len(w.body), maxBody, ErrTooLarge)
+		return wire{}, fmt.Errorf("cluster: %s %q: payload is %d bytes, the receiver accepts %d: %w", op, name, len(w.body), maxBody, ErrTooLarge)
 	}
 	return w, nil
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 
 	"github.com/cluster-client-go/cluster/frame"
@@ -237,7 +236,7 @@ type registration struct {
 // deliver queues a message frame; a Follower that does not keep up is dropped by the
 // connection's queue bound, then reconnects and gets the latest message again.
 func (pc *peerConn) deliver(topic string, m Message, shared bool) {
-	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on "+strconv.Quote(topic))
+	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on", topic)
 	if err != nil {
 		pc.l.c.cfg.Logger.Warn("cluster: message not delivered to a follower", "topic", topic, "peer", pc.conn.Peer(), "err", err)
 		return
@@ -344,7 +343,7 @@ func (pc *peerConn) exec(f frame.Frame, files []*os.File) {
 			return
 		}
 		if err == nil {
-			pc.respond(f.ID, out)
+			pc.respond(f.ID, name, out)
 			return
 		}
 		err = serviceErr(ctx, "invoke", name, err)
@@ -393,9 +392,9 @@ func (pc *peerConn) exec(f frame.Frame, files []*os.File) {
 
 // respond sends the Service's response to request id, then closes it: the Service gave
 // it to us, and the Follower got duplicates of its descriptors.
-func (pc *peerConn) respond(id uint64, out Message) {
+func (pc *peerConn) respond(id uint64, name string, out Message) {
 	defer out.Close()
-	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "response")
+	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "response of", name)
 	if err != nil {
 		code := frame.CodeRemote
 		if errors.Is(err, ErrTooLarge) {
