@@ -37,6 +37,12 @@
 //     its lock, so no one may take over: flock gives safety (never two Leaders), not
 //     liveness; calls to it wait out their deadlines.
 //
+// Large payloads travel as a Message.Blob (package blob): sealed shared memory passed
+// as a file descriptor and mapped read-only by every receiver, so neither a Follower's
+// request nor the Leader's fan-out to many subscribers copies it; over TCP it is sent
+// inline, transparently. Message.Files passes open files (pipes, sockets) the same way,
+// on Unix sockets on Linux only. See Message for who owns, and must Close, what.
+//
 // Transports: by default members elect with flock(2) (gofrs/flock) and talk over a
 // Unix socket; on Linux SO_PEERCRED admits only the same user (Config.AllowUIDs and
 // AllowGIDs widen it), elsewhere the 0700 directory and the 0600 socket are the gate.
