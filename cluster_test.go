@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/frame"
@@ -403,6 +404,22 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 			b[3] = 200
 			c.Write(b)
 		}, "", "200"},
+		{"unsealed memfd passed as a blob", func(c net.Conn) {
+			c.Write(hello(tc.name))
+			fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+			require.NoError(t, err)
+			defer unix.Close(fd)
+			_, _ = unix.Write(fd, []byte("the sender could still change this"))
+			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, FDs: 1, ID: 1}, []byte("echo"), nil)
+			_, _, err = c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(fd), nil)
+			require.NoError(t, err)
+		}, "", "not a sealed memfd"},
+		{"descriptor passed with a subscribe", func(c net.Conn) {
+			c.Write(hello(tc.name))
+			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, FDs: 1, ID: 1}, []byte("t"), nil)
+			_, _, err := c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(os.Stdin.Fd())), nil)
+			require.NoError(t, err)
+		}, "", "only invoke, oneway and publish may"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tc.rawConn()
