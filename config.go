@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,6 +23,9 @@ const (
 	DefaultMaxBody            = frame.DefaultMaxBody
 	DefaultMaxBlob            = 1 << 30
 	DefaultSocketMode         = os.FileMode(0o600)
+	// SharedSocketMode is the socket's default mode when Config.AllowGIDs is set: the
+	// group may connect, and SO_PEERCRED still admits only the allowed ones.
+	SharedSocketMode = os.FileMode(0o660)
 	handshakeTimeout          = 5 * time.Second
 	drainTimeout              = 5 * time.Second
 )
@@ -98,13 +102,20 @@ type Config struct {
 	// slow callback before it drops the oldest (counted in Stats.Dropped). Default
 	// DefaultSubscriptionBuffer.
 	SubscriptionBuffer int
-	// SocketMode is the Leader's socket permission. Default 0600 (owner only); use 0660
-	// with AllowGIDs to let other users of a shared group in.
+	// SocketMode is the Leader's socket permission. Default DefaultSocketMode (0600,
+	// owner only), or SharedSocketMode (0660) when AllowGIDs is set, so that members of
+	// other uids in a shared group can connect (connecting needs write permission).
 	SocketMode os.FileMode
-	// AllowUIDs and AllowGIDs admit Followers of other users (checked with SO_PEERCRED
-	// on accept). By default only the Leader's own uid is admitted. A non-empty AllowGIDs
-	// also lets Dir be group-writable.
+	// AllowUIDs admits Followers running as these uids besides the Leader's own (checked
+	// with SO_PEERCRED on accept, Linux), and lets Dir be owned by one of them.
 	AllowUIDs []uint32
+	// AllowGIDs shares the cluster with members of these groups, for members that run as
+	// different uids (containers on one volume): a Follower whose gid or one of whose
+	// supplementary groups is listed is admitted (SO_PEERCRED, SO_PEERGROUPS), Dir may
+	// belong to and be writable by a listed group (give it mode 2770: set-group-ID, not
+	// sticky), and the lock file, the socket and the token file are created readable and
+	// writable by Dir's group (0660; the token 0640) and given that group. Set the same
+	// AllowGIDs on every member: any of them may lead.
 	AllowGIDs []uint32
 	// Logger receives role changes and dropped connections. Default: slog.Default().
 	Logger *slog.Logger
@@ -199,6 +210,9 @@ func (c Config) validate() (*config, error) {
 	}
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = DefaultSocketMode
+		if len(cfg.AllowGIDs) > 0 {
+			cfg.SocketMode = SharedSocketMode
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -217,13 +231,25 @@ func (c Config) validate() (*config, error) {
 			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
 		}
 	}
-	if err := lock.PrepareDir(cfg.Dir, true, len(cfg.AllowGIDs) > 0); err != nil {
-		return nil, fmt.Errorf("%w: Dir: %w", ErrConfig, err)
+	if err := lock.PrepareDir(cfg.Dir, true, cfg.share()); err != nil {
+		hint := ""
+		switch {
+		case errors.Is(err, lock.ErrDirOwner):
+			hint = " (allow a group with Config.AllowGIDs, or trust a uid with Config.AllowUIDs, on every member)"
+		case errors.Is(err, lock.ErrDirGroup):
+			hint = " (allow a group with Config.AllowGIDs, on every member)"
+		}
+		return nil, fmt.Errorf("%w: Dir: %w%s", ErrConfig, err, hint)
 	}
 	if kind, network, err := lock.FSKind(cfg.Dir); err == nil && network {
 		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts while the socket is not; use a local directory", cfg.Dir, kind)
 	}
 	return cfg, nil
+}
+
+// share is whom Dir and the files in it are shared with.
+func (c *config) share() lock.Share {
+	return lock.Share{UIDs: c.AllowUIDs, GIDs: c.AllowGIDs}
 }
 
 func (c *config) limits() frame.Limits { return frame.Limits{MaxBody: uint32(c.MaxBody)} }

@@ -13,6 +13,16 @@ var ErrReplaced = errors.New("lock: lock file was deleted or replaced while lock
 // a directory, owned by another user, or writable by others (or by its group, unless allowed).
 var ErrUnsafeDir = errors.New("lock: unsafe directory")
 
+// ErrDirOwner is matched, besides ErrUnsafeDir, by PrepareDir's refusal of a directory owned
+// by a user it does not trust (not the effective uid, not root, not in Share.UIDs) and not
+// belonging to a group in Share.GIDs.
+var ErrDirOwner = errors.New("lock: directory owned by an untrusted user")
+
+// ErrDirGroup is matched, besides ErrUnsafeDir, by PrepareDir's refusal of a directory that
+// its group may write when Share.GIDs does not list that group, or that is sticky while its
+// group may write it.
+var ErrDirGroup = errors.New("lock: directory shared with a group that is not allowed")
+
 // IsUnsupported reports whether err says that file locking is not available here: flock
 // returned ENOLCK, EOPNOTSUPP, ENOTSUP or ENOSYS, the platform has no locking (an error
 // matching errors.ErrUnsupported), or gofrs/flock's locks on this platform cannot carry the

@@ -16,7 +16,7 @@ func Example() {
 		panic(err)
 	}
 	defer os.RemoveAll(dir)
-	if err := lock.PrepareDir(dir, true, false); err != nil {
+	if err := lock.PrepareDir(dir, true, lock.Share{}); err != nil {
 		panic(err)
 	}
 	path := filepath.Join(dir, "demo.lock")

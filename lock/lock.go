@@ -19,14 +19,19 @@ const maxAttempts = 5
 // filePerm is the mode of a lock file TryLock creates (before the umask).
 const filePerm fs.FileMode = 0o600
 
+// sharedFilePerm is the exact mode of a lock file a Lock made by NewShared creates: every
+// member of the group must open it read-write.
+const sharedFilePerm fs.FileMode = 0o660
+
 // Lock is one member's handle on the election lock file. It is not safe for concurrent use:
 // one goroutine (the member's election loop) owns it. Two Locks on the same path in one
 // process do conflict (flock belongs to the open file description), which is how tests run
 // several members in one process.
 type Lock struct {
-	path string
-	fl   *flock.Flock
-	term uint64
+	path  string
+	fl    *flock.Flock
+	term  uint64
+	share Share // groups the lock file is shared with (NewShared)
 
 	// afterLock, when set (by tests), runs after the flock is won and before the held file is
 	// checked: the seam that lets a test replace the file at that exact moment.
@@ -40,6 +45,23 @@ func New(path string) *Lock {
 		path: path,
 		fl:   flock.New(path, flock.SetFlag(openFlag), flock.SetPermissions(filePerm)),
 	}
+}
+
+// NewShared returns a Lock for path whose file members of other uids can open too, when
+// share lists groups: TryLock creates it with mode 0660 exactly (whatever the umask), in
+// the group of its directory when share lists that group, and gives it those
+// permissions and that group if this process owns the file and it lacks them (a file
+// left by an earlier private configuration). The file appears at path with its final
+// mode and group at once (it is made under a temporary name and linked into place), so
+// no member ever sees it half-shared. With an empty share.GIDs it is New. It does not
+// touch the filesystem.
+func NewShared(path string, share Share) *Lock {
+	l := New(path)
+	if len(share.GIDs) > 0 {
+		l.share = share
+		l.fl = flock.New(path, flock.SetFlag(openFlag), flock.SetPermissions(sharedFilePerm))
+	}
+	return l
 }
 
 // Path returns the path given to New.
@@ -76,6 +98,9 @@ func (l *Lock) TryLock() (won bool, err error) {
 	}
 	if err := platformCheck(l.path); err != nil {
 		return false, err
+	}
+	if len(l.share.GIDs) > 0 {
+		l.prepareShared()
 	}
 	for attempt := 1; ; attempt++ {
 		won, err := l.fl.TryLock()
@@ -203,6 +228,54 @@ func (l *Lock) Unlock() error {
 	return nil
 }
 
+// prepareShared makes sure a shared lock file exists with its shared mode and group before
+// gofrs/flock opens it: it creates a missing one under a temporary name, sets its mode and
+// group, and links it into place (losing that race to another member is fine), or fixes
+// the mode and group of an existing one this process owns. Failures are left for the open
+// to report.
+func (l *Lock) prepareShared() {
+	dir := filepath.Dir(l.path)
+	gid := SharedGID(dir, l.share)
+	fi, err := os.Lstat(l.path)
+	if err == nil {
+		l.heal(fi, gid)
+		return
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(l.path)+".*")
+	if err != nil {
+		return
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = chownGroup(f, gid, sharedFilePerm)
+	if cerr := f.Close(); err != nil || cerr != nil {
+		return
+	}
+	_ = os.Link(tmp, l.path) // EEXIST: another member made it first
+}
+
+// heal gives an existing lock file this process owns the shared mode and group.
+func (l *Lock) heal(fi fs.FileInfo, gid int) {
+	if !fi.Mode().IsRegular() || !ownedByMe(fi) {
+		return
+	}
+	g, ok := fileGID(fi)
+	if fi.Mode().Perm() == sharedFilePerm && (gid < 0 || (ok && int(g) == gid)) {
+		return
+	}
+	f, err := os.OpenFile(l.path, recordFlag|os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if cur, err := f.Stat(); err == nil && os.SameFile(fi, cur) {
+		_ = chownGroup(f, gid, sharedFilePerm)
+	}
+}
+
 // openError explains a failure of gofrs/flock's open or flock call.
 func (l *Lock) openError(err error) error {
 	switch {
@@ -210,6 +283,14 @@ func (l *Lock) openError(err error) error {
 		return fmt.Errorf("lock: %s is a symbolic link; refusing to follow it (remove the link: the lock file must be a regular file): %w", l.path, err)
 	case IsUnsupported(err):
 		return fmt.Errorf("lock: %s: file locking is not supported here (%w); elect over TCP instead", l.path, err)
+	case errors.Is(err, fs.ErrPermission):
+		hint := "members of different uids must share a group that may read and write it (mode 0660)"
+		if len(l.share.GIDs) > 0 {
+			hint = fmt.Sprintf("it must belong to one of the shared groups %v, mode 0660: run \"chgrp GID %s && chmod 0660 %s\" once (never delete it)",
+				l.share.GIDs, l.path, l.path)
+		}
+		return fmt.Errorf("lock: cannot open the lock file read-write (%s; directory %s; %s): %s: %w",
+			fileOwner(l.path), fileOwner(filepath.Dir(l.path)), whoAmI(), hint, err)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && pe.Path == l.path {

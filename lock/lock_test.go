@@ -227,7 +227,7 @@ func TestDefaultDirXDG(t *testing.T) {
 	xdg := tempDir(t) // 0700, ours
 	t.Setenv("XDG_RUNTIME_DIR", xdg)
 	require.Equal(t, filepath.Join(xdg, "cluster"), lock.DefaultDir())
-	require.NoError(t, lock.PrepareDir(lock.DefaultDir(), true, false))
+	require.NoError(t, lock.PrepareDir(lock.DefaultDir(), true, lock.Share{}))
 
 	for _, bad := range []string{"", "relative/dir", filepath.Join(xdg, "missing")} {
 		t.Setenv("XDG_RUNTIME_DIR", bad)

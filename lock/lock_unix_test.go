@@ -3,6 +3,7 @@
 package lock_test
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -58,18 +59,18 @@ func TestLockFileMode(t *testing.T) {
 func TestPrepareDirCreates(t *testing.T) {
 	base := tempDir(t)
 	dir := filepath.Join(base, "a", "b", "c")
-	require.NoError(t, lock.PrepareDir(dir, true, false))
+	require.NoError(t, lock.PrepareDir(dir, true, lock.Share{}))
 	for _, d := range []string{filepath.Join(base, "a"), filepath.Join(base, "a", "b"), dir} {
 		fi, err := os.Lstat(d)
 		require.NoError(t, err)
 		require.True(t, fi.IsDir())
 		require.Equal(t, fs.FileMode(0o700), fi.Mode().Perm(), "%s", d)
 	}
-	require.NoError(t, lock.PrepareDir(dir, true, false), "PrepareDir on a good existing dir")
-	require.NoError(t, lock.PrepareDir(dir+"/", false, false))
+	require.NoError(t, lock.PrepareDir(dir, true, lock.Share{}), "PrepareDir on a good existing dir")
+	require.NoError(t, lock.PrepareDir(dir+"/", false, lock.Share{}))
 
 	missing := filepath.Join(base, "missing")
-	err := lock.PrepareDir(missing, false, false)
+	err := lock.PrepareDir(missing, false, lock.Share{})
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	require.ErrorContains(t, err, missing)
 	_, err = os.Lstat(missing)
@@ -92,29 +93,41 @@ func TestPrepareDirRefuses(t *testing.T) {
 	world := mkdir("world", 0o777)
 	sticky := mkdir("sticky", 0o777|fs.ModeSticky)
 	group := mkdir("group", 0o770)
+	groupSticky := mkdir("gsticky", 0o770|fs.ModeSticky)
+	fi, err := os.Lstat(group)
+	require.NoError(t, err)
+	gid := fi.Sys().(*syscall.Stat_t).Gid
+	shared := lock.Share{GIDs: []uint32{gid}}
+	other := lock.Share{GIDs: []uint32{gid + 1}}
 
 	for _, tc := range []struct {
-		dir        string
-		allowGroup bool
-		says       string
+		dir   string
+		share lock.Share
+		says  string
+		also  error
 	}{
-		{link, false, "symbolic link"},
-		{link + "/", false, "symbolic link"},
-		{file, false, "not a directory"},
-		{world, false, "chmod o-w " + world},
-		{world, true, "chmod o-w " + world},
-		{sticky, false, "writable by other users"},
-		{group, false, "chmod g-w " + group},
+		{link, lock.Share{}, "symbolic link", nil},
+		{link + "/", lock.Share{}, "symbolic link", nil},
+		{file, lock.Share{}, "not a directory", nil},
+		{world, lock.Share{}, "chmod o-w " + world, nil},
+		{world, shared, "chmod o-w " + world, nil},
+		{sticky, lock.Share{}, "writable by other users", nil},
+		{group, lock.Share{}, "chmod g-w " + group, lock.ErrDirGroup},
+		{group, other, fmt.Sprintf("allow gid %d", gid), lock.ErrDirGroup},
+		{groupSticky, shared, "chmod -t " + groupSticky, lock.ErrDirGroup},
 	} {
-		err := lock.PrepareDir(tc.dir, true, tc.allowGroup)
+		err := lock.PrepareDir(tc.dir, true, tc.share)
 		require.ErrorIs(t, err, lock.ErrUnsafeDir, "%s", tc.dir)
+		if tc.also != nil {
+			require.ErrorIs(t, err, tc.also, "%s", tc.dir)
+		}
 		require.ErrorContains(t, err, strings.TrimSuffix(tc.dir, "/"))
 		require.ErrorContains(t, err, tc.says)
 	}
-	require.NoError(t, lock.PrepareDir(group, false, true), "group-writable with allowGroup")
+	require.NoError(t, lock.PrepareDir(group, false, shared), "group-writable by an allowed group")
 
 	// The refusals changed nothing.
-	fi, err := os.Lstat(world)
+	fi, err = os.Lstat(world)
 	require.NoError(t, err)
 	require.Equal(t, fs.FileMode(0o777), fi.Mode().Perm())
 	fi, err = os.Lstat(link)
@@ -128,27 +141,48 @@ func TestPrepareDirOtherOwner(t *testing.T) {
 	}
 	dir := filepath.Join(tempDir(t), "theirs")
 	require.NoError(t, os.Mkdir(dir, 0o700)) // private, so only the owner is wrong
-	require.NoError(t, os.Chown(dir, 65534, 65534))
-	err := lock.PrepareDir(dir, true, true)
+	require.NoError(t, os.Chown(dir, 65534, 65533))
+	err := lock.PrepareDir(dir, true, lock.Share{GIDs: []uint32{1234}})
 	require.ErrorIs(t, err, lock.ErrUnsafeDir)
+	require.ErrorIs(t, err, lock.ErrDirOwner)
 	require.ErrorContains(t, err, dir)
 	require.ErrorContains(t, err, "owned by uid 65534")
 	require.ErrorContains(t, err, "use a Dir you own")
+
+	// A trusted owner, or a directory of an allowed group, is accepted.
+	require.NoError(t, lock.PrepareDir(dir, false, lock.Share{UIDs: []uint32{65534}}))
+	require.NoError(t, lock.PrepareDir(dir, false, lock.Share{GIDs: []uint32{65533}}))
 }
 
-// TestPrepareDirRootOwned runs without root too: "/" is (nearly always) root's, 0755.
+// TestPrepareDirRootOwned runs without root too: "/" is (nearly always) root's, 0755, and
+// root, who can replace anything anyway, is trusted (as OpenSSH's safe_path does).
 func TestPrepareDirRootOwned(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root owns \"/\"; TestPrepareDirOtherOwner covers root")
-	}
 	fi, err := os.Lstat("/")
 	require.NoError(t, err)
-	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) == os.Geteuid() {
-		t.Skip("this user owns \"/\"")
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		t.Skip("\"/\" is not root's, or is writable by others than root")
 	}
-	err = lock.PrepareDir("/", false, true)
-	require.ErrorIs(t, err, lock.ErrUnsafeDir)
-	require.ErrorContains(t, err, "use a Dir you own")
+	require.NoError(t, lock.PrepareDir("/", false, lock.Share{}))
+}
+
+func TestPrepareDirCreatesShared(t *testing.T) {
+	base := tempDir(t)
+	fi, err := os.Lstat(base)
+	require.NoError(t, err)
+	gid := fi.Sys().(*syscall.Stat_t).Gid // a group this process has (its own)
+	dir := filepath.Join(base, "a", "b")
+	share := lock.Share{GIDs: []uint32{gid}}
+	require.NoError(t, lock.PrepareDir(dir, true, share))
+	for _, d := range []string{filepath.Join(base, "a"), dir} {
+		fi, err := os.Lstat(d)
+		require.NoError(t, err)
+		require.Equal(t, fs.FileMode(0o770), fi.Mode().Perm(), "%s", d)
+		require.NotZero(t, fi.Mode()&fs.ModeSetgid, "%s is not set-group-ID", d)
+		require.Equal(t, gid, fi.Sys().(*syscall.Stat_t).Gid, "%s", d)
+	}
+	require.Equal(t, int(gid), lock.SharedGID(dir, share))
+	require.Equal(t, -1, lock.SharedGID(dir, lock.Share{}))
+	require.Equal(t, -1, lock.SharedGID(dir, lock.Share{GIDs: []uint32{gid + 1}}))
 }
 
 func TestUnsupportedErrnos(t *testing.T) {

@@ -48,7 +48,31 @@ func linkCount(fs.FileInfo) (uint64, bool) { return 0, false }
 
 // checkOwner skips the owner and mode checks: Windows access control lives in ACLs, not in
 // mode bits, and a directory under the user's profile (os.TempDir) is private by default.
-func checkOwner(string, fs.FileInfo, bool) error { return nil }
+func checkOwner(string, fs.FileInfo, Share) error { return nil }
+
+// shareDir does nothing here: there are no groups in mode bits.
+func shareDir(string, Share) {}
+
+// ownedByMe is unknown here: nothing is healed.
+func ownedByMe(fs.FileInfo) bool { return false }
+
+// fileGID is unknown here.
+func fileGID(fs.FileInfo) (uint32, bool) { return 0, false }
+
+// fileOwner describes a file for an error message: here, its mode only.
+func fileOwner(path string) string {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Sprintf("%s: %v", path, err)
+	}
+	return fmt.Sprintf("%s: mode %s", path, modeString(fi.Mode()))
+}
+
+// whoAmI describes this process for an error message.
+func whoAmI() string { return "this process runs as user " + userName() }
+
+// chownGroup does nothing here: access control lives in ACLs.
+func chownGroup(*os.File, int, fs.FileMode) error { return nil }
 
 // DefaultDir returns the per-user directory for the lock and the socket:
 // os.TempDir()/cluster-<username> (the user's own temporary directory), with "user" when the

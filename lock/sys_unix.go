@@ -55,24 +55,102 @@ func linkCount(fi fs.FileInfo) (uint64, bool) {
 }
 
 // checkOwner is PrepareDir's owner and mode check.
-func checkOwner(dir string, fi fs.FileInfo, allowGroup bool) error {
+func checkOwner(dir string, fi fs.FileInfo, share Share) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fmt.Errorf("%w: %s: cannot read its owner; use a Dir you own", ErrUnsafeDir, dir)
 	}
-	uid, euid, perm := int(st.Uid), os.Geteuid(), fi.Mode().Perm()
+	uid, gid, euid, mode := st.Uid, st.Gid, uint32(os.Geteuid()), fi.Mode()
+	perm := mode.Perm()
+	what := fmt.Sprintf("owner uid %d, group gid %d, mode %s", uid, gid, modeString(mode))
+	trusted := uid == euid || uid == 0 || share.hasUID(uid) || share.hasGID(gid)
 	switch {
-	case uid != euid:
-		return fmt.Errorf("%w: %s is owned by uid %d, not by this process's uid %d (mode %s); use a Dir you own",
-			ErrUnsafeDir, dir, uid, euid, modeString(fi.Mode()))
+	case !trusted:
+		return fmt.Errorf("%w: %w: %s is owned by uid %d, not by this process's uid %d (%s); use a Dir you own, "+
+			"or share it with a group of both users (chgrp GID %s; chmod 2770 %s) and allow that group, or trust uid %d",
+			ErrUnsafeDir, ErrDirOwner, dir, uid, euid, what, dir, dir, uid)
 	case perm&0o002 != 0:
-		return fmt.Errorf("%w: %s is writable by other users (owner uid %d, mode %s); run \"chmod o-w %s\" or use a Dir you own",
-			ErrUnsafeDir, dir, uid, modeString(fi.Mode()), dir)
-	case perm&0o020 != 0 && !allowGroup:
-		return fmt.Errorf("%w: %s is writable by its group gid %d (owner uid %d, mode %s); run \"chmod g-w %s\", allow that group, or use a Dir you own",
-			ErrUnsafeDir, dir, st.Gid, uid, modeString(fi.Mode()), dir)
+		return fmt.Errorf("%w: %s is writable by other users (%s); run \"chmod o-w %s\" or use a Dir you own",
+			ErrUnsafeDir, dir, what, dir)
+	case perm&0o020 != 0 && !share.hasGID(gid):
+		return fmt.Errorf("%w: %w: %s is writable by its group gid %d (%s); allow gid %d if its members may share this cluster, "+
+			"or run \"chmod g-w %s\", or use a Dir you own", ErrUnsafeDir, ErrDirGroup, dir, gid, what, gid, dir)
+	case perm&0o020 != 0 && mode&fs.ModeSticky != 0:
+		return fmt.Errorf("%w: %w: %s is group-writable and sticky (%s): a new Leader of another uid could not replace a dead "+
+			"Leader's socket or token; run \"chmod -t %s\"", ErrUnsafeDir, ErrDirGroup, dir, what, dir)
 	}
 	return nil
+}
+
+// shareDir gives a directory PrepareDir just created to the first group of share.GIDs this
+// process may give it (it keeps a set-group-ID parent's group if that one is listed), and
+// makes it 2770. If no listed group can be given, the directory stays private (0700).
+func shareDir(dir string, share Share) {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return
+	}
+	gid, ok := fileGID(fi)
+	if !ok {
+		return
+	}
+	if !share.hasGID(gid) {
+		given := false
+		for _, g := range share.GIDs {
+			if os.Lchown(dir, -1, int(g)) == nil {
+				given = true
+				break
+			}
+		}
+		if !given {
+			return
+		}
+	}
+	_ = os.Chmod(dir, sharedDirPerm) // chmod: Mkdir's mode is cut by the umask
+}
+
+// ownedByMe reports whether the effective uid owns a file.
+func ownedByMe(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
+}
+
+// fileGID returns a file's group.
+func fileGID(fi fs.FileInfo) (uint32, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return st.Gid, true
+}
+
+// fileOwner describes a file's owner, group and mode for an error message.
+func fileOwner(path string) string {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Sprintf("%s: %v", path, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Sprintf("%s: mode %s", path, modeString(fi.Mode()))
+	}
+	return fmt.Sprintf("%s: owner uid %d, group gid %d, mode %s", path, st.Uid, st.Gid, modeString(fi.Mode()))
+}
+
+// whoAmI describes this process's credentials for an error message.
+func whoAmI() string {
+	groups, _ := os.Getgroups()
+	return fmt.Sprintf("this process runs as uid %d, gid %d, groups %v", os.Geteuid(), os.Getegid(), groups)
+}
+
+// chownGroup gives f to group gid (-1: leave it), and sets its mode exactly, past the umask.
+func chownGroup(f *os.File, gid int, perm fs.FileMode) error {
+	if gid >= 0 {
+		if err := f.Chown(-1, gid); err != nil {
+			return err
+		}
+	}
+	return f.Chmod(perm)
 }
 
 // DefaultDir returns the per-user runtime directory for the lock and the socket:
