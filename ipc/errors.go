@@ -27,6 +27,10 @@ var (
 	// ErrBacklogFull means the listener's accept queue was full (EAGAIN on connect), which
 	// happens in reconnect storms. It is retryable.
 	ErrBacklogFull = errors.New("leader's accept backlog is full")
+	// ErrPermission means the filesystem refused to let this process connect to the
+	// Unix socket (EACCES): the socket's mode or group, or a directory above it. It is
+	// not retryable: the Leader's socket mode, or the directory, must change.
+	ErrPermission = errors.New("socket permission denied")
 	// ErrPathTooLong means a Unix socket path does not fit in sun_path.
 	ErrPathTooLong = errors.New("socket path too long")
 	// ErrPeerRefused is returned by a handshake the other side rejected.

@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -40,21 +42,32 @@ func CheckUnixPath(path string) error {
 	return nil
 }
 
-// ListenUnix binds a Unix socket at path with the given permission bits, applied with
-// fchmod before bind so the socket is never reachable with looser ones. A stale socket
-// left at path (by a dead Leader) is removed first; anything else at path (a regular
-// file, a symlink, a directory) is refused. The caller must hold the election lock.
+// ListenUnix binds a Unix socket at path with the given permission bits. It is
+// ListenUnixGroup with no group.
 func ListenUnix(path string, mode os.FileMode) (*Listener, error) {
+	return ListenUnixGroup(path, mode, -1)
+}
+
+// ListenUnixGroup binds a Unix socket at path with exactly the given permission bits,
+// and gives it group gid unless gid is negative (the caller must belong to that group).
+// The socket is bound under a staging name beside path (path with its last byte
+// replaced by '~'), given its mode and group, and renamed over path: it is never
+// reachable at path with other permissions, and a stale socket left at path (by a dead
+// Leader) is replaced in the same step. Anything else at path or at the staging name (a
+// regular file, a symlink, a directory) is refused. The caller must hold the election
+// lock: the staging name is the lock holder's alone.
+func ListenUnixGroup(path string, mode os.FileMode, gid int) (*Listener, error) {
 	if err := CheckUnixPath(path); err != nil {
 		return nil, err
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("refusing to replace %s: it is a %v, not a socket; remove it by hand if it is not yours", path, fi.Mode().Type())
+	staging := stagingPath(path)
+	for _, p := range []string{path, staging} {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("refusing to replace %s: it is a %v, not a socket; remove it by hand if it is not yours", p, fi.Mode().Type())
 		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
+	}
+	if err := os.Remove(staging); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("removing a stale staging socket: %w", err)
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var cerr error
@@ -63,34 +76,58 @@ func ListenUnix(path string, mode os.FileMode) (*Listener, error) {
 		}
 		return cerr
 	}}
-	ln, err := lc.Listen(context.Background(), "unix", path)
+	ln, err := lc.Listen(context.Background(), "unix", staging)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
+		return nil, fmt.Errorf("listen on %s: %w", staging, err)
 	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
+	fail := func(err error) (*Listener, error) {
 		_ = ul.Close()
-		return nil, fmt.Errorf("stat %s after bind: %w", path, err)
+		_ = os.Remove(staging)
+		return nil, err
 	}
-	// bind filters the fchmod'ed mode through the umask, so a group-accessible mode may
-	// have lost bits: set exactly what was asked. Until now the socket was only tighter.
-	if os.FileMode(st.Mode)&os.ModePerm != mode.Perm() {
-		if err := os.Chmod(path, mode.Perm()); err != nil {
-			_ = ul.Close()
-			return nil, fmt.Errorf("chmod %s: %w", path, err)
+	var st unix.Stat_t
+	if err := unix.Lstat(staging, &st); err != nil {
+		return fail(fmt.Errorf("stat %s after bind: %w", staging, err))
+	}
+	if gid >= 0 && int(st.Gid) != gid {
+		if err := os.Lchown(staging, -1, gid); err != nil {
+			return fail(fmt.Errorf("giving the socket %s to group %d: %w", staging, gid, err))
 		}
 	}
-	l := &Listener{ln: ul, path: path, dev: uint64(st.Dev), ino: uint64(st.Ino), pin: pinInode(path)}
+	// bind filters the fchmod'ed mode through the umask, so a group-accessible mode may
+	// have lost bits: set exactly what was asked, before the socket is at path.
+	if os.FileMode(st.Mode)&os.ModePerm != mode.Perm() {
+		if err := os.Chmod(staging, mode.Perm()); err != nil {
+			return fail(fmt.Errorf("chmod %s: %w", staging, err))
+		}
+	}
+	pin := pinInode(staging)
+	if err := os.Rename(staging, path); err != nil {
+		if pin != nil {
+			_ = pin.Close()
+		}
+		return fail(fmt.Errorf("moving the socket into place at %s: %w", path, err))
+	}
+	l := &Listener{ln: ul, path: path, dev: uint64(st.Dev), ino: uint64(st.Ino), pin: pin}
 	if l.pin != nil {
-		// Identify the socket by the pinned inode, in case the path changed since bind.
+		// Identify the socket by the pinned inode.
 		var ps unix.Stat_t
 		if err := unix.Fstat(int(l.pin.Fd()), &ps); err == nil {
 			l.dev, l.ino = uint64(ps.Dev), uint64(ps.Ino)
 		}
 	}
 	return l, nil
+}
+
+// stagingPath is where ListenUnixGroup binds before renaming: path with its last byte
+// replaced, so that it fits in sun_path whenever path does.
+func stagingPath(path string) string {
+	if strings.HasSuffix(path, "~") {
+		return path[:len(path)-1] + "#"
+	}
+	return path[:len(path)-1] + "~"
 }
 
 // Accept waits for the next connection and reports the peer's credentials.
@@ -137,7 +174,9 @@ func (l *Listener) Unlink() error {
 }
 
 // DialUnix connects to the Leader's socket. A missing or refusing socket is an error
-// matching ErrNoListener, a full backlog ErrBacklogFull; both are Retryable.
+// matching ErrNoListener, a full backlog ErrBacklogFull; both are Retryable. A socket
+// whose permissions refuse this process is an error matching ErrPermission that says who
+// owns the socket and its directory, their modes, and who this process is.
 func DialUnix(ctx context.Context, path string) (net.Conn, error) {
 	if err := CheckUnixPath(path); err != nil {
 		return nil, err
@@ -154,6 +193,24 @@ func DialUnix(ctx context.Context, path string) (net.Conn, error) {
 		return nil, fmt.Errorf("%w: socket %s refuses connections (stale file of a dead leader?)", ErrNoListener, path)
 	case errors.Is(err, syscall.EAGAIN):
 		return nil, fmt.Errorf("%w: %s", ErrBacklogFull, path)
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("%w: connecting to %s (%s; its directory: %s; %s): connecting needs write permission on the socket and search permission on every directory above it: %w",
+			ErrPermission, path, describe(path), describe(filepath.Dir(path)), whoAmI(), err)
 	}
 	return nil, err
+}
+
+// describe names a file's owner, group and mode for an error message.
+func describe(path string) string {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("owner uid %d, group gid %d, mode %v", st.Uid, st.Gid, os.FileMode(st.Mode&0o777))
+}
+
+// whoAmI describes this process's credentials for an error message.
+func whoAmI() string {
+	groups, _ := os.Getgroups()
+	return fmt.Sprintf("this process: uid %d, gid %d, groups %v", os.Geteuid(), os.Getegid(), groups)
 }

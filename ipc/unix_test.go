@@ -64,6 +64,46 @@ func TestListenUnixModeStaleSocketsAndUnlink(t *testing.T) {
 	require.Contains(t, err.Error(), "does not exist")
 }
 
+func TestListenUnixGroupExactModeGroupAndStaging(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	dir := shortDir(t)
+	path := filepath.Join(dir, "g.sock")
+	gid := os.Getegid()
+	if os.Geteuid() == 0 {
+		gid = 2345 // root may give a file any group
+	}
+	// A stale socket of a dead Leader and a stale staging socket are both replaced.
+	for _, p := range []string{path, stagingPath(path)} {
+		ln, err := ListenUnix(p, 0o600)
+		require.NoError(t, err)
+		require.NoError(t, ln.Close())
+	}
+	ln, err := ListenUnixGroup(path, 0o660, gid)
+	require.NoError(t, err)
+	defer ln.Close()
+	fi, err := os.Lstat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o660), fi.Mode().Perm(), "the umask cut the mode")
+	require.Equal(t, uint32(gid), fi.Sys().(*syscall.Stat_t).Gid)
+	_, err = os.Lstat(stagingPath(path))
+	require.ErrorIs(t, err, os.ErrNotExist, "the staging name is left behind")
+	c, err := DialUnix(context.Background(), path)
+	require.NoError(t, err, "the renamed socket accepts at its path")
+	s, _, err := ln.Accept()
+	require.NoError(t, err)
+	s.Close()
+	c.Close()
+
+	// Something that is not a socket at the staging name is refused, not removed.
+	require.NoError(t, ln.Close())
+	require.NoError(t, os.WriteFile(stagingPath(path), []byte("x"), 0o600))
+	_, err = ListenUnix(path, 0o600)
+	require.ErrorContains(t, err, "not a socket")
+	require.Equal(t, "g.soc~", filepath.Base(stagingPath(path)))
+	require.Equal(t, "a~#", filepath.Base(stagingPath("/d/a~~")))
+}
+
 func TestListenUnixRefusesToReplaceNonSockets(t *testing.T) {
 	dir := shortDir(t)
 	file := filepath.Join(dir, "f.sock")
@@ -103,6 +143,13 @@ func TestAcceptReportsPeerCredentials(t *testing.T) {
 	require.True(t, peer.Known)
 	require.Equal(t, int32(os.Getpid()), peer.PID)
 	require.Equal(t, uint32(os.Geteuid()), peer.UID)
+	groups, err := os.Getgroups()
+	require.NoError(t, err)
+	want := make([]uint32, len(groups))
+	for i, g := range groups {
+		want[i] = uint32(g)
+	}
+	require.ElementsMatch(t, want, peer.Groups, "SO_PEERGROUPS")
 	require.NoError(t, PeerPolicy{}.Check(peer, uint32(os.Geteuid())))
 }
 
@@ -113,6 +160,13 @@ func TestPeerPolicy(t *testing.T) {
 	require.NoError(t, PeerPolicy{}.Check(p, 1001))
 	require.NoError(t, PeerPolicy{UIDs: []uint32{5, 1001}}.Check(p, 1000))
 	require.NoError(t, PeerPolicy{GIDs: []uint32{2000}}.Check(p, 1000))
+	// A supplementary group counts (a container's group_add).
+	sup := PeerCred{Known: true, PID: 0, UID: 1001, GID: 1001, Groups: []uint32{10, 2000}}
+	require.NoError(t, PeerPolicy{GIDs: []uint32{2000}}.Check(sup, 1000))
+	err := PeerPolicy{GIDs: []uint32{3000}}.Check(sup, 1000)
+	require.ErrorIs(t, err, ErrUnauthorizedPeer)
+	require.ErrorContains(t, err, "Config.AllowGIDs")
+	require.ErrorContains(t, err, "groups=[10 2000]")
 	require.ErrorIs(t, PeerPolicy{}.Check(PeerCred{}, 1000), ErrUnauthorizedPeer)
 	require.NoError(t, PeerPolicy{AllowUnknown: true}.Check(PeerCred{}, 1000))
 }

@@ -22,6 +22,9 @@ func CheckUnixPath(string) error { return errNoUnix }
 // ListenUnix is unsupported on Windows.
 func ListenUnix(string, os.FileMode) (*Listener, error) { return nil, errNoUnix }
 
+// ListenUnixGroup is unsupported on Windows.
+func ListenUnixGroup(string, os.FileMode, int) (*Listener, error) { return nil, errNoUnix }
+
 // Accept is unsupported on Windows.
 func (*Listener) Accept() (net.Conn, PeerCred, error) { return nil, PeerCred{}, errNoUnix }
 
