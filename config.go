@@ -23,9 +23,7 @@ const (
 	DefaultMaxBody            = frame.DefaultMaxBody
 	DefaultMaxBlob            = 1 << 30
 	DefaultSocketMode         = os.FileMode(0o600)
-	// SharedSocketMode is the socket's default mode when Config.AllowGIDs is set: the
-	// group may connect, and SO_PEERCRED still admits only the allowed ones.
-	SharedSocketMode = os.FileMode(0o660)
+	SharedSocketMode          = os.FileMode(0o660) // SocketMode's default with AllowGIDs: the group may connect, SO_PEERCRED still decides
 	handshakeTimeout          = 5 * time.Second
 	drainTimeout              = 5 * time.Second
 )

@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/cluster-client-go/cluster/ipc"
+	"github.com/cluster-client-go/cluster/lock"
 )
 
 // DefaultPort is the loopback port a cluster uses for the TCP transport when
@@ -32,12 +33,23 @@ func DefaultPort(name string) int {
 // tcpTransport elects by port competition, as cluster-client does: whoever binds
 // 127.0.0.1:Port leads, and that listener is its transport. Anyone on the host can
 // connect to a loopback port, so the Leader writes a random token to
-// <Dir>/<Name>.token (0600, replaced atomically each term) and admits only Followers
-// that present it: being able to read Dir is the credential.
+// <Dir>/<Name>.token (0600, or 0640 in Dir's group with Config.AllowGIDs; replaced
+// atomically each term) and admits only Followers that present it: being able to read
+// Dir is the credential.
+//
+// Port competition only excludes members that share a network namespace: containers
+// with their own each have a 127.0.0.1, so each would bind the port and lead. On Linux,
+// where Dir supports flock, the winner of the port therefore also takes the flock on
+// <Dir>/<Name>.lock (the guard) before it leads, and records its network namespace in
+// the token file: a member that binds the port but finds the guard held by a Leader of
+// another network namespace refuses to lead, with an error that says so.
 type tcpTransport struct {
-	cfg   *config
-	ln    net.Listener
-	token []byte
+	cfg       *config
+	ln        net.Listener
+	token     []byte
+	guard     *lock.Lock // nil where flock is not used (off Linux, or unsupported on Dir)
+	guardOff  bool       // flock turned out to be unsupported on Dir
+	guardHeld bool
 }
 
 func (t *tcpTransport) kind() string { return "tcp" }
@@ -57,28 +69,94 @@ func (t *tcpTransport) claim() (bool, uint64, error) {
 		}
 		return false, 0, fmt.Errorf("binding %s: %w", t.addr(), err)
 	}
-	rec, _ := readTokenFile(t.tokenPath()) // a missing or damaged file starts at term 0
-	tok := make([]byte, 32)
-	if _, err := rand.Read(tok); err != nil {
+	if won, err := t.takeGuard(); !won || err != nil {
 		_ = ln.Close()
 		return false, 0, err
 	}
-	next := tokenRecord{term: rec.term + 1, pid: os.Getpid(), token: []byte(hex.EncodeToString(tok))}
-	if err := writeTokenFile(t.tokenPath(), next); err != nil {
-		_ = ln.Close()
+	rec, _ := readTokenFile(t.tokenPath()) // a missing or damaged file starts at term 0
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		t.fail(ln)
+		return false, 0, err
+	}
+	next := tokenRecord{term: rec.term + 1, pid: os.Getpid(), netns: netNamespace(), token: []byte(hex.EncodeToString(tok))}
+	if err := writeTokenFile(t.tokenPath(), next, t.tokenPerm(), lock.SharedGID(t.cfg.Dir, t.cfg.share())); err != nil {
+		t.fail(ln)
 		return false, 0, fmt.Errorf("writing the token file: %w", err)
 	}
 	t.ln, t.token = ln, next.token
 	return true, next.term, nil
 }
 
+// tokenPerm is the token file's mode: members of a shared group must read it.
+func (t *tcpTransport) tokenPerm() os.FileMode {
+	if len(t.cfg.AllowGIDs) > 0 {
+		return 0o640
+	}
+	return 0o600
+}
+
+// takeGuard takes the flock that keeps a Leader of another network namespace from
+// leading beside this one. It reports true where there is no guard (off Linux, or where
+// Dir does not support flock). Held by another member, it reports false, or an error
+// matching ErrConfig when the token file shows that member is in another network
+// namespace: then the members do not share 127.0.0.1 and port competition cannot work.
+func (t *tcpTransport) takeGuard() (bool, error) {
+	if !guardSupported || t.guardOff {
+		return true, nil
+	}
+	if t.guard == nil {
+		t.guard = lock.NewShared(t.cfg.lockPath, t.cfg.share())
+	}
+	won, err := t.guard.TryLock()
+	switch {
+	case err != nil && lock.IsUnsupported(err):
+		t.guardOff = true
+		t.cfg.Logger.Debug("cluster: no flock on Dir: members in other network namespaces cannot be detected", "err", err)
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("taking the guard lock %s: %w", t.cfg.lockPath, err)
+	case won:
+		t.guardHeld = true
+		return true, nil
+	}
+	// Held: either the last Leader of this network namespace is still letting go (it
+	// closes its listener before it releases the guard), or a Leader elsewhere has it.
+	if rec, err := readTokenFile(t.tokenPath()); err == nil {
+		if me := netNamespace(); rec.netns != "" && me != "" && rec.netns != me {
+			return false, fmt.Errorf("%w: Transport: %s is free in this network namespace (net:[%s]) but the cluster's Leader (pid %d, term %d, per %s) runs in network namespace net:[%s] and holds %s: "+
+				"each network namespace has its own 127.0.0.1, so port competition would elect one Leader in each; run the members in one network namespace, or use the Unix transport (Config.Transport = TransportUnix, or unset %s=tcp)",
+				ErrConfig, t.addr(), me, rec.pid, rec.term, t.tokenPath(), rec.netns, t.cfg.lockPath, TransportEnv)
+		}
+	}
+	return false, nil
+}
+
+// fail undoes a claim that won the port and the guard but could not finish.
+func (t *tcpTransport) fail(ln net.Listener) {
+	_ = ln.Close()
+	t.releaseGuard()
+}
+
+func (t *tcpTransport) releaseGuard() {
+	if t.guardHeld {
+		if err := t.guard.Unlock(); err != nil {
+			t.cfg.Logger.Warn("cluster: releasing the guard lock", "err", err)
+		}
+		t.guardHeld = false
+	}
+}
+
 func (t *tcpTransport) listen() (listener, error) { return tcpListener{t.ln}, nil }
 
+// release closes the listener, then releases the guard: a member of this network
+// namespace that binds the port next finds the guard held at most while this one lets go.
 func (t *tcpTransport) release() {
 	if t.ln != nil {
 		_ = t.ln.Close()
 		t.ln, t.token = nil, nil
 	}
+	t.releaseGuard()
 }
 
 func (t *tcpTransport) dial(ctx context.Context) (net.Conn, []byte, error) {
@@ -114,10 +192,15 @@ func (t *tcpTransport) authorize(token []byte) error {
 func (t *tcpTransport) where() string { return t.addr() + " (tcp)" }
 
 func (t *tcpTransport) holder() string {
-	if rec, err := readTokenFile(t.tokenPath()); err == nil && rec.pid != 0 {
-		return fmt.Sprintf("port %s last taken by pid %d, term %d", t.addr(), rec.pid, rec.term)
+	rec, err := readTokenFile(t.tokenPath())
+	if err != nil || rec.term == 0 {
+		return ""
 	}
-	return ""
+	msg := fmt.Sprintf("port %s last taken by pid %d, term %d", t.addr(), rec.pid, rec.term)
+	if me := netNamespace(); rec.netns != "" && me != "" && rec.netns != me {
+		msg += fmt.Sprintf(", in network namespace net:[%s], not this one (net:[%s]): 127.0.0.1 is not shared across network namespaces (containers); use the Unix transport or one network namespace", rec.netns, me)
+	}
+	return msg
 }
 
 func (t *tcpTransport) peerCredsKnown() bool { return false }
@@ -130,10 +213,13 @@ func (l tcpListener) Accept() (net.Conn, ipc.PeerCred, error) {
 	return c, ipc.PeerCred{}, err
 }
 
-// tokenRecord is the token file: "term=N pid=P token=HEX\n".
+// tokenRecord is the token file: "term=N pid=P netns=I token=HEX\n" (netns: the inode
+// of the Leader's network namespace, Linux only; the pid is advisory, as seen in the
+// Leader's own pid namespace).
 type tokenRecord struct {
 	term  uint64
 	pid   int
+	netns string
 	token []byte
 }
 
@@ -157,6 +243,8 @@ func readTokenFile(path string) (tokenRecord, error) {
 			rec.term, _ = strconv.ParseUint(v, 10, 64)
 		case "pid":
 			rec.pid, _ = strconv.Atoi(v)
+		case "netns":
+			rec.netns = v
 		case "token":
 			rec.token = []byte(v)
 		}
@@ -165,14 +253,28 @@ func readTokenFile(path string) (tokenRecord, error) {
 }
 
 // writeTokenFile replaces the token file atomically: a reader sees the old record or
-// the new one, never a mix. The file is 0600 from creation.
-func writeTokenFile(path string, rec tokenRecord) error {
+// the new one, never a mix. The file is 0600 from creation, then given group gid
+// (unless negative) and mode perm before it is written and moved into place.
+func writeTokenFile(path string, rec tokenRecord, perm os.FileMode, gid int) error {
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	_, werr := fmt.Fprintf(f, "term=%d pid=%d token=%s\n", rec.term, rec.pid, rec.token)
+	var werr error
+	if gid >= 0 {
+		werr = f.Chown(-1, gid)
+	}
+	if werr == nil && perm != 0o600 {
+		werr = f.Chmod(perm)
+	}
+	if werr == nil {
+		netns := ""
+		if rec.netns != "" {
+			netns = " netns=" + rec.netns
+		}
+		_, werr = fmt.Fprintf(f, "term=%d pid=%d%s token=%s\n", rec.term, rec.pid, netns, rec.token)
+	}
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}

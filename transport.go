@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"runtime"
@@ -99,7 +100,7 @@ func newTransport(t Transport, cfg *config) transport {
 	if t == TransportTCP {
 		return &tcpTransport{cfg: cfg}
 	}
-	return &unixTransport{cfg: cfg, lk: lock.New(cfg.lockPath)}
+	return &unixTransport{cfg: cfg, lk: lock.NewShared(cfg.lockPath, cfg.share())}
 }
 
 // unixTransport elects with flock on <Dir>/<Name>.lock and serves <Dir>/<Name>.sock.
@@ -114,13 +115,18 @@ func (u *unixTransport) kind() string { return "unix" }
 func (u *unixTransport) claim() (bool, uint64, error) {
 	won, err := u.lk.TryLock()
 	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			// Not retryable: the lock file or Dir must change, or this member's Config.
+			return false, 0, fmt.Errorf("%w: taking the lock %s: %w (members of different uids share a group: set the same Config.AllowGIDs on every member)",
+				ErrUnauthorized, u.cfg.lockPath, err)
+		}
 		return false, 0, fmt.Errorf("taking the lock %s: %w", u.cfg.lockPath, err)
 	}
 	return won, u.lk.Term(), nil
 }
 
 func (u *unixTransport) listen() (listener, error) {
-	ln, err := ipc.ListenUnix(u.cfg.sockPath, u.cfg.SocketMode)
+	ln, err := ipc.ListenUnixGroup(u.cfg.sockPath, u.cfg.SocketMode, lock.SharedGID(u.cfg.Dir, u.cfg.share()))
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +150,10 @@ func (u *unixTransport) release() {
 
 func (u *unixTransport) dial(ctx context.Context) (net.Conn, []byte, error) {
 	nc, err := ipc.DialUnix(ctx, u.cfg.sockPath)
+	if errors.Is(err, ipc.ErrPermission) {
+		return nil, nil, fmt.Errorf("%w: %w (the Leader's Config.SocketMode must let this member's group write the socket: 0660, the default when Config.AllowGIDs is set, on every member)",
+			ErrUnauthorized, err)
+	}
 	return nc, nil, err
 }
 
@@ -152,7 +162,7 @@ func (u *unixTransport) authorize([]byte) error { return nil }
 func (u *unixTransport) where() string { return u.cfg.sockPath }
 
 func (u *unixTransport) holder() string {
-	if o, err := lock.ReadOwner(u.cfg.lockPath); err == nil && o.PID != 0 {
+	if o, err := lock.ReadOwner(u.cfg.lockPath); err == nil && o.Term != 0 {
 		return fmt.Sprintf("lock %s last taken by %v", u.cfg.lockPath, o)
 	}
 	return ""

@@ -286,10 +286,10 @@ func TestConnections(t *testing.T) {
 	name := fmt.Sprintf("cluster-leader-%d", os.Getpid())
 	var subs int
 	for _, c := range clients {
-		require.Equal(t, name, c.Name, "every connection is the Service's: %+v", c.Fields)
+		require.Equal(t, name, c.Name, "every connection is the Service's: %s", describe(clients))
 		subs += c.Sub
 	}
-	require.Len(t, clients, 2, "one command connection and one pub/sub connection")
+	require.Len(t, clients, 2, "one command connection and one pub/sub connection, not %s", describe(clients))
 	require.Equal(t, 1, subs)
 }
 
@@ -347,4 +347,12 @@ func join(t *testing.T, srv *redistest.Server) *cluster.Client {
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+func describe(clients []redistest.Client) string {
+	var b strings.Builder
+	for _, c := range clients {
+		fmt.Fprintf(&b, "\n  id=%s name=%s sub=%d psub=%d cmd=%s", c.ID, c.Name, c.Sub, c.PSub, c.Cmd)
+	}
+	return b.String()
 }
