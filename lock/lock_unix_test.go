@@ -190,3 +190,38 @@ func TestUnsupportedErrnos(t *testing.T) {
 		require.True(t, lock.IsUnsupported(&fs.PathError{Op: "flock", Path: "x", Err: e}), "%v", e)
 	}
 }
+
+func TestSharedLockFileModeAndGroup(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	dir := tempDir(t)
+	gid := uint32(os.Getegid())
+	if os.Geteuid() == 0 {
+		gid = 2345 // root may give a file any group
+		require.NoError(t, os.Chown(dir, -1, int(gid)))
+	}
+	share := lock.Share{GIDs: []uint32{gid}}
+	path := filepath.Join(dir, "s.lock")
+	mustWin(t, lock.NewShared(path, share))
+	fi, err := os.Lstat(path)
+	require.NoError(t, err)
+	require.Equal(t, fs.FileMode(0o660), fi.Mode().Perm(), "the umask cut the shared lock file's mode")
+	require.Equal(t, gid, fi.Sys().(*syscall.Stat_t).Gid, "the lock file is not in Dir's group")
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, ents, 1, "a temporary file was left behind: %v", ents)
+
+	// A lock file left 0600 by a private configuration is healed by its owner.
+	private := filepath.Join(dir, "p.lock")
+	l := lock.New(private)
+	mustWin(t, l)
+	require.NoError(t, l.Unlock())
+	fi, err = os.Lstat(private)
+	require.NoError(t, err)
+	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm())
+	mustWin(t, lock.NewShared(private, share))
+	fi, err = os.Lstat(private)
+	require.NoError(t, err)
+	require.Equal(t, fs.FileMode(0o660), fi.Mode().Perm())
+	require.Equal(t, gid, fi.Sys().(*syscall.Stat_t).Gid)
+}
