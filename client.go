@@ -50,7 +50,9 @@ type RoleInfo struct {
 	// LeaderPID is the Leader's pid as the Leader reported it (advisory: pids collide
 	// across pid namespaces).
 	LeaderPID int
-	// At is when the role began.
+	// At is when the role began. A Leader's term ends no later than the At of the role
+	// that follows it (RoleClosed after Close: taken before the lock is released), so
+	// the leadership intervals of a cluster's members never overlap.
 	At time.Time
 }
 

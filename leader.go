@@ -185,8 +185,9 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 
 // shutdown hands leadership over: stop accepting, say goodbye, drain in-flight calls
 // (bounded), close the Service, flush and close connections, remove the socket, and
-// release the lock last.
-func (l *leader) shutdown() {
+// release the lock last. It returns the time it stopped leading, taken just before the
+// lock was released: no later Leader's term can start before it.
+func (l *leader) shutdown() time.Time {
 	_ = l.ln.Close()
 	<-l.acceptDone
 	l.calls.close()
@@ -233,7 +234,9 @@ func (l *leader) shutdown() {
 		_ = pc.conn.Drain(ctx)
 	}
 	l.serveWG.Wait()
+	stopped := time.Now()
 	l.tr.release()
+	return stopped
 }
 
 // serviceErr maps a Service error to what the caller sees: the caller's own deadline is

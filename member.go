@@ -29,11 +29,15 @@ func (c *Client) run(joinCtx context.Context) {
 	joined := false
 	var lostAt time.Time
 	var draining []*follower // Followers of old Leaders that said goodbye, still answering
+	var closedAt time.Time   // when a Leader stopped leading: just before it released the lock
 	defer func() {
 		for _, f := range draining {
 			f.conn.Close()
 		}
-		c.setEpoch(nil, RoleInfo{Role: RoleClosed, At: time.Now()})
+		if closedAt.IsZero() {
+			closedAt = time.Now()
+		}
+		c.setEpoch(nil, RoleInfo{Role: RoleClosed, At: closedAt})
 	}()
 	for {
 		ctx := c.life
@@ -62,7 +66,7 @@ func (c *Client) run(joinCtx context.Context) {
 		switch b := b.(type) {
 		case *leader:
 			<-c.closing
-			b.shutdown()
+			closedAt = b.shutdown()
 			return
 		case *follower:
 			select {

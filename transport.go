@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/cluster-client-go/cluster/ipc"
 	"github.com/cluster-client-go/cluster/lock"
@@ -121,6 +122,14 @@ func (u *unixTransport) claim() (bool, uint64, error) {
 				ErrUnauthorized, u.cfg.lockPath, err)
 		}
 		return false, 0, fmt.Errorf("taking the lock %s: %w", u.cfg.lockPath, err)
+	}
+	if won {
+		// A killed Leader's flock is released while the kernel is still closing its
+		// other descriptors, its upstream connection among them. Let it finish (it takes
+		// microseconds), so that the server never sees the new Leader beside it.
+		if err := lock.WaitExited(u.lk.Previous(), time.Second); err != nil {
+			u.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
+		}
 	}
 	return won, u.lk.Term(), nil
 }

@@ -32,6 +32,7 @@ type Lock struct {
 	fl    *flock.Flock
 	term  uint64
 	share Share // groups the lock file is shared with (NewShared)
+	prev  Owner // the record the last winning TryLock replaced
 
 	// afterLock, when set (by tests), runs after the flock is won and before the held file is
 	// checked: the seam that lets a test replace the file at that exact moment.
@@ -70,6 +71,10 @@ func (l *Lock) Path() string { return l.path }
 // Term returns the term won by the last successful TryLock, or 0 before any. It keeps that
 // value after Unlock. It does not read the file.
 func (l *Lock) Term() uint64 { return l.term }
+
+// Previous returns what the lock file said about the previous holder when the last
+// successful TryLock won: typically the Leader that just died. Pass it to WaitExited.
+func (l *Lock) Previous() Owner { return l.prev }
 
 // Locked reports whether this Lock holds the lock. It does not block and does not check that
 // the file is still in place (Verify does).
@@ -174,10 +179,12 @@ func (l *Lock) bump(f *os.File, held fs.FileInfo) (uint64, error) {
 	if prev.Term == math.MaxUint64 {
 		return 0, fmt.Errorf("lock: %s: term %d cannot be incremented", l.path, prev.Term)
 	}
-	next := Owner{Term: prev.Term + 1, PID: os.Getpid()}
+	next := self()
+	next.Term = prev.Term + 1
 	if _, err := f.WriteAt(next.record(), recordOffset); err != nil {
 		return 0, fmt.Errorf("lock: writing the term to %s: %w", l.path, err)
 	}
+	l.prev = prev
 	return next.Term, nil
 }
 
@@ -221,7 +228,14 @@ func (l *Lock) Verify() error {
 // Unlock releases the lock and closes its descriptor. It never deletes or truncates the file
 // (see the package documentation for why), does not block, and is idempotent: unlocking a
 // Lock that is not held returns nil. Term keeps its value.
+//
+// Before releasing, it clears this process's identity from the record (term and pid stay):
+// a holder that let go is not waited for by its successor's WaitExited, even if it goes on
+// running. (A holder that dies without Unlock leaves its identity, and is waited for.)
 func (l *Lock) Unlock() error {
+	if l.fl.Locked() {
+		l.markReleased()
+	}
 	if err := l.fl.Unlock(); err != nil {
 		return fmt.Errorf("lock: unlocking %s: %w", l.path, err)
 	}
@@ -318,4 +332,22 @@ func readAtMost(f *os.File, off int64, n int) ([]byte, error) {
 		return nil, err
 	}
 	return buf[:m], nil
+}
+
+// markReleased rewrites the record without this process's identity, if the path still
+// names the held file. It is best effort: failing costs a successor a bounded wait.
+func (l *Lock) markReleased() {
+	held, err := l.fl.Stat()
+	if err != nil {
+		return
+	}
+	f, err := os.OpenFile(l.path, recordFlag|os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !os.SameFile(held, fi) {
+		return
+	}
+	_, _ = f.WriteAt(Owner{Term: l.term, PID: os.Getpid()}.record(), recordOffset)
 }

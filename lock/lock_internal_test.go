@@ -149,7 +149,7 @@ func TestSameFile(t *testing.T) {
 }
 
 func TestRecord(t *testing.T) {
-	for _, o := range []Owner{{1, 2}, {Term: math.MaxUint64, PID: math.MaxInt}, {0, 0}} {
+	for _, o := range []Owner{{Term: 1, PID: 2}, {Term: math.MaxUint64, PID: math.MaxInt, Start: math.MaxUint64, PIDNS: math.MaxUint64}, {}} {
 		b := o.record()
 		require.Len(t, b, recordSize)
 		require.Equal(t, byte('\n'), b[recordSize-1])
@@ -157,24 +157,25 @@ func TestRecord(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, o, got)
 	}
-	require.Equal(t, "term=7 pid=1234", strings.TrimSpace(string(Owner{7, 1234}.record())))
+	require.Equal(t, "term=7 pid=1234", strings.TrimSpace(string(Owner{Term: 7, PID: 1234}.record())))
 
 	for in, want := range map[string]Owner{
 		"":                                {},
 		"\x00\x00\x00":                    {},
 		"   \n":                           {},
-		"term=3 pid=9\n":                  {3, 9},
-		"term=3 pid=9":                    {3, 9},
-		"pid=9 term=3 host=a\n":           {3, 9},
-		"term=3 pid=9   \nleftover\n":     {3, 9},
-		"\x00term=3 pid=9\n":              {3, 9},
-		"term=18446744073709551615 pid=1": {math.MaxUint64, 1},
+		"term=3 pid=9\n":                  {Term: 3, PID: 9},
+		"term=3 pid=9":                    {Term: 3, PID: 9},
+		"pid=9 term=3 host=a\n":           {Term: 3, PID: 9},
+		"term=3 pid=9   \nleftover\n":     {Term: 3, PID: 9},
+		"\x00term=3 pid=9\n":              {Term: 3, PID: 9},
+		"term=18446744073709551615 pid=1": {Term: math.MaxUint64, PID: 1},
+		"term=3 pid=9 start=77 pidns=4026531836\n": {Term: 3, PID: 9, Start: 77, PIDNS: 4026531836},
 	} {
 		got, err := parseRecord([]byte(in))
 		require.NoError(t, err, "%q", in)
 		require.Equal(t, want, got, "%q", in)
 	}
-	for _, in := range []string{"hello", "term=3", "pid=3", "term=x pid=1", "term=1 pid=-1", "term=-1 pid=1", "term=18446744073709551616 pid=1"} {
+	for _, in := range []string{"hello", "term=3", "pid=3", "term=x pid=1", "term=1 pid=-1", "term=-1 pid=1", "term=18446744073709551616 pid=1", "term=1 pid=1 start=x"} {
 		_, err := parseRecord([]byte(in))
 		require.Error(t, err, "%q", in)
 	}

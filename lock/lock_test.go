@@ -44,7 +44,8 @@ func TestTwoLocksInOneProcess(t *testing.T) {
 	require.Equal(t, uint64(1), a.Term())
 	o, err := lock.ReadOwner(path)
 	require.NoError(t, err)
-	require.Equal(t, lock.Owner{Term: 1, PID: os.Getpid()}, o)
+	require.Equal(t, 1, int(o.Term))
+	require.Equal(t, os.Getpid(), o.PID)
 
 	require.NoError(t, a.Unlock())
 	require.NoError(t, a.Unlock(), "Unlock is idempotent")
@@ -71,7 +72,7 @@ func TestTwoLocksInOneProcess(t *testing.T) {
 	// Unlock never deletes the file, and the record stays readable.
 	o, err = lock.ReadOwner(path)
 	require.NoError(t, err)
-	require.Equal(t, lock.Owner{Term: 6, PID: os.Getpid()}, o)
+	require.Equal(t, lock.Owner{Term: 6, PID: os.Getpid()}, lock.Owner{Term: o.Term, PID: o.PID})
 	require.Equal(t, fmt.Sprintf("pid %d, term 6", os.Getpid()), o.String())
 }
 
@@ -84,7 +85,7 @@ func TestHolderProcessKilled(t *testing.T) {
 	mustLose(t, l)
 	o, err := lock.ReadOwner(path)
 	require.NoError(t, err)
-	require.Equal(t, lock.Owner{Term: term, PID: h.cmd.Process.Pid}, o)
+	require.Equal(t, lock.Owner{Term: term, PID: h.cmd.Process.Pid}, lock.Owner{Term: o.Term, PID: o.PID})
 
 	// SIGKILL: nobody unlocks; the kernel releases the lock when the process's descriptors
 	// close. The zombie is not reaped yet, so that is not what frees it.
@@ -105,7 +106,7 @@ func TestHolderProcessKilled(t *testing.T) {
 
 	o, err = lock.ReadOwner(path)
 	require.NoError(t, err)
-	require.Equal(t, lock.Owner{Term: term + 1, PID: os.Getpid()}, o)
+	require.Equal(t, lock.Owner{Term: term + 1, PID: os.Getpid()}, lock.Owner{Term: o.Term, PID: o.PID})
 
 	// And back: a new process loses while we hold, then wins the next term once we release.
 	busy := startHelper(t, "hold", path)
@@ -182,7 +183,8 @@ func TestReadOwner(t *testing.T) {
 	mustWin(t, l)
 	o, err = lock.ReadOwner(path)
 	require.NoError(t, err, "ReadOwner works while the lock is held")
-	require.Equal(t, lock.Owner{Term: 1, PID: os.Getpid()}, o)
+	require.Equal(t, 1, int(o.Term))
+	require.Equal(t, os.Getpid(), o.PID)
 }
 
 func TestIsUnsupported(t *testing.T) {

@@ -8,11 +8,11 @@ import (
 	"strings"
 )
 
-// recordSize is the fixed size of the record a winner writes: "term=<n> pid=<n>", padded with
-// spaces, then a newline. Every record has the same size, so each write covers the previous
-// one completely and the file never needs truncating. The longest record (both numbers at
-// their maximum) is 50 bytes.
-const recordSize = 64
+// recordSize is the fixed size of the record a winner writes: "term=<n> pid=<n>", then on
+// Linux "start=<n> pidns=<n>", padded with spaces, then a newline. Every record has the
+// same size, so each write covers the previous one completely and the file never needs
+// truncating. The longest record (every number at its maximum) is 113 bytes.
+const recordSize = 128
 
 // maxRecordRead bounds how much of a lock file is read to parse a record.
 const maxRecordRead = 4096
@@ -23,6 +23,10 @@ const maxRecordRead = 4096
 type Owner struct {
 	Term uint64 // the term the holder won; 0 if no member ever won this file
 	PID  int    // the holder's pid, as seen in its own pid namespace
+	// Start and PIDNS identify the holder's process beyond its pid (0 when unknown):
+	// its start time in clock ticks since boot, and the inode of its pid namespace.
+	// WaitExited uses them to tell the holder from a process that reused its pid.
+	Start, PIDNS uint64
 }
 
 // String describes the owner for a message: "pid 1234, term 7", or "no recorded holder".
@@ -36,7 +40,11 @@ func (o Owner) String() string {
 // record is the fixed-size form written into the lock file.
 func (o Owner) record() []byte {
 	b := make([]byte, recordSize)
-	n := copy(b, fmt.Sprintf("term=%d pid=%d", o.Term, o.PID))
+	s := fmt.Sprintf("term=%d pid=%d", o.Term, o.PID)
+	if o.Start != 0 || o.PIDNS != 0 {
+		s += fmt.Sprintf(" start=%d pidns=%d", o.Start, o.PIDNS)
+	}
+	n := copy(b, s)
 	for i := n; i < recordSize-1; i++ {
 		b[i] = ' '
 	}
@@ -74,6 +82,16 @@ func parseRecord(b []byte) (Owner, error) {
 				return Owner{}, fmt.Errorf("bad pid %q", val)
 			}
 			o.PID, havePID = p, true
+		case "start", "pidns":
+			n, err := strconv.ParseUint(val, 10, 64)
+			if err != nil {
+				return Owner{}, fmt.Errorf("bad %s %q", key, val)
+			}
+			if key == "start" {
+				o.Start = n
+			} else {
+				o.PIDNS = n
+			}
 		}
 	}
 	if !haveTerm || !havePID {

@@ -1,0 +1,90 @@
+package lock
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// selfOnce caches this process's identity for the lock record.
+var selfOnce = sync.OnceValue(func() Owner {
+	o := Owner{PID: os.Getpid()}
+	o.Start, _ = startTime(o.PID)
+	o.PIDNS, _ = pidNamespace()
+	return o
+})
+
+// self is the record this process writes when it wins (Term left to the caller).
+func self() Owner { return selfOnce() }
+
+// pidNamespace returns the inode of this process's pid namespace.
+func pidNamespace() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// startTime returns field 22 of /proc/<pid>/stat: the process's start time in clock
+// ticks since boot. Together with the pid it names one process for the life of a boot.
+func startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces or ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:])) // starts at field 3
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// WaitExited waits, at most limit, until the process o describes has completely exited:
+// all its descriptors closed, not only the lock. The kernel releases a killed process's
+// flock while it is still closing its other descriptors, so a new Leader that waits here
+// before it connects upstream is never seen by a server beside its predecessor's
+// half-closed connection. It returns at once when o is this process, lives in another
+// pid namespace (its pid means nothing here), is no longer running, or its pid now
+// belongs to another process; and an error only when the wait timed out.
+func WaitExited(o Owner, limit time.Duration) error {
+	me := self()
+	if o.PID <= 0 || o.PID == me.PID || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
+		return nil
+	}
+	fd, err := unix.PidfdOpen(o.PID, 0)
+	if err != nil {
+		return nil // ESRCH: gone and reaped; anything else: nothing to wait on
+	}
+	defer unix.Close(fd)
+	// The pidfd pins whatever process has the pid now: check it is the holder.
+	if start, err := startTime(o.PID); err != nil || start != o.Start {
+		return nil
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		ms := int(time.Until(deadline).Milliseconds())
+		if ms <= 0 {
+			return fmt.Errorf("lock: the previous holder (%s) has not finished exiting after %v", o, limit)
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n > 0 {
+			return nil // readable: the process has exited
+		}
+	}
+}
