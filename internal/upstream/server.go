@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,9 +21,10 @@ const writeTimeout = 10 * time.Second
 // delivers messages to the connections subscribed to their topic. Its methods are safe
 // for concurrent use.
 type Server struct {
-	ln   net.Listener
-	done chan struct{} // closed by Close
-	wg   sync.WaitGroup
+	ln      net.Listener
+	done    chan struct{} // closed by Close
+	wg      sync.WaitGroup
+	judging sync.WaitGroup // judge goroutines still waiting out their grace
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every change of conns or subscriptions
@@ -32,10 +34,12 @@ type Server struct {
 	inflight int
 	counter  int
 	closed   bool
+	overlap  string // the live connections when more than one were first seen at once
 }
 
 // serverConn is one client connection on the server.
 type serverConn struct {
+	id     int // 1 for the first connection accepted, and so on
 	c      net.Conn
 	ctx    context.Context // ends when the connection does
 	cancel context.CancelFunc
@@ -113,7 +117,15 @@ func (s *Server) accept() {
 		}
 		s.conns[sc] = struct{}{}
 		s.total++
-		s.maxConns = max(s.maxConns, len(s.conns))
+		sc.id = s.total
+		s.maxConns = max(s.maxConns, 1)
+		if len(s.conns) > 1 {
+			// The older connections are usually a client that just died: its FIN may
+			// still be on its way through loopback. Judge them after a grace period.
+			s.wg.Add(1)
+			s.judging.Add(1)
+			go s.judge(sc)
+		}
 		s.notifyLocked()
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -259,7 +271,65 @@ func (s *Server) Conns() int {
 	return len(s.conns)
 }
 
-// MaxConns returns the most connections that were ever open at once.
+// overlapGrace is how long an older connection may stay open beside a newer one before
+// the two count as live at once: a client killed a moment before its successor
+// connected has closed its end, but the FIN can trail the successor's SYN through
+// loopback on a loaded machine.
+const overlapGrace = time.Second
+
+// judge counts, after overlapGrace, the connections that were open when newer was
+// accepted and are still open with their peer's end not closed.
+func (s *Server) judge(newer *serverConn) {
+	defer s.wg.Done()
+	defer s.judging.Done()
+	t := time.NewTimer(overlapGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.done:
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	live := 0
+	for sc := range s.conns {
+		if sc.id <= newer.id && !peerClosed(sc.c) {
+			live++
+		}
+	}
+	if live > s.maxConns {
+		s.maxConns = live
+		if live > 1 && s.overlap == "" {
+			s.overlap = fmt.Sprintf("%s open %v after #%d connected", s.describeLocked(), overlapGrace, newer.id)
+		}
+	}
+}
+
+// describeLocked lists the connections with their numbers and peers' addresses.
+func (s *Server) describeLocked() string {
+	var parts []string
+	for sc := range s.conns {
+		parts = append(parts, fmt.Sprintf("#%d from %s (peer closed: %v)", sc.id, sc.c.RemoteAddr(), peerClosed(sc.c)))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+// Overlap describes the connections that were live at once when MaxConns first went
+// above 1, or "" if it never did.
+func (s *Server) Overlap() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overlap
+}
+
+// Judged waits until every connection accepted so far has been judged (see MaxConns):
+// call it before a final MaxConns.
+func (s *Server) Judged() { s.judging.Wait() }
+
+// MaxConns returns the most connections that were ever live at once: an older
+// connection counts beside a newer one if it was still open, with its peer's end open,
+// overlapGrace after the newer one connected.
 func (s *Server) MaxConns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -378,6 +448,28 @@ func (s *Server) Push(topic string, data []byte) int {
 	n := 0
 	for _, sc := range to {
 		if sc.write(b) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// PushEach is Push with a payload made per connection: data receives the connection's
+// number (1 for the first connection the server accepted, and so on), so that a
+// receiver can tell which connection, that is which leadership term, carried it.
+func (s *Server) PushEach(topic string, data func(conn int) []byte) int {
+	s.mu.Lock()
+	var to []*serverConn
+	for sc := range s.conns {
+		if _, ok := sc.subs[topic]; ok {
+			to = append(to, sc)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, sc := range to {
+		b, err := encode(packet{Op: opMessage, Topic: topic, Data: data(sc.id)})
+		if err == nil && sc.write(b) == nil {
 			n++
 		}
 	}

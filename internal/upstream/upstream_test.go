@@ -98,7 +98,9 @@ func TestConnCounts(t *testing.T) {
 		}
 	})
 	require.Eventually(t, func() bool { return s.Conns() == 3 }, waitFor, time.Millisecond)
-	require.Equal(t, 3, s.MaxConns())
+	// Connections open side by side count once they outlived the grace period.
+	require.Eventually(t, func() bool { return s.MaxConns() == 3 }, waitFor, time.Millisecond)
+	require.Contains(t, s.Overlap(), "#1 from")
 	require.Equal(t, 3, s.TotalConns())
 	require.Equal(t, "3", invoke(t, cs[0], "conns", ""))
 
@@ -527,4 +529,22 @@ func TestRegistryEntries(t *testing.T) {
 	err = s.WaitRegistered(short, "svc", []string{"never"})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.ErrorContains(t, err, `["a1"]`)
+}
+
+func TestAClientReplacingADeadOneIsNotASecondClient(t *testing.T) {
+	s := startServer(t)
+	for range 5 {
+		// The predecessor hangs up; its successor connects before the server has
+		// necessarily noticed.
+		c, err := Dial(testCtx(t), s.Addr())
+		require.NoError(t, err)
+		require.Equal(t, "ok", invoke(t, c, "echo", "ok"))
+		require.NoError(t, c.Close())
+	}
+	last, err := Dial(testCtx(t), s.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { last.Close() })
+	s.Judged()
+	require.Equal(t, 1, s.MaxConns(), s.Overlap())
+	require.Equal(t, 6, s.TotalConns())
 }

@@ -1,0 +1,387 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/internal/upstream"
+)
+
+// A member is the test binary re-executed with memberEnv set. It joins the cluster, runs
+// a constant load (invokes, publishes, subscribe/close churn), checks what it can see
+// from inside (call outcomes, deadlines, per-term subscription continuity, replay to
+// late subscribers), and reports on stdout as JSON lines. It reads commands on stdin:
+// "probe", "stats", "exit".
+
+const memberEnv = "CHAOS_MEMBER"
+
+// event is one line a member writes.
+type event struct {
+	Ev   string `json:"ev"`
+	PID  int    `json:"pid"`
+	At   int64  `json:"at,omitempty"` // unix nanoseconds
+	Role string `json:"role,omitempty"`
+	Term uint64 `json:"term,omitempty"`
+	What string `json:"what,omitempty"` // violation
+
+	// stats
+	Followers int    `json:"followers,omitempty"`
+	Conn      int    `json:"conn,omitempty"` // the upstream connection of the latest message
+	OnConn    int    `json:"onConn,omitempty"`
+	Dropped   uint64 `json:"dropped,omitempty"`
+
+	// final
+	Calls       map[string]int `json:"calls,omitempty"`
+	MaxOverrunN int64          `json:"maxOverrun,omitempty"` // nanoseconds past a deadline, at most
+	Leak        string         `json:"leak,omitempty"`
+}
+
+// Call outcomes a member counts. Anything else is a violation.
+const (
+	outcomeOK      = "ok"
+	outcomeLost    = "leader-lost"
+	outcomeTimeout = "timeout"
+)
+
+const (
+	callTimeout = 2 * time.Second
+	// overrunLimit is how far past its deadline a call may return before it counts as
+	// hung: scheduling on a loaded 2-core machine under -race, not library slack.
+	overrunLimit = 2 * time.Second
+)
+
+type member struct {
+	c    *cluster.Client
+	out  *json.Encoder
+	outM sync.Mutex
+
+	epoch   atomic.Int64 // role changes to leader or follower: each is a (re)subscription
+	lastSeq atomic.Int64 // the latest sequence number the steady subscriber saw
+
+	seqMu  sync.Mutex
+	conn   int   // the upstream connection (term) of the latest message
+	last   int   // its sequence number
+	onConn int   // messages seen on conn
+	breaks int64 // discontinuities on conn, each allowed only by a resubscription
+	base   int64 // epoch when conn's first message was seen
+
+	callsMu    sync.Mutex
+	calls      map[string]int
+	maxOverrun time.Duration
+
+	stallMu sync.Mutex
+	stalls  []stall // recent ones
+}
+
+// stall is a time this process was not scheduled: a 10 ms ticker came late.
+type stall struct{ from, to time.Time }
+
+// watchStalls records when this process stands still (a loaded machine, a stopped
+// process) until ctx ends.
+func (m *member) watchStalls(ctx context.Context) {
+	const tick = 10 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	prev := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if late := now.Sub(prev) - tick; late > 20*time.Millisecond {
+				m.stallMu.Lock()
+				m.stalls = append(m.stalls, stall{prev, now})
+				if len(m.stalls) > 1024 {
+					m.stalls = m.stalls[512:]
+				}
+				m.stallMu.Unlock()
+			}
+			prev = now
+		}
+	}
+}
+
+// stalled returns how long this process stood still between from and to.
+func (m *member) stalled(from, to time.Time) time.Duration {
+	m.stallMu.Lock()
+	defer m.stallMu.Unlock()
+	var d time.Duration
+	for _, s := range m.stalls {
+		a, b := s.from, s.to
+		if from.After(a) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.After(a) {
+			d += b.Sub(a)
+		}
+	}
+	return d
+}
+
+func (m *member) emit(e event) {
+	e.PID = os.Getpid()
+	if e.At == 0 {
+		e.At = time.Now().UnixNano()
+	}
+	m.outM.Lock()
+	defer m.outM.Unlock()
+	_ = m.out.Encode(e)
+}
+
+func (m *member) violation(format string, args ...any) {
+	m.emit(event{Ev: "violation", What: fmt.Sprintf(format, args...)})
+}
+
+// outcome classifies a call's result; anything but success, ErrLeaderLost or
+// ErrTimeout, or a return long past the deadline, is a violation.
+func (m *member) outcome(op string, start time.Time, deadline time.Time, err error) {
+	kind := outcomeOK
+	switch {
+	case err == nil:
+	case errors.Is(err, cluster.ErrLeaderLost):
+		kind = outcomeLost
+	case errors.Is(err, cluster.ErrTimeout):
+		kind = outcomeTimeout
+	default:
+		m.violation("%s returned an error that is neither ErrLeaderLost nor ErrTimeout: %v", op, err)
+		kind = "other"
+	}
+	end := time.Now()
+	over := end.Sub(deadline)
+	// A process that the machine does not run cannot return on time: the time this
+	// member stood still during the call is forgiven, no more.
+	if stalled := m.stalled(start, end); over > overrunLimit+stalled {
+		m.violation("%s started at %s returned %s after its deadline, though this process stood still for only %s meanwhile (%v)",
+			op, start.Format(time.RFC3339Nano), over, stalled, err)
+	}
+	m.callsMu.Lock()
+	m.calls[op+" "+kind]++
+	m.maxOverrun = max(m.maxOverrun, over)
+	m.callsMu.Unlock()
+}
+
+// onSeq is the steady subscriber: every message the upstream pushes carries the
+// number of the upstream connection (one per leadership term) and a global sequence
+// number. On one connection the sequence must be contiguous: a gap or a repeat is
+// allowed only after this member re-subscribed (a reconnection to the same Leader
+// after a heartbeat timeout), at most one per re-subscription, and never backwards.
+func (m *member) onSeq(msg cluster.Message) {
+	var conn, seq int
+	if _, err := fmt.Sscanf(string(msg.Data), "conn=%d seq=%d", &conn, &seq); err != nil {
+		m.violation("malformed message %q", msg.Data)
+		return
+	}
+	m.seqMu.Lock()
+	defer m.seqMu.Unlock()
+	switch {
+	case conn < m.conn:
+		m.violation("message from upstream connection %d after one from %d: terms went backwards", conn, m.conn)
+	case conn > m.conn:
+		m.conn, m.last, m.onConn, m.breaks, m.base = conn, seq, 1, 0, m.epoch.Load()
+	default:
+		switch {
+		case seq == m.last+1:
+		case seq < m.last:
+			m.violation("on upstream connection %d, seq %d came after %d: out of order", conn, seq, m.last)
+		default: // a repeat (replay of the latest) or a gap
+			m.breaks++
+			if allowed := m.epoch.Load() - m.base; m.breaks > allowed {
+				m.violation("on upstream connection %d, seq %d came after %d with %d re-subscriptions to explain %d discontinuities", conn, seq, m.last, allowed, m.breaks)
+			}
+		}
+		m.last = seq
+		m.onConn++
+	}
+	m.lastSeq.Store(int64(seq))
+}
+
+func memberMain() int {
+	m := &member{out: json.NewEncoder(os.Stdout), calls: map[string]int{}}
+	cmds := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			cmds <- sc.Text()
+		}
+		close(cmds)
+	}()
+	// The runtime's network poller opens its descriptors once, at first use, and keeps
+	// them: start it before counting.
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
+	fdsBefore := countFDs()
+	leakOpt := goleak.IgnoreCurrent()
+
+	hb, _ := time.ParseDuration(os.Getenv("CHAOS_HEARTBEAT"))
+	cfg := cluster.Config{
+		Name:             os.Getenv("CHAOS_NAME"),
+		Dir:              os.Getenv("CHAOS_DIR"),
+		NewService:       upstream.NewService(os.Getenv("CHAOS_UPSTREAM")),
+		Heartbeat:        hb,
+		HeartbeatTimeout: 3 * hb,
+		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		OnRoleChange: func(r cluster.RoleInfo) {
+			if r.Role == cluster.RoleLeader || r.Role == cluster.RoleFollower {
+				m.epoch.Add(1)
+			}
+			m.emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, At: r.At.UnixNano()})
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	c, err := cluster.Join(ctx, cfg)
+	cancel()
+	if err != nil {
+		m.violation("join: %v", err)
+		return 3
+	}
+	m.c = c
+	steady, err := c.Subscribe(context.Background(), "seq", m.onSeq)
+	if err != nil {
+		m.violation("steady subscribe: %v", err)
+		return 3
+	}
+	m.emit(event{Ev: "joined"})
+
+	load, stopLoad := context.WithCancel(context.Background())
+	defer stopLoad()
+	var wg sync.WaitGroup
+	every := func(d time.Duration, fn func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				select {
+				case <-load.Done():
+					return
+				case <-t.C:
+					fn()
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.watchStalls(load)
+	}()
+	var n atomic.Int64
+	every(5*time.Millisecond, func() { // invokes
+		want := strconv.FormatInt(n.Add(1), 10)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		out, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte(want)})
+		if err == nil && string(out.Data) != want {
+			m.violation("invoke echo %q answered %q", want, out.Data)
+		}
+		m.outcome("invoke", start, start.Add(callTimeout), err)
+	})
+	every(20*time.Millisecond, func() { // publishes
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		err := c.Publish(ctx, "pub", cluster.Message{Data: []byte("x")})
+		m.outcome("publish", start, start.Add(callTimeout), err)
+	})
+	every(50*time.Millisecond, func() { // late subscribers come and go
+		if m.lastSeq.Load() == 0 {
+			return
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		s, err := c.Subscribe(ctx, "seq", func(cluster.Message) {})
+		m.outcome("subscribe", start, start.Add(callTimeout), err)
+		if err != nil {
+			return
+		}
+		// The topic has a latest value (the steady subscriber saw one): it is replayed
+		// to a late subscriber before Subscribe returns.
+		expired, cancelExpired := context.WithCancel(context.Background())
+		cancelExpired()
+		if _, err := s.First(expired); err != nil {
+			m.violation("a late subscriber was not replayed the topic's latest value: %v", err)
+		}
+		start = time.Now()
+		m.outcome("unsubscribe", start, start.Add(callTimeout), s.Close())
+	})
+
+	for cmd := range cmds {
+		switch cmd {
+		case "probe": // time to the first call served after a fault
+			go func() {
+				for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+					ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+					_, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("probe")})
+					cancel()
+					if err == nil {
+						m.emit(event{Ev: "probe"})
+						return
+					}
+				}
+				m.violation("no invoke succeeded for 60 s after a fault")
+			}()
+		case "stats":
+			st := c.Stats()
+			m.seqMu.Lock()
+			conn, onConn := m.conn, m.onConn
+			m.seqMu.Unlock()
+			m.emit(event{Ev: "stats", Role: st.Role.String(), Term: st.Term, Followers: st.Followers, Conn: conn, OnConn: onConn, Dropped: st.Dropped})
+		case "exit":
+			stopLoad()
+			wg.Wait()
+			final := event{Ev: "final"}
+			if d := c.Stats().Dropped; d > 0 {
+				m.violation("%d messages were dropped by a subscription queue: the continuity check is void", d)
+			}
+			_ = steady.Close()
+			if err := c.Close(); err != nil {
+				m.violation("close: %v", err)
+			}
+			m.callsMu.Lock()
+			final.Calls, final.MaxOverrunN = m.calls, int64(m.maxOverrun)
+			m.callsMu.Unlock()
+			if err := goleak.Find(leakOpt); err != nil {
+				final.Leak = err.Error()
+			}
+			// Descriptors are closed by Close, not by finalizers; allow the runtime a
+			// moment for the ones it closes asynchronously (pollers), no more.
+			for deadline := time.Now().Add(10 * time.Second); countFDs() != fdsBefore && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if after := countFDs(); after != fdsBefore {
+				final.Leak += fmt.Sprintf("open descriptors: %d before Join, %d after Close", fdsBefore, after)
+			}
+			m.emit(final)
+			return 0
+		}
+	}
+	return 0
+}
+
+func countFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
