@@ -16,8 +16,12 @@ import (
 // selfOnce caches this process's identity for the lock record.
 var selfOnce = sync.OnceValue(func() Owner {
 	o := Owner{PID: os.Getpid()}
-	o.Start, _ = startTime(o.PID)
-	o.PIDNS, _ = pidNamespace()
+	// Only a /proc of our own pid namespace numbers processes as we do (a container may
+	// see its host's): otherwise record no identity, and nobody will wait on it.
+	if pid, start, err := readStat("self"); err == nil && pid == o.PID {
+		o.Start = start
+		o.PIDNS, _ = pidNamespace()
+	}
 	return o
 })
 
@@ -33,23 +37,34 @@ func pidNamespace() (uint64, error) {
 	return st.Ino, nil
 }
 
-// startTime returns field 22 of /proc/<pid>/stat: the process's start time in clock
-// ticks since boot. Together with the pid it names one process for the life of a boot.
+// startTime returns the start time of process pid in clock ticks since boot. Together
+// with the pid it names one process for the life of a boot.
 func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	_, start, err := readStat(strconv.Itoa(pid))
+	return start, err
+}
+
+// readStat reads fields 1 (the pid, as this /proc numbers it) and 22 (the start time)
+// of /proc/<name>/stat.
+func readStat(name string) (pid int, start uint64, err error) {
+	b, err := os.ReadFile("/proc/" + name + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) is in parentheses and may hold spaces or ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
+	open, i := bytes.IndexByte(b, ' '), bytes.LastIndexByte(b, ')')
+	if open < 0 || i < open {
+		return 0, 0, errors.New("malformed stat")
+	}
+	if pid, err = strconv.Atoi(string(b[:open])); err != nil {
+		return 0, 0, errors.New("malformed stat")
 	}
 	f := strings.Fields(string(b[i+1:])) // starts at field 3
 	if len(f) < 20 {
-		return 0, errors.New("malformed stat")
+		return 0, 0, errors.New("malformed stat")
 	}
-	return strconv.ParseUint(f[19], 10, 64)
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return pid, start, err
 }
 
 // WaitExited waits, at most limit, until the process o describes has completely exited:
