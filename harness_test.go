@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -105,6 +106,10 @@ type event struct {
 	Kind      string `json:"kind,omitempty"` // error class: leader-lost, timeout, remote, closed, no-leader, unauthorized, other
 	Sub       int    `json:"sub,omitempty"`
 	At        int64  `json:"at,omitempty"` // unix nanos
+	Host      string `json:"host,omitempty"`
+	// NS names the member's namespaces ("mnt" -> "4026531841"), in the "ns" event of a
+	// member started in namespaces of its own.
+	NS map[string]string `json:"ns,omitempty"`
 }
 
 // command is one line the test writes to a member's stdin.
@@ -150,15 +155,28 @@ func memberMain() int {
 		_ = enc.Encode(e)
 	}
 	lead := map[string]cluster.LeadPolicy{"": cluster.LeadAuto, "never": cluster.LeadNever, "always": cluster.LeadAlways}[os.Getenv("CT_LEAD")]
+	host, _ := os.Hostname()
+	newService := upstream.NewService(os.Getenv("CT_UPSTREAM"))
+	if os.Getenv("CT_SERVICE") == "local" {
+		newService = newLocalService
+	}
 	cfg := cluster.Config{
 		Name:       os.Getenv("CT_NAME"),
 		Dir:        os.Getenv("CT_DIR"),
 		Lead:       lead,
-		NewService: upstream.NewService(os.Getenv("CT_UPSTREAM")),
+		NewService: withWhoami(newService),
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnRoleChange: func(r cluster.RoleInfo) {
-			emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid()})
+			emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid(), Host: host})
 		},
+	}
+	for _, g := range strings.FieldsFunc(os.Getenv("CT_ALLOW_GIDS"), func(r rune) bool { return r == ',' }) {
+		n, _ := strconv.ParseUint(g, 10, 32)
+		cfg.AllowGIDs = append(cfg.AllowGIDs, uint32(n))
+	}
+	if m := os.Getenv("CT_SOCKET_MODE"); m != "" {
+		n, _ := strconv.ParseUint(m, 8, 32)
+		cfg.SocketMode = os.FileMode(n)
 	}
 	if os.Getenv("CT_TRANSPORT") == "tcp" {
 		cfg.Transport = cluster.TransportTCP
@@ -180,7 +198,7 @@ func memberMain() int {
 		return 3
 	}
 	r := c.Role()
-	emit(event{Ev: "joined", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid()})
+	emit(event{Ev: "joined", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid(), Host: host})
 
 	var wg sync.WaitGroup
 	var subsMu sync.Mutex
@@ -304,6 +322,10 @@ type memberOpts struct {
 	lead        string
 	heartbeat   string
 	joinTimeout string
+	role        string               // the registered role to run; default "member"
+	bin         string               // the executable; default this test binary
+	env         []string             // more environment: CT_ALLOW_GIDS, CT_SOCKET_MODE, CT_SERVICE=local, ...
+	attr        *syscall.SysProcAttr // namespaces, credentials
 }
 
 // cluster groups what members of one test share.
@@ -369,13 +391,22 @@ func newTestCluster(t testing.TB) *testCluster {
 func (tc *testCluster) start(o memberOpts) *proc {
 	t := tc.t
 	t.Helper()
+	role, bin := o.role, o.bin
+	if role == "" {
+		role = "member"
+	}
+	if bin == "" {
+		bin = os.Args[0]
+	}
 	usedMu.Lock()
-	usedRoles["member"] = true
+	usedRoles[role] = true
 	usedMu.Unlock()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=member", "CT_DIR="+tc.dir, "CT_NAME="+tc.name,
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, "CT_DIR="+tc.dir, "CT_NAME="+tc.name,
 		"CT_UPSTREAM="+tc.upstream.Addr(), "CT_LEAD="+o.lead, "CT_HEARTBEAT="+o.heartbeat, "CT_JOIN_TIMEOUT="+o.joinTimeout,
 		"CT_TRANSPORT="+tc.transport, fmt.Sprintf("CT_PORT=%d", tc.port))
+	cmd.Env = append(cmd.Env, o.env...)
+	cmd.SysProcAttr = o.attr
 	p := &proc{t: t, cmd: cmd, notify: make(chan struct{}), exited: make(chan struct{})}
 	cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
 	var err error
@@ -544,3 +575,81 @@ func (p *proc) exit() {
 	}
 	require.Equal(p.t, 0, p.cmd.ProcessState.ExitCode(), "member %d exit code; stderr:\n%s", p.pid, p.stderrString())
 }
+
+// withWhoami adds the method "whoami" to a member's Service: it answers the Leader's
+// host name and pid as the Leader sees them, which tells which process leads without
+// trusting pids (they collide across pid namespaces).
+func withWhoami(next func(context.Context) (cluster.Service, error)) func(context.Context) (cluster.Service, error) {
+	return func(ctx context.Context) (cluster.Service, error) {
+		svc, err := next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return whoamiService{svc}, nil
+	}
+}
+
+type whoamiService struct{ cluster.Service }
+
+func (w whoamiService) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	if method == "whoami" {
+		host, _ := os.Hostname()
+		return cluster.Message{Data: fmt.Appendf(nil, "%s %d", host, os.Getpid())}, nil
+	}
+	return w.Service.Invoke(ctx, method, req)
+}
+
+// Withdraw keeps the wrapped Service's registrations semantics.
+func (w whoamiService) Withdraw(ctx context.Context, topic string, msg cluster.Message) error {
+	if wd, ok := w.Service.(cluster.Withdrawer); ok {
+		return wd.Withdraw(ctx, topic, msg)
+	}
+	return nil
+}
+
+// localService is an in-process Service for members that cannot reach the upstream
+// server (members in a network namespace of their own): "echo" answers the request,
+// Publish delivers to its own subscribers.
+type localService struct {
+	mu   sync.Mutex
+	next int
+	subs map[string]map[int]func(cluster.Message)
+}
+
+func newLocalService(context.Context) (cluster.Service, error) {
+	return &localService{subs: map[string]map[int]func(cluster.Message){}}, nil
+}
+
+func (s *localService) Invoke(_ context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	if method == "echo" {
+		return cluster.Message{Data: bytes.Clone(req.Data)}, nil
+	}
+	return cluster.Message{}, fmt.Errorf("no method %q", method)
+}
+
+func (s *localService) Subscribe(_ context.Context, topic string, emit func(cluster.Message)) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	id := s.next
+	if s.subs[topic] == nil {
+		s.subs[topic] = map[int]func(cluster.Message){}
+	}
+	s.subs[topic][id] = emit
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.subs[topic], id)
+	}, nil
+}
+
+func (s *localService) Publish(_ context.Context, topic string, msg cluster.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, emit := range s.subs[topic] {
+		emit(cluster.Message{Data: bytes.Clone(msg.Data)})
+	}
+	return nil
+}
+
+func (s *localService) Close() error { return nil }

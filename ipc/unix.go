@@ -206,7 +206,7 @@ func describe(path string) string {
 	if err := unix.Lstat(path, &st); err != nil {
 		return err.Error()
 	}
-	return fmt.Sprintf("owner uid %d, group gid %d, mode %v", st.Uid, st.Gid, os.FileMode(st.Mode&0o777))
+	return fmt.Sprintf("owner uid %d, group gid %d, mode %#o", st.Uid, st.Gid, st.Mode&0o7777)
 }
 
 // whoAmI describes this process's credentials for an error message.
