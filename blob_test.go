@@ -3,13 +3,16 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/blob"
+	"github.com/cluster-client-go/cluster/frame"
 )
 
 // blobService is a Service that works with blobs and files in memory: what a Leader's
@@ -420,4 +424,37 @@ func TestBlobsAndFilesLeakNoDescriptors(t *testing.T) {
 	buf := make([]byte, 64)
 	n, _ := r.Read(buf)
 	require.Equal(t, 20, n)
+}
+
+// A peer that floods requests and never reads the responses costs the Leader bounded
+// memory: the responses queue up to ipc's bound (64 MiB), then the peer is dropped, and
+// everyone else is served as before.
+func TestAPeerThatNeverReadsIsDroppedNotBuffered(t *testing.T) {
+	tc := newTestCluster(t)
+	var logs syncBuffer
+	tc.joinBlob(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	healthy := tc.joinBlob(nil)
+
+	c := tc.rawConn()
+	_, err := c.Write(hello(tc.name))
+	require.NoError(t, err)
+	req := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), make([]byte, 32<<10))
+	const total = 256 << 20 // four times the queue bound
+	written := 0
+	require.NoError(t, c.SetWriteDeadline(time.Now().Add(waitTimeout)))
+	for written < total {
+		binary.BigEndian.PutUint64(req[4:12], uint64(written/len(req)+1)) // a fresh request id
+		n, err := c.Write(req)
+		written += n
+		if err != nil {
+			require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "the leader neither read nor dropped the flooding peer")
+			break
+		}
+	}
+	require.Less(t, written, total, "the leader absorbed %d bytes of requests whose responses nobody read", written)
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "does not read") }, waitTimeout, time.Millisecond, logs.String())
+
+	out, err := healthy.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("still served")})
+	require.NoError(t, err)
+	require.Equal(t, "still served", string(out.Data))
 }

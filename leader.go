@@ -40,6 +40,34 @@ type leader struct {
 
 	acceptDone chan struct{}
 	serveWG    sync.WaitGroup // one per accepted connection; Add only from acceptLoop
+
+	demoted  chan struct{} // closed when the claim no longer holds (see watchClaim)
+	watchEnd chan struct{} // closed when watchClaim returned
+}
+
+// claimCheckInterval is how often a Leader checks that its claim still holds (that its
+// lock file was not deleted or replaced): a second Leader that a deleted lock file let
+// in coexists with this one for at most about this long.
+const claimCheckInterval = 250 * time.Millisecond
+
+// watchClaim checks the claim until the term ends; when it no longer holds, it logs
+// why and closes demoted, and the member steps down.
+func (l *leader) watchClaim() {
+	defer close(l.watchEnd)
+	t := time.NewTicker(claimCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-t.C:
+			if err := l.tr.verify(); err != nil {
+				l.c.cfg.Logger.Error("cluster: the leader's claim no longer holds; stepping down (do not delete or replace the lock file while members run)", "term", l.term, "err", err)
+				close(l.demoted)
+				return
+			}
+		}
+	}
 }
 
 // startLeader runs right after the lock was won: build the Service, then listen.
@@ -77,9 +105,12 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		conns:      make(map[*ipc.Conn]*peerConn),
 		topics:     make(map[string]*topic),
 		acceptDone: make(chan struct{}),
+		demoted:    make(chan struct{}),
+		watchEnd:   make(chan struct{}),
 	}
 	l.calls.init()
 	go l.acceptLoop()
+	go l.watchClaim()
 	return l, nil
 }
 
@@ -234,6 +265,7 @@ func (l *leader) shutdown() time.Time {
 		_ = pc.conn.Drain(ctx)
 	}
 	l.serveWG.Wait()
+	<-l.watchEnd
 	stopped := time.Now()
 	l.tr.release()
 	return stopped

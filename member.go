@@ -65,9 +65,17 @@ func (c *Client) run(joinCtx context.Context) {
 		}
 		switch b := b.(type) {
 		case *leader:
-			<-c.closing
-			closedAt = b.shutdown()
-			return
+			select {
+			case <-c.closing:
+				closedAt = b.shutdown()
+				return
+			case <-b.demoted:
+			}
+			// The claim was lost under us (the lock file deleted or replaced): hand over
+			// as on Close, then elect again like everyone else.
+			lostAt = b.shutdown()
+			c.stats.failovers.Add(1)
+			c.setEpoch(nil, RoleInfo{Role: RoleElecting, At: lostAt})
 		case *follower:
 			select {
 			case <-c.closing:

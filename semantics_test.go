@@ -2,6 +2,9 @@ package cluster_test
 
 import (
 	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -245,4 +248,36 @@ func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
 		// Back, it reconnects and registers again.
 		tc.waitRegistered(t, ps, "svc", []string{"f"})
 	})
+}
+
+// Deleting the lock file while it is held lets a newcomer lock a new file and lead: the
+// old Leader notices (it checks its claim a few times a second), steps down and follows,
+// so there is one Leader again, and every member is served.
+func TestLeaderStepsDownWhenItsLockFileIsDeleted(t *testing.T) {
+	tc := newTestCluster(t)
+	var logs syncBuffer
+	old := tc.join(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	f := tc.join(nil)
+	require.Equal(t, cluster.RoleLeader, old.Role().Role)
+	require.NoError(t, os.Remove(filepath.Join(tc.dir, tc.name+".lock")))
+	newcomer := tc.join(nil)
+
+	members := []*cluster.Client{old, f, newcomer}
+	require.Eventually(t, func() bool {
+		leaders := 0
+		for _, c := range members {
+			if c.Role().Role == cluster.RoleLeader {
+				leaders++
+			}
+		}
+		return leaders == 1 && old.Role().Role == cluster.RoleFollower
+	}, waitTimeout, 5*time.Millisecond, "the old leader did not step down")
+	require.Contains(t, logs.String(), "stepping down")
+	for _, c := range members {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		out, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("one leader")})
+		cancel()
+		require.NoError(t, err)
+		require.Equal(t, "one leader", string(out.Data))
+	}
 }

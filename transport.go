@@ -66,6 +66,8 @@ type transport interface {
 	holder() string
 	// peerCredsKnown reports whether accepted connections carry peer credentials.
 	peerCredsKnown() bool
+	// verify checks, while leading, that the claim still holds: nil, or why not.
+	verify() error
 }
 
 type listener interface {
@@ -178,6 +180,10 @@ func (u *unixTransport) holder() string {
 }
 
 func (u *unixTransport) peerCredsKnown() bool { return ipc.PeerCredSupported }
+
+// verify checks that the lock file at the path is still the one locked: if it was
+// deleted or replaced, another member can lock the new file and lead beside us.
+func (u *unixTransport) verify() error { return u.lk.Verify() }
 
 // unsupportedHere reports whether err means this platform or filesystem cannot do the
 // Unix transport (flock or Unix sockets), so Auto should fall back to TCP.
