@@ -239,11 +239,15 @@ func (c Config) validate() (*config, error) {
 		}
 		return nil, fmt.Errorf("%w: Dir: %w%s", ErrConfig, err, hint)
 	}
-	if kind, network, err := lock.FSKind(cfg.Dir); err == nil && network {
-		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts while the socket is not; use a local directory", cfg.Dir, kind)
+	if kind, network, err := fsKind(cfg.Dir); err == nil && network {
+		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
+			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", cfg.Dir, kind)
 	}
 	return cfg, nil
 }
+
+// fsKind names Dir's filesystem; tests replace it to stage a network filesystem.
+var fsKind = lock.FSKind
 
 // share is whom Dir and the files in it are shared with.
 func (c *config) share() lock.Share {

@@ -1,0 +1,33 @@
+package cluster
+
+import (
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A Dir on a network or userspace filesystem is refused before anything is created in
+// it: the lock could be shared across hosts while the socket is not. The real statfs is
+// exercised by lock's tests and, where bindfs is installed, by TestDirOnFUSEIsRefused.
+func TestDirOnANetworkFilesystemIsRefused(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	defer func(old func(string) (string, bool, error)) { fsKind = old }(fsKind)
+	for _, kind := range []string{"nfs", "cifs", "fuse.sshfs", "virtiofs", "9p"} {
+		fsKind = func(string) (string, bool, error) { return kind, true, nil }
+		_, err := Config{Name: "n", Dir: dir, Lead: LeadNever}.validate()
+		require.ErrorIs(t, err, ErrConfig, kind)
+		require.ErrorContains(t, err, "Dir: "+dir+" is on a "+kind+" filesystem")
+		require.ErrorContains(t, err, "named volume")
+		ents, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		require.Empty(t, ents)
+	}
+	// statfs failing is no reason to refuse: the lock and the socket report real problems.
+	fsKind = func(string) (string, bool, error) { return "", false, errors.New("statfs: EIO") }
+	_, err = Config{Name: "n", Dir: dir, Lead: LeadNever}.validate()
+	require.NoError(t, err)
+}
