@@ -1,0 +1,176 @@
+// Command container is a worker meant to run as several replicas of one container image
+// on one host, sharing ONE connection to an upstream server through cluster. The
+// replicas share a volume mounted at the same path in each (CLUSTER_DIR), which holds the
+// election lock and the Leader's socket; they share nothing else: not the pid namespace,
+// not the network namespace. See README.md and compose.yaml beside this file.
+//
+//	container                      a worker (configured by the environment, below)
+//	container -upstream :7070      the demo upstream server the workers share
+//
+// Environment of a worker:
+//
+//	CLUSTER_DIR         the shared volume's mount point (default /run/cluster)
+//	CLUSTER_NAME        the cluster's name, the same in every replica (default "demo")
+//	CLUSTER_ALLOW_GIDS  comma-separated gids shared by replicas that run as different
+//	                    uids (Config.AllowGIDs); empty: every replica runs as one uid
+//	UPSTREAM_ADDR       the upstream server (default upstream:7070)
+//	WORK_INTERVAL       how often each worker calls the upstream (default 1s)
+//	LOG_FORMAT          text (default) or json
+//
+// Each worker joins the cluster, subscribes to the topic "config", and calls the
+// upstream's "incr" every WORK_INTERVAL through whichever replica leads, logging its role
+// and term. On SIGTERM (docker stop, compose down) it closes its Client: a Leader hands
+// over to another replica gracefully. A replica killed outright (SIGKILL, OOM, a crashed
+// container) is replaced within milliseconds by another, with no cleanup of the volume.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/internal/upstream"
+)
+
+func main() {
+	up := flag.String("upstream", "", "run the demo upstream server on this address instead of a worker")
+	flag.Parse()
+	log := logger(os.Getenv("LOG_FORMAT"))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	if *up != "" {
+		err = serveUpstream(ctx, log, *up)
+	} else {
+		err = work(ctx, log)
+	}
+	if err != nil {
+		log.Error("exiting", "err", err)
+		os.Exit(1)
+	}
+}
+
+func logger(format string) *slog.Logger {
+	host, _ := os.Hostname()
+	var h slog.Handler = slog.NewTextHandler(os.Stdout, nil)
+	if format == "json" {
+		h = slog.NewJSONHandler(os.Stdout, nil)
+	}
+	return slog.New(h).With("host", host, "pid", os.Getpid())
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// config builds the worker's cluster.Config from the environment.
+func config(log *slog.Logger) (cluster.Config, time.Duration, error) {
+	cfg := cluster.Config{
+		Name:       env("CLUSTER_NAME", "demo"),
+		Dir:        env("CLUSTER_DIR", "/run/cluster"),
+		NewService: upstream.NewService(env("UPSTREAM_ADDR", "upstream:7070")),
+		Logger:     log,
+		OnRoleChange: func(r cluster.RoleInfo) {
+			log.Info("role", "role", r.Role.String(), "term", r.Term)
+		},
+	}
+	for _, f := range strings.FieldsFunc(os.Getenv("CLUSTER_ALLOW_GIDS"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		gid, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("CLUSTER_ALLOW_GIDS: %q is not a gid", f)
+		}
+		cfg.AllowGIDs = append(cfg.AllowGIDs, uint32(gid))
+	}
+	interval, err := time.ParseDuration(env("WORK_INTERVAL", "1s"))
+	if err != nil || interval <= 0 {
+		return cfg, 0, fmt.Errorf("WORK_INTERVAL: %q is not a positive duration", os.Getenv("WORK_INTERVAL"))
+	}
+	return cfg, interval, nil
+}
+
+// work is one replica: join, subscribe, call the upstream until ctx ends, hand over.
+func work(ctx context.Context, log *slog.Logger) error {
+	cfg, interval, err := config(log)
+	if err != nil {
+		return err
+	}
+	jctx, cancel := context.WithTimeout(ctx, time.Minute)
+	c, err := cluster.Join(jctx, cfg)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("joining cluster %q in %s: %w", cfg.Name, cfg.Dir, err)
+	}
+	defer func() {
+		if err := c.Close(); err != nil {
+			log.Warn("closing", "err", err)
+		}
+		log.Info("closed")
+	}()
+	r := c.Role()
+	log.Info("joined", "role", r.Role.String(), "term", r.Term, "dir", cfg.Dir, "transport", c.Stats().Transport)
+	sub, err := c.Subscribe(ctx, "config", func(m cluster.Message) {
+		log.Info("config", "data", string(m.Data))
+	})
+	if err != nil {
+		return fmt.Errorf("subscribing to config: %w", err)
+	}
+	defer sub.Close()
+
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		out, err := c.Invoke(cctx, "incr", cluster.Message{})
+		ccancel()
+		r := c.Role()
+		switch {
+		case err == nil:
+			log.Info("incr", "n", string(out.Data), "role", r.Role.String(), "term", r.Term)
+		case errors.Is(err, cluster.ErrLeaderLost):
+			// The Leader's container died mid-call: at-most-once, so we are told, not retried.
+			log.Warn("incr lost with the leader", "err", err)
+		case ctx.Err() != nil:
+			return nil
+		default:
+			log.Warn("incr failed", "err", err)
+		}
+	}
+}
+
+// serveUpstream runs the demo upstream server and pushes a config update every 5 s.
+func serveUpstream(ctx context.Context, log *slog.Logger, addr string) error {
+	s, err := upstream.Start(addr)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	log.Info("upstream listening", "addr", s.Addr())
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for v := 1; ; v++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		n := s.Push("config", []byte("v"+strconv.Itoa(v)))
+		log.Info("pushed config", "version", v, "subscribed_connections", n, "connections", s.Conns(), "connections_ever", s.TotalConns())
+	}
+}
