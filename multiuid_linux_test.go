@@ -122,6 +122,14 @@ func TestMultiUIDRefusals(t *testing.T) {
 		require.Contains(t, e.Err, fmt.Sprintf("writable by its group gid %d", sharedGID))
 		require.Contains(t, e.Err, "Config.AllowGIDs")
 	})
+	t.Run("a volume the member cannot write", func(t *testing.T) {
+		// A fresh named volume is root's and 0755 unless the image prepared it.
+		tc, bin := sharedVolume(t, 0o755)
+		e := joinError(t, startAs(tc, bin, uid1000))
+		require.Equal(t, "unauthorized", e.Kind)
+		require.Contains(t, e.Err, "cannot create the lock file")
+		require.Contains(t, e.Err, "writable by this uid")
+	})
 	t.Run("the Leader's socket is 0600", func(t *testing.T) {
 		tc, bin := sharedVolume(t, 0o770|fs.ModeSetgid)
 		a := startAs(tc, bin, uid1000, append(shared, "CT_SOCKET_MODE=0600")...)

@@ -298,13 +298,18 @@ func (l *Lock) openError(err error) error {
 	case IsUnsupported(err):
 		return fmt.Errorf("lock: %s: file locking is not supported here (%w); elect over TCP instead", l.path, err)
 	case errors.Is(err, fs.ErrPermission):
+		dir := filepath.Dir(l.path)
+		if _, lerr := os.Lstat(l.path); errors.Is(lerr, fs.ErrNotExist) {
+			return fmt.Errorf("lock: cannot create the lock file %s (directory %s; %s): make the directory writable by this uid (chown), or by a group every member shares (mode 2770, and share that group): %w",
+				l.path, fileOwner(dir), whoAmI(), err)
+		}
 		hint := "members of different uids must share a group that may read and write it (mode 0660)"
 		if len(l.share.GIDs) > 0 {
 			hint = fmt.Sprintf("it must belong to one of the shared groups %v, mode 0660: run \"chgrp GID %s && chmod 0660 %s\" once (never delete it)",
 				l.share.GIDs, l.path, l.path)
 		}
 		return fmt.Errorf("lock: cannot open the lock file read-write (%s; directory %s; %s): %s: %w",
-			fileOwner(l.path), fileOwner(filepath.Dir(l.path)), whoAmI(), hint, err)
+			fileOwner(l.path), fileOwner(dir), whoAmI(), hint, err)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && pe.Path == l.path {
