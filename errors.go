@@ -22,7 +22,10 @@ var (
 	ErrTooLarge = frame.ErrTooLarge
 	// ErrProtocol: a peer broke the wire protocol.
 	ErrProtocol = frame.ErrProtocol
-	// ErrUnauthorized: the Leader refused this member (peer credentials or cluster name).
+	// ErrUnauthorized: this member is not let in: the Leader refused it (peer
+	// credentials, token or cluster name), or the filesystem did (the Leader's socket or
+	// the lock file is not accessible to this uid or its groups). The error names the
+	// Config setting to change (AllowUIDs, AllowGIDs, SocketMode).
 	ErrUnauthorized = errors.New("cluster: not authorized by the leader")
 	// ErrNoLeader: no Leader could be reached before the context ended. The error says
 	// what was found (who holds the lock, whether the socket exists or refuses).
