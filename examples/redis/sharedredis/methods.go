@@ -65,7 +65,7 @@ func (s *Service) Invoke(ctx context.Context, method string, req cluster.Message
 }
 
 func (s *Service) get(ctx context.Context, key string) (*string, error) {
-	v, err := s.rdb.Get(ctx, key).Result()
+	v, err := s.cmds.Get(ctx, key).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -79,20 +79,20 @@ func (s *Service) set(ctx context.Context, a SetArgs) (struct{}, error) {
 	if a.TTL < 0 {
 		return struct{}{}, fmt.Errorf("set %q: negative TTL %v", a.Key, a.TTL)
 	}
-	return struct{}{}, s.rdb.Set(ctx, a.Key, a.Value, a.TTL).Err()
+	return struct{}{}, s.cmds.Set(ctx, a.Key, a.Value, a.TTL).Err()
 }
 
 func (s *Service) del(ctx context.Context, keys []string) (int64, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	return s.rdb.Del(ctx, keys...).Result()
+	return s.cmds.Del(ctx, keys...).Result()
 }
 
 func (s *Service) incr(ctx context.Context, key string) (int64, error) {
-	return s.rdb.Incr(ctx, key).Result()
+	return s.cmds.Incr(ctx, key).Result()
 }
 
 func (s *Service) incrBy(ctx context.Context, a IncrByArgs) (int64, error) {
-	return s.rdb.IncrBy(ctx, a.Key, a.By).Result()
+	return s.cmds.IncrBy(ctx, a.Key, a.By).Result()
 }

@@ -56,8 +56,9 @@ var ErrClosed = errors.New("sharedredis: service closed")
 // Fields left zero differ from go-redis's defaults in three ways, so that Redis sees
 // a fixed, recognisable set of connections from the Leader:
 //
-//   - PoolSize 0 means 1: one command connection, used by one command at a time (set
-//     it higher for more commands in flight, at one connection each);
+//   - PoolSize 0 means 1: one command connection, on which the commands that arrive
+//     together, from any members, are sent as one pipeline (go-redis's
+//     autopipeliner, one batch at a time, so each caller's commands keep their order);
 //   - PipelinePoolSize 0 means -1: no separate pool of pipeline connections;
 //   - ClientName "" means "cluster-leader-<pid>", visible in CLIENT LIST.
 //
@@ -79,9 +80,11 @@ func NewService(opt redis.Options) func(context.Context) (cluster.Service, error
 	}
 }
 
-// Service is the cluster.Service: its methods are safe for concurrent use.
+// Service is the cluster.Service that NewService builds. Its methods are safe for
+// concurrent use.
 type Service struct {
 	rdb  *redis.Client
+	cmds commands // rdb's autopipeliner
 	ps   *redis.PubSub
 	done chan struct{} // closed when read has returned
 
@@ -111,8 +114,17 @@ func Open(ctx context.Context, opt *redis.Options) (*Service, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("sharedredis: connecting to %s: %w", opt.Addr, err)
 	}
+	// Commands that arrive together, from any members, share round trips on the
+	// command connection (go-redis's blocking autopipeliner: one batch at a time, in
+	// order, so each caller's commands keep their order).
+	ap, err := rdb.AutoPipeline()
+	if err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("sharedredis: %w", err)
+	}
 	s := &Service{
 		rdb:     rdb,
+		cmds:    ap,
 		ps:      rdb.Subscribe(context.Background()),
 		done:    make(chan struct{}),
 		routes:  map[string][]*subscriber{},
@@ -124,9 +136,6 @@ func Open(ctx context.Context, opt *redis.Options) (*Service, error) {
 	go s.read(s.ps.ChannelWithSubscriptions())
 	return s, nil
 }
-
-// Client returns the go-redis client the Service sends commands with.
-func (s *Service) Client() *redis.Client { return s.rdb }
 
 // read routes what arrives on the pub/sub connection until the PubSub is closed.
 func (s *Service) read(ch <-chan any) {
@@ -329,4 +338,14 @@ func dataOnly(op, name string, m cluster.Message) error {
 		return fmt.Errorf("sharedredis: %s %q: Redis payloads are Message.Data only, not a Blob or Files", op, name)
 	}
 	return nil
+}
+
+// commands are the go-redis commands the Service runs.
+type commands interface {
+	Get(ctx context.Context, key string) *redis.StringCmd
+	Set(ctx context.Context, key string, value any, expiration time.Duration) *redis.StatusCmd
+	Del(ctx context.Context, keys ...string) *redis.IntCmd
+	Incr(ctx context.Context, key string) *redis.IntCmd
+	IncrBy(ctx context.Context, key string, value int64) *redis.IntCmd
+	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 }
