@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,15 +70,18 @@ type member struct {
 	out  *json.Encoder
 	outM sync.Mutex
 
-	epoch   atomic.Int64 // role changes to leader or follower: each is a (re)subscription
 	lastSeq atomic.Int64 // the latest sequence number the steady subscriber saw
 
-	seqMu  sync.Mutex
-	conn   int   // the upstream connection (term) of the latest message
-	last   int   // its sequence number
-	onConn int   // messages seen on conn
-	breaks int64 // discontinuities on conn, each allowed only by a resubscription
-	base   int64 // epoch when conn's first message was seen
+	seqMu sync.Mutex
+	// joins counts, per term, this member's role changes to leader or follower: the
+	// first is its subscription in that term, each later one a re-subscription (it
+	// reconnected to the same Leader after a heartbeat timeout).
+	joins  map[uint64]int
+	conn   int      // the upstream connection of the latest message: one per term
+	term   uint64   // the term conn belongs to (the member's term at its first message)
+	last   int      // the latest sequence number on conn
+	onConn int      // messages seen on conn
+	breaks []string // discontinuities on conn, each allowed only by a re-subscription
 
 	callsMu    sync.Mutex
 	calls      map[string]int
@@ -193,17 +198,15 @@ func (m *member) onSeq(msg cluster.Message) {
 	case conn < m.conn:
 		m.violation("message from upstream connection %d after one from %d: terms went backwards", conn, m.conn)
 	case conn > m.conn:
-		m.conn, m.last, m.onConn, m.breaks, m.base = conn, seq, 1, 0, m.epoch.Load()
+		m.judgeLocked()
+		m.conn, m.term, m.last, m.onConn, m.breaks = conn, m.c.Role().Term, seq, 1, nil
 	default:
 		switch {
 		case seq == m.last+1:
 		case seq < m.last:
 			m.violation("on upstream connection %d, seq %d came after %d: out of order", conn, seq, m.last)
 		default: // a repeat (replay of the latest) or a gap
-			m.breaks++
-			if allowed := m.epoch.Load() - m.base; m.breaks > allowed {
-				m.violation("on upstream connection %d, seq %d came after %d with %d re-subscriptions to explain %d discontinuities", conn, seq, m.last, allowed, m.breaks)
-			}
+			m.breaks = append(m.breaks, fmt.Sprintf("%d after %d", seq, m.last))
 		}
 		m.last = seq
 		m.onConn++
@@ -211,8 +214,23 @@ func (m *member) onSeq(msg cluster.Message) {
 	m.lastSeq.Store(int64(seq))
 }
 
+// judgeLocked checks the finished (or final) stretch of conn: its discontinuities
+// must not outnumber the re-subscriptions of its term. It runs when the next term's
+// messages begin, or at exit, when the term's role changes have all been reported
+// (OnRoleChange runs asynchronously: judging at the discontinuity itself could count
+// a re-subscription that is not reported yet).
+func (m *member) judgeLocked() {
+	if m.conn == 0 {
+		return
+	}
+	if resubs := m.joins[m.term] - 1; len(m.breaks) > resubs {
+		m.violation("on upstream connection %d (term %d): %d discontinuities (%s) but %d re-subscriptions to explain them",
+			m.conn, m.term, len(m.breaks), strings.Join(m.breaks, ", "), resubs)
+	}
+}
+
 func memberMain() int {
-	m := &member{out: json.NewEncoder(os.Stdout), calls: map[string]int{}}
+	m := &member{out: json.NewEncoder(os.Stdout), calls: map[string]int{}, joins: map[uint64]int{}}
 	cmds := make(chan string, 16)
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
@@ -239,7 +257,9 @@ func memberMain() int {
 		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		OnRoleChange: func(r cluster.RoleInfo) {
 			if r.Role == cluster.RoleLeader || r.Role == cluster.RoleFollower {
-				m.epoch.Add(1)
+				m.seqMu.Lock()
+				m.joins[r.Term]++
+				m.seqMu.Unlock()
 			}
 			m.emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, At: r.At.UnixNano()})
 		},
@@ -283,6 +303,12 @@ func memberMain() int {
 		defer wg.Done()
 		m.watchStalls(load)
 	}()
+	every(500*time.Millisecond, func() { // the tally so far, in case this member is killed
+		m.callsMu.Lock()
+		e := event{Ev: "tally", Calls: maps.Clone(m.calls), MaxOverrunN: int64(m.maxOverrun)}
+		m.callsMu.Unlock()
+		m.emit(e)
+	})
 	var n atomic.Int64
 	every(5*time.Millisecond, func() { // invokes
 		want := strconv.FormatInt(n.Add(1), 10)
@@ -354,6 +380,9 @@ func memberMain() int {
 				m.violation("%d messages were dropped by a subscription queue: the continuity check is void", d)
 			}
 			_ = steady.Close()
+			m.seqMu.Lock()
+			m.judgeLocked()
+			m.seqMu.Unlock()
 			if err := c.Close(); err != nil {
 				m.violation("close: %v", err)
 			}
