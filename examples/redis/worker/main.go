@@ -24,6 +24,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -69,6 +70,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	n := fs.Int("n", 0, "how many times to INCR -incr")
 	verbose := fs.Bool("v", false, "log the library's role changes and warnings on stderr")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *n > 0 && *incrKey == "" {
+		fmt.Fprintln(stderr, "worker: -n needs -incr, the key to INCR")
 		return 2
 	}
 
