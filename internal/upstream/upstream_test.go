@@ -17,7 +17,7 @@ import (
 )
 
 // waitFor is generous: the server notices closes asynchronously, and -race is slow.
-const waitFor = 10 * time.Second
+const waitFor = 30 * time.Second
 
 func startServer(t *testing.T) *Server {
 	t.Helper()
