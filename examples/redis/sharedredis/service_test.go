@@ -179,6 +179,61 @@ func TestCancelStopsRedisSubscription(t *testing.T) {
 	b.empty(t)
 }
 
+// TestRedisRestart: when Redis restarts, the Service reconnects both connections by
+// itself and subscribes again: later messages arrive and commands run, still on two
+// connections.
+func TestRedisRestart(t *testing.T) {
+	srv, svc := open(t)
+	ctx := testContext(t)
+	news, alerts := newInbox(), newInbox()
+	cancelNews, err := svc.Subscribe(ctx, "news", news.emit)
+	require.NoError(t, err)
+	defer cancelNews()
+	cancelAlerts, err := svc.Subscribe(ctx, "psub:alerts.*", alerts.emit)
+	require.NoError(t, err)
+	defer cancelAlerts()
+
+	srv.Restart(t)
+	// go-redis notices the broken pub/sub connection, redials and re-subscribes on its
+	// own schedule: wait for both subscriptions on the new server.
+	for numsub(t, srv, "news") != 1 || numpat(t, srv) != 1 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the Service did not subscribe again after Redis restarted")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	require.Equal(t, 1, publish(t, srv, "news", "back"))
+	require.Equal(t, 1, publish(t, srv, "alerts.up", "up"))
+	require.Equal(t, "back", news.next(t))
+	require.Equal(t, "up", alerts.next(t))
+
+	// The first command after the restart may meet the broken connection; go-redis
+	// retries it on a new one.
+	out, err := svc.Invoke(ctx, sharedredis.Incr.Name, cluster.Message{Data: []byte(`"hits"`)})
+	require.NoError(t, err)
+	require.Equal(t, "1", string(out.Data))
+	// go-redis may probe the server with a connection of its own while it was down;
+	// such a probe closes at once.
+	name := fmt.Sprintf("cluster-leader-%d", os.Getpid())
+	for {
+		clients, err := srv.Clients(ctx)
+		require.NoError(t, err)
+		ok := len(clients) == 2
+		for _, c := range clients {
+			ok = ok && c.Name == name
+		}
+		if ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("after the restart Redis does not see the Service's two connections:%s", describe(clients))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // TestInvokeThroughCluster: the typed methods, called through a Client that leads
 // its own cluster, run their Redis commands; Redis errors come back as RemoteErrors.
 func TestInvokeThroughCluster(t *testing.T) {

@@ -32,15 +32,21 @@ const RequireEnv = "SHAREDREDIS_REQUIRE_REDIS"
 // startTimeout bounds how long a new redis-server may take to answer PING.
 const startTimeout = 30 * time.Second
 
-// Server is one redis-server process listening on 127.0.0.1 only, with no
-// persistence, its files in a temporary directory. Stop it with Close (Start registers
-// that with the test's Cleanup).
+// Server is a redis-server listening on 127.0.0.1 only, with no persistence, its
+// files in a temporary directory. Stop it with Close (Start registers that with the
+// test's Cleanup).
 type Server struct {
 	// Addr is the server's 127.0.0.1:port.
 	Addr string
 	// Port is Addr's port.
 	Port int
 
+	mu   sync.Mutex
+	proc *process // the current redis-server
+}
+
+// process is one run of redis-server.
+type process struct {
 	cmd    *exec.Cmd
 	dir    string
 	out    *syncBuffer // redis-server's stdout and stderr
@@ -94,18 +100,21 @@ func start(bin string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	p, err := run(bin, port)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, proc: p}, nil
+}
+
+// run starts redis-server on port and waits until it answers PING.
+func run(bin string, port int) (*process, error) {
 	dir, err := os.MkdirTemp("", "redis")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{
-		Addr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		Port:   port,
-		dir:    dir,
-		out:    &syncBuffer{},
-		exited: make(chan struct{}),
-	}
-	s.cmd = exec.Command(bin,
+	p := &process{dir: dir, out: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(bin,
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(port),
 		"--dir", dir,
@@ -115,51 +124,82 @@ func start(bin string) (*Server, error) {
 		"--loglevel", "warning",
 		"--logfile", "",
 	)
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	if err := s.cmd.Start(); err != nil {
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	go func() {
-		_ = s.cmd.Wait()
-		close(s.exited)
+		_ = p.cmd.Wait()
+		close(p.exited)
 	}()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(startTimeout)
 	for {
-		err := ping(s.Addr)
+		err := ping(addr)
 		if err == nil {
-			return s, nil
+			return p, nil
 		}
 		select {
-		case <-s.exited:
-			s.Close()
-			return nil, fmt.Errorf("redis-server on port %d exited at start: %s", port, strings.TrimSpace(s.out.String()))
+		case <-p.exited:
+			p.stop()
+			return nil, fmt.Errorf("redis-server on port %d exited at start: %s", port, strings.TrimSpace(p.out.String()))
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.Close()
-			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %v; its output: %s", port, startTimeout, err, s.out.String())
+			p.stop()
+			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %v; its output: %s", port, startTimeout, err, p.out.String())
 		}
 	}
 }
 
-// Close stops the server (SIGTERM, then SIGKILL after 10 s) and removes its directory.
-// It is idempotent.
-func (s *Server) Close() {
-	s.once.Do(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends the process (SIGTERM, then SIGKILL after 10 s) and removes its directory.
+func (p *process) stop() {
+	p.once.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-s.exited:
+		case <-p.exited:
 		case <-time.After(10 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
+			_ = p.cmd.Process.Kill()
+			<-p.exited
 		}
-		os.RemoveAll(s.dir)
+		os.RemoveAll(p.dir)
 	})
 }
 
-// Output returns what redis-server printed so far (warnings and errors).
-func (s *Server) Output() string { return s.out.String() }
+// Restart stops the server and starts it again on the same port, empty (there is no
+// persistence): every connection to it breaks.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	bin, err := Binary()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.proc.stop()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		// The port was just released: should another process take it meanwhile,
+		// retrying is all there is to do.
+		p, err := run(bin, s.Port)
+		if err == nil {
+			s.proc = p
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("redistest: restarting on port %d: %v", s.Port, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Close stops the server and removes its directory. It is idempotent.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.proc.stop()
+}
 
 // CLI runs redis-cli against the server with args and returns its trimmed output.
 func (s *Server) CLI(ctx context.Context, args ...string) (string, error) {
