@@ -198,12 +198,25 @@ func (c *Client) dispatchRoles() {
 	}
 }
 
-// callContext applies Config.CallTimeout to a ctx without a deadline.
+// callContext applies Config.CallTimeout to a ctx without a deadline. The context is a
+// callCtx, which costs one allocation until someone waits on its Done.
 func (c *Client) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok || c.cfg.CallTimeout < 0 {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, c.cfg.CallTimeout)
+	cc := withDeadline(ctx, time.Now().Add(c.cfg.CallTimeout))
+	return cc, cc.end
+}
+
+// callDeadline is callContext for the hot calls (Invoke, InvokeOneway, Publish): the
+// same context, and the callCtx to end when the call returns (nil for none), which
+// spares them the allocation of a cancel func.
+func (c *Client) callDeadline(ctx context.Context) (context.Context, *callCtx) {
+	if _, ok := ctx.Deadline(); ok || c.cfg.CallTimeout < 0 {
+		return ctx, nil
+	}
+	cc := withDeadline(ctx, time.Now().Add(c.cfg.CallTimeout))
+	return cc, cc
 }
 
 func (c *Client) callTimeoutOr(d time.Duration) time.Duration {
@@ -289,8 +302,10 @@ func (c *Client) Invoke(ctx context.Context, method string, req Message) (Messag
 	if err := c.checkMessage("invoke", method, req); err != nil {
 		return Message{}, err
 	}
-	ctx, cancel := c.callContext(ctx)
-	defer cancel()
+	ctx, cc := c.callDeadline(ctx)
+	if cc != nil {
+		defer cc.end()
+	}
 	var out Message
 	err := c.do(ctx, "invoke", method, func(b backend) error {
 		var err error
@@ -308,8 +323,10 @@ func (c *Client) InvokeOneway(ctx context.Context, method string, req Message) e
 	if err := c.checkMessage("invoke", method, req); err != nil {
 		return err
 	}
-	ctx, cancel := c.callContext(ctx)
-	defer cancel()
+	ctx, cc := c.callDeadline(ctx)
+	if cc != nil {
+		defer cc.end()
+	}
 	return c.do(ctx, "invoke-oneway", method, func(b backend) error {
 		_, err := b.invoke(ctx, method, req, true)
 		return err
@@ -323,8 +340,10 @@ func (c *Client) Publish(ctx context.Context, topic string, msg Message) error {
 	if err := c.checkMessage("publish", topic, msg); err != nil {
 		return err
 	}
-	ctx, cancel := c.callContext(ctx)
-	defer cancel()
+	ctx, cc := c.callDeadline(ctx)
+	if cc != nil {
+		defer cc.end()
+	}
 	return c.do(ctx, "publish", topic, func(b backend) error { return b.publish(ctx, topic, msg) })
 }
 

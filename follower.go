@@ -143,7 +143,8 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 		}
 		return Message{}, nil
 	}
-	fr, files, err := f.conn.CallHeader(ctx, h, []byte(method), w.body, w.files)
+	wctx, deadline := deadlineOf(ctx)
+	fr, files, err := f.conn.CallHeaderUntil(wctx, deadline, h, []byte(method), w.body, w.files)
 	if err != nil {
 		closeFiles(files)
 		return Message{}, f.mapErr(ctx, "invoke", method, err)
@@ -161,7 +162,8 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 		return err
 	}
 	h := frame.Header{Kind: frame.KindPublish, Flags: w.flags, Timeout: timeoutMillis(ctx)}
-	_, files, err := f.conn.CallHeader(ctx, h, []byte(topic), w.body, w.files)
+	wctx, deadline := deadlineOf(ctx)
+	_, files, err := f.conn.CallHeaderUntil(wctx, deadline, h, []byte(topic), w.body, w.files)
 	closeFiles(files)
 	return f.mapErr(ctx, "publish", topic, err)
 }

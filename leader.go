@@ -176,7 +176,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		_ = nc.Close()
 		return
 	}
-	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{})}
+	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.connOptions()
 	opts.FileHandler = pc.handle

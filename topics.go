@@ -10,6 +10,8 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
 	"github.com/cluster-client-go/cluster/ipc"
@@ -220,6 +222,13 @@ type peerConn struct {
 	acked   chan struct{} // closed when the Follower acknowledged our goodbye
 	ackOnce sync.Once
 
+	// Requests run on this connection's workers (see dispatch): work hands a request
+	// to an idle one; workers counts them all.
+	work    chan job
+	workers atomic.Int32
+	idle    atomic.Int32
+	names   map[string]string // interned method and topic names; reader goroutine only
+
 	mu     sync.Mutex
 	topics map[subKey]struct{}     // nil once the connection ended
 	regs   map[uint64]registration // the Follower's live registrations; nil once ended
@@ -248,8 +257,9 @@ func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 	_ = pc.conn.SendFiles(h, []byte(topic), w.body, w.files)
 }
 
-// handle runs on the reader goroutine. Requests run on goroutines of their own; at most
-// maxInflightPerConn at once, after which reading this connection waits.
+// handle runs on the reader goroutine. Requests run on the connection's workers (see
+// dispatch); at most maxInflightPerConn at once, after which reading this connection
+// waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	switch f.Kind {
@@ -283,7 +293,84 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		pc.l.calls.leave()
 		return
 	}
-	go pc.exec(f, files)
+	pc.dispatch(job{f: f, files: files, name: pc.intern(f.Meta)})
+}
+
+// job is one request for a worker: its frame, the files passed with it and its method
+// or topic name.
+type job struct {
+	f     frame.Frame
+	files []*os.File
+	name  string
+}
+
+const (
+	// coreWorkers of a connection's workers, once started, wait for work until the
+	// connection ends; the others end after workerIdle without any.
+	coreWorkers = 4
+	workerIdle  = 2 * time.Second
+	// maxInterned and maxInternedLen bound a connection's table of names.
+	maxInterned    = 256
+	maxInternedLen = 64
+)
+
+// dispatch hands j to an idle worker, or starts one: a request never waits for another
+// to finish (the Service may block), and a connection that keeps sending costs no
+// goroutine per request. Runs on the reader goroutine.
+func (pc *peerConn) dispatch(j job) {
+	select {
+	case pc.work <- j:
+	default:
+		core := pc.workers.Add(1) <= coreWorkers
+		go pc.worker(j, core)
+	}
+}
+
+// worker runs j, then the requests dispatch hands it, until the connection ends (or,
+// unless core, it has been idle for workerIdle). The gate (calls) counts the requests
+// it runs, not its idle waits.
+func (pc *peerConn) worker(j job, core bool) {
+	defer pc.workers.Add(-1)
+	var idle <-chan time.Time
+	var t *time.Timer
+	if !core {
+		t = time.NewTimer(workerIdle)
+		defer t.Stop()
+		idle = t.C
+	}
+	for {
+		pc.exec(j)
+		if t != nil {
+			t.Reset(workerIdle)
+		}
+		pc.idle.Add(1)
+		select {
+		case j = <-pc.work:
+			pc.idle.Add(-1)
+		case <-pc.ctx.Done():
+			pc.idle.Add(-1)
+			return
+		case <-idle:
+			pc.idle.Add(-1)
+			return
+		}
+	}
+}
+
+// intern returns b as a string from the connection's table of names, so that names a
+// Follower repeats cost no allocation. Runs on the reader goroutine.
+func (pc *peerConn) intern(b []byte) string {
+	if s, ok := pc.names[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(s) <= maxInternedLen && len(pc.names) < maxInterned {
+		if pc.names == nil {
+			pc.names = make(map[string]string)
+		}
+		pc.names[s] = s
+	}
+	return s
 }
 
 // request decodes the Message of an invoke, oneway or publish frame, under a lease the
@@ -306,18 +393,19 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 	return m, true
 }
 
-func (pc *peerConn) exec(f frame.Frame, files []*os.File) {
+func (pc *peerConn) exec(j job) {
+	f, files := j.f, j.files
 	defer func() {
 		<-pc.sem
 		pc.l.calls.leave()
 	}()
 	ctx := pc.ctx
 	if f.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, msDuration(f.Timeout))
-		defer cancel()
+		cc := withDeadline(ctx, time.Now().Add(msDuration(f.Timeout)))
+		defer cc.end()
+		ctx = cc
 	}
-	l, name := pc.l, string(f.Meta)
+	l, name := pc.l, j.name
 	var err error
 	var shared bool
 	if f.Kind == frame.KindSubscribe || f.Kind == frame.KindUnsubscribe {

@@ -57,10 +57,14 @@ type Options struct {
 }
 
 // Conn is a framed, multiplexed, full-duplex connection. Requests carry ids; Call
-// matches each response to its caller. One reader goroutine and one writer goroutine
-// own the socket; the writer coalesces queued frames into one write, except that a
-// frame passing file descriptors goes out in a sendmsg of its own (see the package
-// documentation). All methods are safe for concurrent use.
+// matches each response to its caller. One reader goroutine owns the receive side. On
+// the send side, a frame sent while nothing is queued or being written is written at
+// once by the sender, with one non-blocking write (no goroutine switch); anything else
+// (a backlog, what the socket did not take at once, frames passing descriptors, pings)
+// is queued for the writer goroutine, which coalesces queued frames into one write,
+// except that a frame passing file descriptors goes out in a sendmsg of its own (see
+// the package documentation). Either way a sender never blocks on the socket. All
+// methods are safe for concurrent use.
 type Conn struct {
 	nc   net.Conn
 	opts Options
@@ -76,9 +80,25 @@ type Conn struct {
 	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
 	wfds    []fdFrame     // the frames in wbuf that carry descriptors, in order
-	writing bool          // the writer holds bytes it took from wbuf
+	writing bool          // someone (the writer, or a sender writing directly) holds the socket's send side
 	wake    chan struct{} // capacity 1: "wbuf became non-empty"
-	flushed chan struct{} // closed and replaced whenever everything queued was written
+	flushed chan struct{} // made by Drain; closed and cleared when everything queued was written
+	dbuf    []byte        // a reusable buffer for direct writes (see writeDirect)
+
+	// direct is set by Start when nc allows non-blocking writes from any goroutine
+	// (see writeDirect). dw is the state of the one direct write in progress, owned by
+	// whoever holds writing.
+	direct bool
+	dw     directWriter
+
+	heartbeats bool // Options.Heartbeat > 0: keep lastRecv and lastSend
+
+	// Signs of load, which make a sender queue its frame for the writer (which
+	// coalesces) rather than write it directly: answers owed to the peer (requests
+	// handed to the Handler and not yet answered), and the reader holding further
+	// frames it has not dispatched yet.
+	owed       atomic.Int64
+	readerMore atomic.Bool
 
 	lastRecv atomic.Int64 // unix nanos of the last frame read
 	lastSend atomic.Int64 // unix nanos of the last write
@@ -136,7 +156,7 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 		log:        opts.Logger,
 		pending:    make(map[uint64]*call),
 		wake:       make(chan struct{}, 1),
-		flushed:    make(chan struct{}),
+		heartbeats: opts.Heartbeat > 0,
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		writerDone: make(chan struct{}),
@@ -150,6 +170,9 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 
 // Start starts the reader and writer goroutines. Call it exactly once.
 func (c *Conn) Start() {
+	c.wmu.Lock()
+	c.direct = c.dw.init(c.nc)
+	c.wmu.Unlock()
 	go c.readLoop()
 	go c.writeLoop()
 }
@@ -204,6 +227,9 @@ func (c *Conn) Drain(ctx context.Context) error {
 	for {
 		c.wmu.Lock()
 		empty := len(c.wbuf) == 0 && !c.writing
+		if !empty && c.flushed == nil {
+			c.flushed = make(chan struct{})
+		}
 		ch := c.flushed
 		c.wmu.Unlock()
 		if empty {
@@ -224,7 +250,7 @@ func (c *Conn) Drain(ctx context.Context) error {
 // Conn is aborted with ErrSlowConsumer; if the Conn has ended Send returns its cause
 // wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
-	return c.send(h, meta, body, nil, false)
+	return c.send(h, meta, body, nil, false, true)
 }
 
 // CanPassFiles reports whether files can be sent and received on this Conn: it runs
@@ -244,7 +270,7 @@ func (c *Conn) SendFiles(h frame.Header, meta, body []byte, files []*os.File) er
 	if err != nil {
 		return err
 	}
-	return c.send(h, meta, body, fds, false)
+	return c.send(h, meta, body, fds, false, true)
 }
 
 // dupFiles duplicates the descriptors of files for the writer, after checking that they
@@ -282,10 +308,18 @@ func describeConn(nc net.Conn) string {
 	return fmt.Sprintf("%s connection to %v", nc.LocalAddr().Network(), nc.RemoteAddr())
 }
 
-// send queues a frame; fds (the Conn's own duplicates, possibly nil) are attached to
-// it. Whatever happens, send takes ownership of fds: they are queued or closed.
-func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last bool) error {
+// send queues a frame, or writes it at once (see writeDirect) when alone says no other
+// call of this side is waiting and the Conn shows no other sign of load; fds (the
+// Conn's own duplicates, possibly nil) are attached to it. Whatever happens, send takes
+// ownership of fds: they are queued or closed.
+func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bool) error {
 	h.FDs = uint8(len(fds))
+	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError) && h.ID != 0 {
+		if c.owed.Add(-1) < 0 {
+			c.owed.Add(1) // an answer to a request not counted (or counted as lost)
+		}
+	}
+	alone = alone && c.owed.Load() <= 0 && !c.readerMore.Load()
 	size := frame.HeaderSize + len(meta) + len(body)
 	c.wmu.Lock()
 	select {
@@ -309,6 +343,16 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last bool) err
 		c.Abort(err)
 		return fmt.Errorf("%w: %w", ErrConnLost, err)
 	}
+	if alone && len(fds) == 0 && c.direct && !c.writing && len(c.wbuf) == 0 {
+		// Nothing queued and nobody writing: write it from this goroutine.
+		c.writing = true
+		buf := frame.AppendFrame(c.dbuf[:0], h, meta, body)
+		c.dbuf = nil
+		c.wclosed = last
+		c.wmu.Unlock()
+		c.writeDirect(buf)
+		return nil
+	}
 	wasEmpty := len(c.wbuf) == 0
 	if len(fds) > 0 {
 		c.wfds = append(c.wfds, fdFrame{off: len(c.wbuf), end: len(c.wbuf) + size, fds: fds})
@@ -317,19 +361,81 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last bool) err
 	c.wclosed = last
 	c.wmu.Unlock()
 	if wasEmpty {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
+		c.wakeWriter()
 	}
 	return nil
+}
+
+func (c *Conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// maxDirectRounds bounds how many backlogs a direct writer writes on behalf of other
+// senders before it hands the rest to the writer goroutine.
+const maxDirectRounds = 4
+
+// writeDirect writes buf (whole frames, none passing descriptors) from the sender's
+// goroutine, which holds c.writing, with non-blocking writes: it never waits for the
+// socket. What other senders queued meanwhile is written the same way (coalesced, a
+// few rounds at most); what the socket does not take at once goes first in the queue,
+// and the writer goroutine finishes the job.
+func (c *Conn) writeDirect(buf []byte) {
+	for round := 1; ; round++ {
+		n, err := c.dw.write(buf)
+		if err != nil {
+			c.wmu.Lock()
+			c.writing = false
+			c.wmu.Unlock()
+			c.Abort(fmt.Errorf("write: %w", err))
+			return
+		}
+		if n > 0 && c.heartbeats {
+			c.lastSend.Store(time.Now().UnixNano())
+		}
+		c.wmu.Lock()
+		if n < len(buf) {
+			// The socket is full (or a deadline or the Conn's end needs the writer's
+			// attention): the rest goes ahead of what was queued meanwhile.
+			rest := len(buf) - n
+			q := make([]byte, 0, rest+len(c.wbuf))
+			q = append(append(q, buf[n:]...), c.wbuf...)
+			for i := range c.wfds {
+				c.wfds[i].off += rest
+				c.wfds[i].end += rest
+			}
+			c.wbuf = q
+		} else if len(c.wbuf) > 0 && len(c.wfds) == 0 && round < maxDirectRounds {
+			next := c.wbuf
+			c.wbuf = buf[:0]
+			c.wmu.Unlock()
+			buf = next
+			continue
+		}
+		c.writing = false
+		if cap(buf) <= maxReusedWriteBuffer {
+			c.dbuf = buf[:0]
+		}
+		backlog := len(c.wbuf) > 0
+		if !backlog && c.flushed != nil {
+			close(c.flushed)
+			c.flushed = nil
+		}
+		c.wmu.Unlock()
+		if backlog {
+			c.wakeWriter()
+		}
+		return
+	}
 }
 
 // CloseSend queues h as the last frame this side sends: every later Send fails with
 // ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
 // follows h. Reading goes on.
 func (c *Conn) CloseSend(h frame.Header) error {
-	return c.send(h, nil, nil, nil, true)
+	return c.send(h, nil, nil, nil, true, true)
 }
 
 // Reply answers request id with a response frame.
@@ -357,7 +463,7 @@ func (c *Conn) ReplyError(id uint64, code, msg string) error {
 // was queued also matches ErrNotSent. A response that passes file descriptors is an
 // error matching ErrUnexpectedFiles (the descriptors are closed): use CallFiles.
 func (c *Conn) Call(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte) (frame.Frame, error) {
-	r := c.call(ctx, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil)
+	r := c.call(ctx, time.Time{}, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil)
 	if len(r.files) > 0 {
 		closeFiles(r.files)
 		return frame.Frame{}, fmt.Errorf("%w: the %s to request %d passes %d; use CallFiles", ErrUnexpectedFiles, r.f.Kind, r.f.ID, len(r.files))
@@ -376,17 +482,44 @@ func (c *Conn) CallFiles(ctx context.Context, kind frame.Kind, timeout uint32, m
 // CallHeader is CallFiles for a request that needs header flags: Kind, Flags and
 // Timeout of h are used, the id is assigned and FDs set from files.
 func (c *Conn) CallHeader(ctx context.Context, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
+	return c.CallHeaderUntil(ctx, time.Time{}, h, meta, body, files)
+}
+
+// CallHeaderUntil is CallHeader with a deadline of its own besides ctx's (zero for
+// none): when it passes first, the call returns context.DeadlineExceeded as if ctx had
+// expired. It saves a caller who would otherwise derive a context per call for the
+// deadline the cost of one.
+func (c *Conn) CallHeaderUntil(ctx context.Context, deadline time.Time, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
 	fds, err := c.dupFiles(files)
 	if err != nil {
 		return frame.Frame{}, nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
-	r := c.call(ctx, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, fds)
+	r := c.call(ctx, deadline, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, fds)
 	return r.f, r.files, r.err
 }
 
-// call sends a request with a fresh id and waits for its answer. It takes ownership of
-// fds. A result with an error carries no files.
-func (c *Conn) call(ctx context.Context, h frame.Header, meta, body []byte, fds []int) result {
+// timerPool holds stopped timers for calls' deadlines.
+var timerPool sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timerPool.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// putTimer stops t and pools it; since Go 1.23 a stopped timer's channel delivers no
+// stale value, so the next user can Reset it.
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timerPool.Put(t)
+}
+
+// call sends a request with a fresh id and waits for its answer, until ctx ends or
+// deadline (zero: none) passes. It takes ownership of fds. A result with an error
+// carries no files.
+func (c *Conn) call(ctx context.Context, deadline time.Time, h frame.Header, meta, body []byte, fds []int) result {
 	id := c.nextID.Add(1)
 	h.ID = id
 	cl := callPool.Get().(*call)
@@ -400,11 +533,18 @@ func (c *Conn) call(ctx context.Context, h frame.Header, meta, body []byte, fds 
 	default:
 	}
 	c.pending[id] = cl
+	alone := len(c.pending) == 1
 	c.pmu.Unlock()
 
-	if err := c.send(h, meta, body, fds, false); err != nil {
+	if err := c.send(h, meta, body, fds, false, alone); err != nil {
 		c.forget(id, cl)
 		return result{err: fmt.Errorf("%w: %w", ErrNotSent, err)}
+	}
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := getTimer(time.Until(deadline))
+		defer putTimer(t)
+		expired = t.C
 	}
 	select {
 	case r := <-cl.ch:
@@ -413,6 +553,9 @@ func (c *Conn) call(ctx context.Context, h frame.Header, meta, body []byte, fds 
 	case <-ctx.Done():
 		c.forget(id, cl)
 		return result{err: ctx.Err()}
+	case <-expired:
+		c.forget(id, cl)
+		return result{err: context.DeadlineExceeded}
 	}
 }
 
@@ -515,6 +658,7 @@ func (c *Conn) readPlain() error {
 			}
 			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
 		}
+		c.readerMore.Store(br.Buffered() > 0)
 		if err := c.dispatch(f, nil); err != nil {
 			return err
 		}
@@ -541,7 +685,9 @@ func (c *Conn) checkFDKind(h frame.Header) error {
 // or closes them.
 func (c *Conn) dispatch(f frame.Frame, files []*os.File) error {
 	h := f.Header
-	c.lastRecv.Store(time.Now().UnixNano())
+	if c.heartbeats {
+		c.lastRecv.Store(time.Now().UnixNano())
+	}
 	// Answers to abandoned calls are dropped quietly, but an answer to an id this
 	// side never issued is a broken or hostile peer.
 	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError && h.ID != 0) && h.ID > c.nextID.Load() {
@@ -565,6 +711,9 @@ func (c *Conn) dispatch(f frame.Frame, files []*os.File) error {
 	case frame.KindHello, frame.KindWelcome:
 		return fmt.Errorf("%w: unexpected %s frame after the handshake", frame.ErrProtocol, h.Kind)
 	default:
+		if h.ID != 0 {
+			c.owed.Add(1) // a request: its answer will be owed
+		}
 		switch {
 		case c.opts.FileHandler != nil:
 			c.opts.FileHandler(c, f, files)
@@ -598,6 +747,7 @@ func (c *Conn) writeLoop() {
 	var spare []byte
 	var spareFDs []fdFrame
 	for {
+		held := false // this goroutine holds c.writing
 		select {
 		case <-c.done:
 			return
@@ -613,16 +763,23 @@ func (c *Conn) writeLoop() {
 		}
 		for {
 			c.wmu.Lock()
+			if c.writing && !held {
+				// A sender is writing directly; it wakes us if it leaves a backlog.
+				c.wmu.Unlock()
+				break
+			}
 			out, marks := c.wbuf, c.wfds
 			if len(out) == 0 {
 				c.writing = false
-				close(c.flushed)
-				c.flushed = make(chan struct{})
+				if c.flushed != nil {
+					close(c.flushed)
+					c.flushed = nil
+				}
 				c.wmu.Unlock()
 				break
 			}
 			c.wbuf, c.wfds = spare[:0], spareFDs[:0]
-			c.writing = true
+			c.writing, held = true, true
 			c.wmu.Unlock()
 			if err := c.writeOut(out, marks); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {

@@ -267,6 +267,7 @@ func (r *fdReader) run() error {
 			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
 		}
 		r.inFrame = false
+		r.c.readerMore.Store(r.w > r.r)
 		if err := r.c.dispatch(f, newFiles(fds)); err != nil {
 			return err
 		}
