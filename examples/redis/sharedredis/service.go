@@ -315,10 +315,11 @@ func (s *Service) Publish(ctx context.Context, topic string, msg cluster.Message
 	if strings.HasPrefix(topic, PatternPrefix) {
 		return fmt.Errorf("sharedredis: publish %q: a pattern topic cannot be published to", topic)
 	}
-	return s.rdb.Publish(ctx, topic, msg.Data).Err()
+	return s.cmds.Publish(ctx, topic, msg.Data).Err()
 }
 
-// Close unsubscribes everything, closes both connections and waits for the pub/sub
+// Close ends every subscription by closing the pub/sub connection (emit is not called
+// once Close has begun), closes the command connection and waits for the pub/sub
 // reader. It is idempotent and returns the same error every time.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
