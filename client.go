@@ -245,6 +245,11 @@ func (c *Client) do(ctx context.Context, opName, name string, op func(backend) e
 
 func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backend) error) error {
 	for {
+		// A context that has already ended sends nothing: otherwise the outcome would
+		// depend on whether a fast answer or the cancellation is noticed first.
+		if ctx.Err() != nil {
+			return ctxErr(ctx, opName, name)
+		}
 		ep := c.ep.Load()
 		if ep.b != nil {
 			err := op(ep.b)

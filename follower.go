@@ -75,6 +75,12 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 	switch fr.Kind {
 	case frame.KindMessage:
+		if f.saidGoodbye() {
+			// The Leader is handing over and this member has moved on: a message it
+			// still fans out would arrive after the next Leader's, out of order.
+			closeFiles(files)
+			return
+		}
 		topic := string(fr.Meta)
 		m, err := decodeMessage(fr, files, f.c.cfg.MaxBlob)
 		if err != nil {
@@ -103,6 +109,16 @@ func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 		})
 	default:
 		conn.Abort(fmt.Errorf("%w: unexpected %s frame from the leader", frame.ErrProtocol, fr.Kind))
+	}
+}
+
+// saidGoodbye reports whether the Leader announced its handover on this connection.
+func (f *follower) saidGoodbye() bool {
+	select {
+	case <-f.goodbye:
+		return true
+	default:
+		return false
 	}
 }
 
