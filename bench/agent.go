@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The orchestrator (run) drives every other process of a measurement as an agent: a
+// child process that reads one JSON request per line on stdin and answers each with one
+// JSON line on stdout. Go agents are this binary re-executed (see agentMain); the
+// Node.js agent is node running member.js, which speaks the same protocol.
+
+// request is one command to an agent. Which fields matter depends on Op.
+type request struct {
+	Op       string `json:"op"`
+	N        int    `json:"n,omitempty"`
+	Size     int    `json:"size,omitempty"`
+	Conc     int    `json:"conc,omitempty"`
+	Ms       int    `json:"ms,omitempty"`
+	Topic    string `json:"topic,omitempty"`
+	Interval int    `json:"intervalUs,omitempty"` // between publishes; 0 = as fast as possible
+	OldPID   int    `json:"oldpid,omitempty"`
+	Mode     string `json:"mode,omitempty"`
+}
+
+// response is an agent's answer. Err is set when the command failed.
+type response struct {
+	Err    string  `json:"err,omitempty"`
+	Ready  bool    `json:"ready,omitempty"`
+	PID    int     `json:"pid,omitempty"`
+	Leader bool    `json:"leader,omitempty"`
+	Lat    []int64 `json:"lat,omitempty"`   // nanoseconds
+	Calls  int64   `json:"calls,omitempty"` // completed calls or received messages
+	Ns     int64   `json:"ns,omitempty"`    // elapsed nanoseconds
+	T      int64   `json:"t,omitempty"`     // a CLOCK_MONOTONIC time, nanoseconds
+	First  int64   `json:"first,omitempty"` // CLOCK_MONOTONIC of the first message received
+	Last   int64   `json:"last,omitempty"`  // ... and of the last
+	Heap   int64   `json:"heap,omitempty"`  // bytes
+}
+
+// mono is CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the
+// host (Node's process.hrtime.bigint() reads it too), so one process can stamp a
+// message and another measure its delivery.
+func mono() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// serveAgent answers requests on stdin with handle until stdin ends.
+func serveAgent(ready response, handle func(request) response) {
+	out := bufio.NewWriterSize(os.Stdout, 1<<16)
+	enc := json.NewEncoder(out)
+	ready.Ready, ready.PID = true, os.Getpid()
+	_ = enc.Encode(ready)
+	_ = out.Flush()
+	in := bufio.NewReader(os.Stdin)
+	for {
+		line, err := in.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var req request
+		if err := json.Unmarshal(line, &req); err != nil {
+			_ = enc.Encode(response{Err: "bad request: " + err.Error()})
+		} else {
+			_ = enc.Encode(handle(req))
+		}
+		_ = out.Flush()
+	}
+}
+
+// agent is the orchestrator's handle on one agent process.
+type agent struct {
+	name  string
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan []byte
+	pid   int
+	wait  sync.Once
+}
+
+// startAgent starts cmd as an agent and waits (up to timeout) for its ready line.
+func startAgent(name string, cmd *exec.Cmd, logw io.Writer, timeout time.Duration) (*agent, response, error) {
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, response{}, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, response{}, err
+	}
+	cmd.Stderr = logw
+	if err := cmd.Start(); err != nil {
+		return nil, response{}, fmt.Errorf("%s: %w", name, err)
+	}
+	a := &agent{name: name, cmd: cmd, in: in, lines: make(chan []byte, 4), pid: cmd.Process.Pid}
+	go func() {
+		defer close(a.lines)
+		r := bufio.NewReaderSize(out, 1<<20)
+		for {
+			line, err := r.ReadBytes('\n')
+			if len(line) > 0 {
+				a.lines <- line
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	r, err := a.recv(timeout)
+	if err != nil {
+		a.kill()
+		return nil, r, err
+	}
+	if !r.Ready {
+		a.kill()
+		return nil, r, fmt.Errorf("%s: first line is not ready: %+v", name, r)
+	}
+	return a, r, nil
+}
+
+func (a *agent) send(req request) error {
+	b, _ := json.Marshal(req)
+	_, err := a.in.Write(append(b, '\n'))
+	if err != nil {
+		return fmt.Errorf("%s: %w", a.name, err)
+	}
+	return nil
+}
+
+func (a *agent) recv(timeout time.Duration) (response, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case line, ok := <-a.lines:
+		if !ok {
+			return response{}, fmt.Errorf("%s (pid %d) exited", a.name, a.pid)
+		}
+		var r response
+		if err := json.Unmarshal(line, &r); err != nil {
+			return response{}, fmt.Errorf("%s: bad answer %q: %w", a.name, line, err)
+		}
+		if r.Err != "" {
+			return r, fmt.Errorf("%s: %s", a.name, r.Err)
+		}
+		return r, nil
+	case <-t.C:
+		return response{}, fmt.Errorf("%s (pid %d): no answer within %v", a.name, a.pid, timeout)
+	}
+}
+
+// do sends req and waits for the answer.
+func (a *agent) do(req request, timeout time.Duration) (response, error) {
+	if err := a.send(req); err != nil {
+		return response{}, err
+	}
+	return a.recv(timeout)
+}
+
+// kill SIGKILLs the agent and reaps it.
+func (a *agent) kill() {
+	_ = a.cmd.Process.Kill()
+	a.reap()
+}
+
+// stop closes its stdin (an agent exits at the end of its input), and kills it if it
+// has not exited within a second.
+func (a *agent) stop() {
+	_ = a.in.Close()
+	done := make(chan struct{})
+	go func() { a.reap(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		a.kill()
+		<-done
+	}
+}
+
+func (a *agent) reap() { a.wait.Do(func() { _ = a.cmd.Wait() }) }
+
+// doAll sends req to every agent, then collects the answers in order.
+func doAll(as []*agent, req request, timeout time.Duration) ([]response, error) {
+	for _, a := range as {
+		if err := a.send(req); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]response, len(as))
+	var first error
+	for i, a := range as {
+		r, err := a.recv(timeout)
+		if err != nil && first == nil {
+			first = err
+		}
+		out[i] = r
+	}
+	return out, first
+}

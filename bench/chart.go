@@ -1,0 +1,150 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgsvg"
+)
+
+// palette gives each system the same colour in every panel.
+var palette = map[string]color.Color{
+	"floor/unix":   color.RGBA{0x55, 0x55, 0x55, 0xff},
+	"floor/tcp":    color.RGBA{0xaa, 0xaa, 0xaa, 0xff},
+	"floor/flock":  color.RGBA{0x55, 0x55, 0x55, 0xff},
+	"cluster/unix": color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+	"cluster/tcp":  color.RGBA{0x6b, 0xae, 0xd6, 0xff},
+	"grpc/unix":    color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
+	"node/tcp":     color.RGBA{0xd6, 0x27, 0x28, 0xff},
+}
+
+func colorOf(system string) color.Color {
+	if c, ok := palette[system]; ok {
+		return c
+	}
+	return color.Black
+}
+
+// writeChart draws two panels to an SVG file: the distribution of sequential invoke
+// latency of every system (a CDF on a log scale), and failover times.
+func writeChart(r *results, path string) error {
+	lat, err := latencyPlot(r)
+	if err != nil {
+		return err
+	}
+	fo, err := failoverPlot(r)
+	if err != nil {
+		return err
+	}
+	const w, h = 26 * vg.Centimeter, 10 * vg.Centimeter
+	img := vgsvg.New(w, h)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
+	plots := [][]*plot.Plot{{lat, fo}}
+	canvases := plot.Align(plots, tiles, dc)
+	lat.Draw(canvases[0][0])
+	fo.Draw(canvases[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := img.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func latencyPlot(r *results) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = "Sequential invoke, 64 B: latency distribution"
+	p.X.Label.Text = "round trip (µs, log scale)"
+	p.Y.Label.Text = "percentile"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Min, p.Y.Max = 0, 100
+	p.Legend.Top = false
+	p.Legend.Left = false
+	p.Add(plotter.NewGrid())
+	for _, row := range r.Seq {
+		s := r.seqSamples[row.System]
+		if len(s) == 0 {
+			continue
+		}
+		const points = 400
+		var xys plotter.XYs
+		for i := 0; i <= points; i++ {
+			q := float64(i) / points
+			v := math.Max(us(pct(s, q)), 1)
+			xys = append(xys, plotter.XY{X: v, Y: q * 100})
+		}
+		l, err := plotter.NewLine(xys)
+		if err != nil {
+			return nil, err
+		}
+		l.Color = colorOf(row.System)
+		l.Width = vg.Points(1.6)
+		if row.System == "floor/tcp" || row.System == "cluster/tcp" {
+			l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		}
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("%s  p50 %.0f µs (%.2fx)", row.System, row.P50us, row.XFloor), l)
+	}
+	return p, nil
+}
+
+func failoverPlot(r *results) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Failover after SIGKILL of the Leader (%d kills)", r.Settings.Kills)
+	p.Y.Label.Text = "until every survivor is served (ms, log scale)"
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Add(plotter.NewGrid())
+	var names []string
+	for i, row := range r.Failover {
+		var vs plotter.Values
+		for _, v := range row.SamplesMs {
+			vs = append(vs, math.Max(v, 0.01))
+		}
+		if len(vs) == 0 {
+			continue
+		}
+		s, err := plotter.NewScatter(jitter(float64(i), vs))
+		if err != nil {
+			return nil, err
+		}
+		s.Color = colorOf(row.System)
+		s.Radius = vg.Points(2)
+		p.Add(s)
+		bp, err := plotter.NewBoxPlot(vg.Points(28), float64(i), vs)
+		if err != nil {
+			return nil, err
+		}
+		bp.BoxStyle.Color = colorOf(row.System)
+		bp.MedianStyle.Color = colorOf(row.System)
+		bp.MedianStyle.Width = vg.Points(2)
+		p.Add(bp)
+		label := row.System
+		if row.System == "floor/flock" {
+			label = "flock floor"
+		}
+		names = append(names, fmt.Sprintf("%s\np50 %.1f ms", label, row.P50ms))
+	}
+	p.NominalX(names...)
+	return p, nil
+}
+
+// jitter spreads the points of one column sideways so that equal values stay visible.
+func jitter(x float64, vs plotter.Values) plotter.XYs {
+	xys := make(plotter.XYs, len(vs))
+	for i, v := range vs {
+		xys[i] = plotter.XY{X: x - 0.25 + 0.5*float64(i%7)/6, Y: v}
+	}
+	return xys
+}
