@@ -141,7 +141,9 @@ func newResults(o options, args []string) *results {
 	return r
 }
 
-func (r *results) note(format string, args ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, args...)) }
+func (r *results) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
 
 func (r *results) finish(started time.Time) {
 	r.Seconds = time.Since(started).Seconds()
