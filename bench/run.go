@@ -111,10 +111,21 @@ func run(args []string) int {
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
-	if o.smoke {
-		o.rounds, o.seqN, o.seqMs, o.tputMs, o.kills, o.farm = 1, 50, 2000, 200, 1, 4
-		o.pubPaced, o.pubBurst = 50, 200
-		if *blobs == "1,16,64" {
+	if o.smoke { // tiny counts, except where a flag says otherwise
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		smoke := func(name string, p *int, v int) {
+			if !set[name] {
+				*p = v
+			}
+		}
+		smoke("rounds", &o.rounds, 1)
+		smoke("seq", &o.seqN, 50)
+		smoke("tput-ms", &o.tputMs, 200)
+		smoke("kills", &o.kills, 1)
+		smoke("idle", &o.farm, 4)
+		o.seqMs, o.pubPaced, o.pubBurst = 2000, 50, 200
+		if !set["blob"] {
 			*blobs = "1"
 		}
 	}

@@ -21,7 +21,8 @@ const (
 	DefaultMaxQueue         = 64 << 20
 	DefaultHeartbeat        = time.Second
 	DefaultHeartbeatTimeout = 10 * time.Second
-	readBufferSize          = 64 << 10
+	readBufferSize          = 64 << 10 // what a busy connection's read buffer grows to
+	initialReadBufferSize   = 8 << 10  // what every connection starts with: idle ones stay cheap
 	maxReusedWriteBuffer    = 1 << 20
 )
 
@@ -630,7 +631,7 @@ func (c *Conn) read() error {
 }
 
 func (c *Conn) readPlain() error {
-	br := bufio.NewReaderSize(c.nc, readBufferSize)
+	br := bufio.NewReaderSize(c.nc, initialReadBufferSize)
 	for {
 		hb, err := br.Peek(frame.HeaderSize)
 		if err != nil {

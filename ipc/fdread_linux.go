@@ -82,7 +82,7 @@ func newFDReader(c *Conn) *fdReader {
 	if err != nil {
 		return nil // the plain reader reports the broken conn
 	}
-	r := &fdReader{c: c, rc: rc, buf: make([]byte, readBufferSize), oob: make([]byte, oobSize)}
+	r := &fdReader{c: c, rc: rc, buf: make([]byte, initialReadBufferSize), oob: make([]byte, oobSize)}
 	r.recvFn = r.recvmsg
 	return r
 }
@@ -197,6 +197,13 @@ func (r *fdReader) fill(need int) error {
 		r.w += n
 		if err != nil {
 			return err
+		}
+		if r.w == len(r.buf) && len(r.buf) < readBufferSize {
+			// The read filled the buffer: the peer sends faster than one read a
+			// wake-up takes; read more per syscall from now on.
+			b := make([]byte, readBufferSize)
+			r.w = copy(b, r.buf[r.r:r.w])
+			r.r, r.buf = 0, b
 		}
 	}
 	return nil
