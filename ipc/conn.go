@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ const (
 	readBufferSize          = 64 << 10 // what a busy connection's read buffer grows to
 	initialReadBufferSize   = 8 << 10  // what every connection starts with: idle ones stay cheap
 	maxReusedWriteBuffer    = 1 << 20
+	coalesceBelow           = 4 << 10 // a woken writer yields once before writing less than this
 )
 
 // Options configures a Conn. The zero value is usable: every zero field means its default.
@@ -753,6 +755,15 @@ func (c *Conn) writeLoop() {
 		case <-c.done:
 			return
 		case <-c.wake:
+			// Woken for a backlog: the senders that made it are likely still
+			// running. Let them queue more before the write, so that one write
+			// carries many frames (the peer then also reads them in one go).
+			c.wmu.Lock()
+			small := len(c.wbuf) < coalesceBelow
+			c.wmu.Unlock()
+			if small {
+				runtime.Gosched()
+			}
 		case now := <-tick:
 			if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.opts.HeartbeatTimeout {
 				c.Abort(fmt.Errorf("%w: nothing heard from the peer for %v (limit %v)", ErrHeartbeatTimeout, silent.Round(time.Millisecond), c.opts.HeartbeatTimeout))
@@ -789,7 +800,9 @@ func (c *Conn) writeLoop() {
 				c.Abort(fmt.Errorf("write: %w", err))
 				return
 			}
-			c.lastSend.Store(time.Now().UnixNano())
+			if c.heartbeats {
+				c.lastSend.Store(time.Now().UnixNano())
+			}
 			if cap(out) <= maxReusedWriteBuffer {
 				spare = out[:0]
 			} else {
