@@ -34,6 +34,7 @@ type options struct {
 	out       string
 	chart     string
 	agentWait time.Duration
+	only      map[string]bool // nil: everything
 }
 
 // group is one system under test: its processes and how to start another member.
@@ -107,8 +108,9 @@ func run(args []string) int {
 	fs.StringVar(&o.node, "node", "auto", "the Node.js cluster-client peer: auto (when node and npm are installed), on, off")
 	fs.BoolVar(&o.tcp, "tcp", true, "also measure the TCP transport")
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
-	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", none with -smoke`)
+	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke`)
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
+	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle)")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
 	if o.smoke { // tiny counts, except where a flag says otherwise
@@ -129,8 +131,11 @@ func run(args []string) int {
 			*blobs = "1"
 		}
 	}
-	if o.chart == "" && !o.smoke {
-		o.chart = "latest.svg"
+	if o.chart == "" {
+		o.chart = "latest.svg" // the README shows it
+		if o.smoke {
+			o.chart = filepath.Join(o.out, "smoke.svg")
+		}
 	}
 	for _, f := range strings.Split(*blobs, ",") {
 		if f = strings.TrimSpace(f); f != "" {
@@ -140,6 +145,12 @@ func run(args []string) int {
 				return 2
 			}
 			o.blobMiB = append(o.blobMiB, n)
+		}
+	}
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, m := range strings.Split(*only, ",") {
+			o.only[strings.TrimSpace(m)] = true
 		}
 	}
 	b := &bench{opt: o, groups: map[string]*group{}}
@@ -184,17 +195,20 @@ func (b *bench) main() error {
 		return err
 	}
 	steps := []struct {
-		name string
-		fn   func() error
+		key, name string
+		fn        func() error
 	}{
-		{"sequential invoke", b.measureSeq},
-		{"throughput", b.measureTput},
-		{"publish fan-out", b.measurePub},
-		{"failover", b.measureFailover},
-		{"blob vs inline", b.measureBlob},
-		{"idle follower", b.measureIdle},
+		{"seq", "sequential invoke", b.measureSeq},
+		{"tput", "throughput", b.measureTput},
+		{"pub", "publish fan-out", b.measurePub},
+		{"failover", "failover", b.measureFailover},
+		{"blob", "blob vs inline", b.measureBlob},
+		{"idle", "idle follower", b.measureIdle},
 	}
 	for _, s := range steps {
+		if b.opt.only != nil && !b.opt.only[s.key] {
+			continue
+		}
 		b.logf("measuring %s", s.name)
 		if err := s.fn(); err != nil {
 			return fmt.Errorf("%s: %w (agents' stderr: %s)", s.name, err, logPath)
