@@ -3,13 +3,17 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"io"
 	"math"
 	"os"
+	"strconv"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 	"gonum.org/v1/plot/vg/vgsvg"
 )
 
@@ -31,7 +35,7 @@ func colorOf(system string) color.Color {
 	return color.Black
 }
 
-// writeChart draws two panels to an SVG file: the distribution of sequential invoke
+// writeChart draws two panels to an SVG file (PNG if path ends in .png): the distribution of sequential invoke
 // latency of every system (a CDF on a log scale), and failover times.
 func writeChart(r *results, path string) error {
 	lat, err := latencyPlot(r)
@@ -42,8 +46,16 @@ func writeChart(r *results, path string) error {
 	if err != nil {
 		return err
 	}
-	const w, h = 26 * vg.Centimeter, 10 * vg.Centimeter
-	img := vgsvg.New(w, h)
+	const w, h = 30 * vg.Centimeter, 11 * vg.Centimeter
+	var img interface {
+		vg.CanvasSizer
+		io.WriterTo
+	}
+	if strings.HasSuffix(path, ".png") {
+		img = vgimg.PngCanvas{Canvas: vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(144), vgimg.UseBackgroundColor(color.White))}
+	} else {
+		img = vgsvg.New(w, h)
+	}
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
 	plots := [][]*plot.Plot{{lat, fo}}
@@ -67,7 +79,7 @@ func latencyPlot(r *results) (*plot.Plot, error) {
 	p.X.Label.Text = "round trip (µs, log scale)"
 	p.Y.Label.Text = "percentile"
 	p.X.Scale = plot.LogScale{}
-	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.X.Tick.Marker = ticks125{}
 	p.Y.Min, p.Y.Max = 0, 100
 	p.Legend.Top = false
 	p.Legend.Left = false
@@ -104,7 +116,7 @@ func failoverPlot(r *results) (*plot.Plot, error) {
 	p.Title.Text = fmt.Sprintf("Failover after SIGKILL of the Leader (%d kills)", r.Settings.Kills)
 	p.Y.Label.Text = "until every survivor is served (ms, log scale)"
 	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Tick.Marker = ticks125{}
 	p.Add(plotter.NewGrid())
 	var names []string
 	for i, row := range r.Failover {
@@ -147,4 +159,20 @@ func jitter(x float64, vs plotter.Values) plotter.XYs {
 		xys[i] = plotter.XY{X: x - 0.25 + 0.5*float64(i%7)/6, Y: v}
 	}
 	return xys
+}
+
+// ticks125 labels a log axis at 1, 2 and 5 times the powers of ten, so that a range
+// within one decade still has labels.
+type ticks125 struct{}
+
+func (ticks125) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * math.Pow(10, e); v >= lo && v <= hi {
+				ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return ts
 }
