@@ -486,3 +486,39 @@ func TestTypedMethodsAndTopics(t *testing.T) {
 		require.ErrorContains(t, err, "decoding the response")
 	})
 }
+
+// TestABlockedServiceCallHoldsUpNoOtherCall: the Leader answers a lone quick request on
+// the connection's reader; a Service call that blocks there must not hold up the
+// Follower's other calls (another goroutine takes over reading).
+func TestABlockedServiceCallHoldsUpNoOtherCall(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		tc.join(nil)
+		f := tc.join(nil)
+		ctx := context.Background()
+		for range 10 { // quick calls: answered where they were read
+			_, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("warm")})
+			require.NoError(t, err)
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		slept := make(chan error, 1)
+		go func() {
+			_, err := f.Invoke(sctx, "sleep", cluster.Message{Data: []byte("10m")})
+			slept <- err
+		}()
+		require.Eventually(t, func() bool { return tc.upstream.Inflight() == 1 }, waitTimeout, time.Millisecond,
+			"the blocking call reaches the Service")
+		for i := range 20 {
+			out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte{byte(i)}})
+			require.NoError(t, err, "a call behind a blocked one")
+			require.Equal(t, []byte{byte(i)}, out.Data)
+		}
+		select {
+		case err := <-slept:
+			t.Fatalf("the blocking call returned early: %v", err)
+		default:
+		}
+		cancel()
+		require.ErrorIs(t, <-slept, context.Canceled)
+	})
+}

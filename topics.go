@@ -227,7 +227,11 @@ type peerConn struct {
 	work    chan job
 	workers atomic.Int32
 	idle    atomic.Int32
-	names   map[string]string // interned method and topic names; reader goroutine only
+	// execAvg (nanoseconds) is the moving average of this connection's requests'
+	// run time; until slowUntil (unix nanos) they go to workers (see inlineBudget).
+	execAvg   atomic.Int64
+	slowUntil atomic.Int64
+	names     map[string]string // interned method and topic names; reader goroutine only
 
 	mu     sync.Mutex
 	topics map[subKey]struct{}     // nil once the connection ended
@@ -257,8 +261,8 @@ func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 	_ = pc.conn.SendFiles(h, []byte(topic), w.body, w.files)
 }
 
-// handle runs on the reader goroutine. Requests run on the connection's workers (see
-// dispatch); at most maxInflightPerConn at once, after which reading this connection
+// handle runs on the reader goroutine. Requests run there (a lone quick one, see
+// inlineBudget) or on the connection's workers (see dispatch); at most maxInflightPerConn at once, after which reading this connection
 // waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
@@ -293,7 +297,23 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		pc.l.calls.leave()
 		return
 	}
-	pc.dispatch(job{f: f, files: files, name: pc.intern(f.Meta)})
+	j := job{f: f, files: files, name: pc.intern(f.Meta)}
+	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
+		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
+		return
+	}
+	if !conn.Inline(takeoverAfter, func() { pc.timedExec(j) }) {
+		pc.slowUntil.Store(time.Now().Add(inlineCooldown).UnixNano())
+	}
+}
+
+// timedExec runs j and folds its duration into execAvg.
+func (pc *peerConn) timedExec(j job) {
+	start := time.Now()
+	pc.exec(j)
+	d := int64(time.Since(start))
+	avg := pc.execAvg.Load()
+	pc.execAvg.Store(avg + (d-avg)/8) // concurrent workers may lose an update: it is an estimate
 }
 
 // job is one request for a worker: its frame, the files passed with it and its method
@@ -303,6 +323,19 @@ type job struct {
 	files []*os.File
 	name  string
 }
+
+// A lone request (nothing more buffered behind it) runs on the connection's reader, with
+// no goroutine switch, while this connection's requests take under inlineBudget on
+// average (a moving average of the last eight or so); otherwise, and in a burst,
+// requests go to workers and run in parallel. A request that blocks on the reader holds
+// up the connection for about takeoverAfter (rounded up to the ipc watch's tick) before
+// another goroutine takes over reading (ipc.Conn.Inline); then requests go to workers
+// for inlineCooldown.
+const (
+	inlineBudget   = 100 * time.Microsecond
+	takeoverAfter  = 200 * time.Microsecond
+	inlineCooldown = time.Second
+)
 
 const (
 	// coreWorkers of a connection's workers, once started, wait for work until the
@@ -339,7 +372,7 @@ func (pc *peerConn) worker(j job, core bool) {
 		idle = t.C
 	}
 	for {
-		pc.exec(j)
+		pc.timedExec(j)
 		if t != nil {
 			t.Reset(workerIdle)
 		}

@@ -103,6 +103,16 @@ type Conn struct {
 	owed       atomic.Int64
 	readerMore atomic.Bool
 
+	// The reading role (see Inline): role is the generation of the goroutine that holds
+	// it (bumped by each takeover) times 2, plus 1 while that goroutine runs an Inline
+	// function, which should end by inlineEnd (monotonic nanoseconds). rd is the receive
+	// side's state and watched says the Conn is in the watch's set; both go with the
+	// role.
+	role      atomic.Uint64
+	inlineEnd atomic.Int64
+	rd        frameReader
+	watched   bool
+
 	lastRecv atomic.Int64 // unix nanos of the last frame read
 	lastSend atomic.Int64 // unix nanos of the last write
 
@@ -601,13 +611,34 @@ func (c *Conn) lostErr() error {
 	return fmt.Errorf("%w: %w", ErrConnLost, c.err)
 }
 
+// frameReader is the receive side's state: run reads and dispatches frames until the
+// Conn fails, or returns errHandedOff when another goroutine has taken over reading
+// (and then leaves its state to that goroutine untouched).
+type frameReader interface{ run() error }
+
+// errHandedOff ends a reader goroutine whose role another goroutine has taken (Inline).
+var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
+
 func (c *Conn) readLoop() {
+	c.rd = c.newReader()
+	c.readOn()
+}
+
+// readOn runs the receive side on this goroutine until the Conn fails (then fails
+// what is pending and closes readerDone) or the role is handed off.
+func (c *Conn) readOn() {
+	err := c.rd.run()
+	if err == errHandedOff {
+		return
+	}
 	defer close(c.readerDone)
-	err := c.read()
 	if errors.Is(err, io.EOF) {
 		err = fmt.Errorf("%w: peer closed the connection", io.EOF)
 	}
 	c.Abort(err)
+	if c.watched {
+		watch.remove(c)
+	}
 	if c.err != ErrClosed && !errors.Is(c.err, io.EOF) {
 		c.log.Warn("cluster: connection closed", "peer", c.peer, "reason", c.err)
 	}
@@ -622,18 +653,29 @@ func (c *Conn) readLoop() {
 	}
 }
 
-// read runs the receive side until the Conn fails. On Linux Unix sockets the reader is
+// Buffered reports whether the reader holds bytes of further frames it has not
+// dispatched yet: a Handler may use it to tell a lone request from a burst.
+func (c *Conn) Buffered() bool { return c.readerMore.Load() }
+
+// newReader makes the receive side's state. On Linux Unix sockets the reader is
 // descriptor-aware (see fdReader); elsewhere it reads through a bufio.Reader and a
 // frame that declares descriptors is a protocol violation.
-func (c *Conn) read() error {
+func (c *Conn) newReader() frameReader {
 	if r := newFDReader(c); r != nil {
-		return r.run()
+		return r
 	}
-	return c.readPlain()
+	return &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
 }
 
-func (c *Conn) readPlain() error {
-	br := bufio.NewReaderSize(c.nc, initialReadBufferSize)
+// plainReader reads frames through a bufio.Reader: every transport but Linux Unix
+// sockets.
+type plainReader struct {
+	c  *Conn
+	br *bufio.Reader
+}
+
+func (p *plainReader) run() error {
+	c, br := p.c, p.br
 	for {
 		hb, err := br.Peek(frame.HeaderSize)
 		if err != nil {
@@ -686,8 +728,17 @@ func (c *Conn) checkFDKind(h frame.Header) error {
 // dispatch acts on one received frame. files are the descriptors passed with it (nil
 // for most frames; the reader has checked them with checkFDKind): dispatch hands them on
 // or closes them.
-func (c *Conn) dispatch(f frame.Frame, files []*os.File) error {
+//
+// It returns errHandedOff when the Handler ran an Inline function that outlived its
+// time: another goroutine reads now.
+func (c *Conn) dispatch(f frame.Frame, files []*os.File) (err error) {
 	h := f.Header
+	gen := c.role.Load()
+	defer func() {
+		if c.role.Load() != gen {
+			err = errHandedOff
+		}
+	}()
 	if c.heartbeats {
 		c.lastRecv.Store(time.Now().UnixNano())
 	}

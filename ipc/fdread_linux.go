@@ -238,8 +238,11 @@ func (r *fdReader) readFull(dst []byte) error {
 // offset is the stream offset of buf[r].
 func (r *fdReader) offset() uint64 { return r.next - uint64(r.w-r.r) }
 
-func (r *fdReader) run() error {
+func (r *fdReader) run() (err error) {
 	defer func() {
+		if err == errHandedOff {
+			return // the descriptors go on with the reading role
+		}
 		for _, b := range r.batches {
 			closeFDs(b.fds)
 		}

@@ -1,0 +1,144 @@
+package ipc
+
+import (
+	"context"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+// inlineHandler answers every request inline; a request with meta "block" blocks
+// inline until unblock is closed, so only a takeover lets the next frames in. It passes
+// back the files it is given, to show the descriptor-aware reader handed on intact.
+type inlineHandler struct {
+	blocking chan struct{} // told when a "block" request starts blocking
+	unblock  chan struct{}
+	quick    chan bool // what each Inline call reported
+}
+
+func (h *inlineHandler) handle(c *Conn, f frame.Frame, files []*os.File) {
+	quick := c.Inline(time.Millisecond, func() {
+		if string(f.Meta) == "block" {
+			h.blocking <- struct{}{}
+			<-h.unblock
+		}
+		_ = c.ReplyFiles(f.ID, append([]byte(nil), f.Body...), files)
+		closeFiles(files)
+	})
+	h.quick <- quick
+}
+
+func TestInlineHandsReadingOnWhenAFunctionBlocks(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			h := &inlineHandler{blocking: make(chan struct{}, 1), unblock: make(chan struct{}), quick: make(chan bool, 100)}
+			a, b := tr.pair(t)
+			c := started(NewConn(a, PeerCred{}, Options{}))
+			s := started(NewConn(b, PeerCred{}, Options{FileHandler: h.handle}))
+			defer func() { c.Close(); s.Close() }()
+			unblocked := false
+			defer func() { // before the Closes, or s.Close waits for the blocked reader
+				if !unblocked {
+					close(h.unblock)
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+
+			// Quick requests are answered inline, and Inline says so.
+			for i := range 3 {
+				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("echo"), []byte{byte(i)})
+				require.NoError(t, err)
+				require.Equal(t, []byte{byte(i)}, f.Body)
+				require.True(t, <-h.quick)
+			}
+
+			// A request that blocks inline: the next one is still read and answered
+			// (by the goroutine that took over reading), while the first is not.
+			blocked := make(chan error, 1)
+			go func() {
+				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("block"), []byte("first"))
+				if err == nil && string(f.Body) != "first" {
+					err = errBody(f.Body)
+				}
+				blocked <- err
+			}()
+			<-h.blocking
+			var files []*os.File
+			if c.CanPassFiles() {
+				files = []*os.File{pipeWith(t, "after the takeover")}
+			}
+			f, got, err := c.CallFiles(ctx, frame.KindInvoke, 0, []byte("echo"), []byte("second"), files)
+			closeFiles(files)
+			require.NoError(t, err, "a request behind a blocked inline one must be answered")
+			require.Equal(t, "second", string(f.Body))
+			if files != nil {
+				require.Len(t, got, 1, "descriptors pass after the reading role moved")
+				require.Equal(t, "after the takeover", readAllClose(t, got[0]))
+			}
+			require.True(t, <-h.quick, "the second request ran quickly on the new reader")
+			select {
+			case err := <-blocked:
+				t.Fatalf("the blocked request returned early: %v", err)
+			default:
+			}
+			close(h.unblock)
+			unblocked = true
+			require.NoError(t, <-blocked)
+			require.False(t, <-h.quick, "Inline reports the takeover")
+
+			// The connection goes on working, then closes cleanly (goleak checks the
+			// goroutines in TestMain).
+			for i := range 3 {
+				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("echo"), []byte{byte(i)})
+				require.NoError(t, err)
+				require.Equal(t, []byte{byte(i)}, f.Body)
+				<-h.quick
+			}
+		})
+	}
+}
+
+type errBody []byte
+
+func (b errBody) Error() string { return "unexpected body " + string(b) }
+
+// TestInlineTakeoverWhileTheConnEnds: the peer goes away while a function blocks
+// inline; the goroutine that took over reading sees the end, fails what is pending,
+// and the blocked function still finishes and returns.
+func TestInlineTakeoverWhileTheConnEnds(t *testing.T) {
+	unblock := make(chan struct{})
+	var ran atomic.Bool
+	returned := make(chan bool, 1)
+	a, b := unixSocketPair(t)
+	c := started(NewConn(a, PeerCred{}, Options{}))
+	s := started(NewConn(b, PeerCred{}, Options{Handler: func(c *Conn, f frame.Frame) {
+		returned <- c.Inline(time.Millisecond, func() {
+			<-unblock
+			ran.Store(true)
+			_ = c.Reply(f.ID, nil)
+		})
+	}}))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { _, _ = c.Call(ctx, frame.KindInvoke, 0, []byte("x"), nil) }()
+	// Wait until the takeover happened: the server reads again, so a ping is answered.
+	require.Eventually(t, func() bool {
+		return s.role.Load()&1 == 0 && s.role.Load() > 0
+	}, 30*time.Second, time.Millisecond, "the watch takes over reading")
+	c.Close()
+	select {
+	case <-s.Done():
+	case <-ctx.Done():
+		t.Fatal("the server side did not see the end of the connection")
+	}
+	close(unblock)
+	require.False(t, <-returned)
+	require.True(t, ran.Load())
+	s.Close() // waits for the reader that took over
+}
