@@ -20,6 +20,11 @@ const (
 	// serviceBackoff is how long a member whose NewService failed stays away from the
 	// lock, so that another member gets a chance to lead.
 	serviceBackoff = 250 * time.Millisecond
+	// For fastWindow after losing its Leader, a member retries at least every
+	// fastBackoff: the next Leader listens about a millisecond after the last one died,
+	// and an exponential backoff would overshoot it by as much again.
+	fastBackoff = 150 * time.Microsecond
+	fastWindow  = 10 * time.Millisecond
 )
 
 // run is the role state machine. It alone changes the role; callers only read the
@@ -44,7 +49,7 @@ func (c *Client) run(joinCtx context.Context) {
 		if !joined {
 			ctx = joinCtx
 		}
-		b, err := c.elect(ctx, joined)
+		b, err := c.elect(ctx, joined, lostAt.Add(fastWindow))
 		if err != nil {
 			if !joined {
 				c.joined <- err
@@ -120,7 +125,8 @@ func (c *Client) resubscribe(b backend) {
 }
 
 // elect tries, until it succeeds or ctx or Close ends it, to lead or to follow.
-func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
+// Until fastUntil it retries at least every fastBackoff.
+func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (backend, error) {
 	backoff := time.Duration(0)
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
@@ -207,6 +213,13 @@ func (c *Client) elect(ctx context.Context, joined bool) (backend, error) {
 				backoff *= 2
 			}
 			d := backoff/2 + rand.N(backoff/2+1)
+			if d > fastBackoff && time.Now().Before(fastUntil) {
+				d = fastBackoff
+			}
+			if d < time.Millisecond {
+				shortSleep(d) // the closing and ctx checks above come round again at once
+				continue
+			}
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
