@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -205,4 +206,55 @@ func doAll(as []*agent, req request, timeout time.Duration) ([]response, error) 
 		out[i] = r
 	}
 	return out, first
+}
+
+// sequential is the "seq" op of every driver: req.N round trips of call, one at a time,
+// stopping early at req.Ms; it returns their latencies.
+func sequential(req request, call func() error) response {
+	lat := make([]int64, 0, req.N)
+	end := deadline(req.Ms)
+	for range req.N {
+		t0 := mono()
+		if err := call(); err != nil {
+			return response{Err: err.Error()}
+		}
+		lat = append(lat, mono()-t0)
+		if time.Now().After(end) {
+			break
+		}
+	}
+	return response{Lat: lat}
+}
+
+// concurrent is the "tput" op of the drivers that make calls: req.Conc callers, each
+// with a call of its own from newCall, calling for req.Ms; it returns the calls made
+// and the time taken.
+func concurrent(req request, newCall func() func() error) response {
+	var calls atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	t0 := mono()
+	end := time.Now().Add(time.Duration(req.Ms) * time.Millisecond)
+	for range req.Conc {
+		call := newCall()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				if n%16 == 0 && time.Now().After(end) {
+					return
+				}
+				if err := call(); err != nil {
+					failed.Store(err.Error())
+					return
+				}
+				calls.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if e, ok := failed.Load().(string); ok {
+		return response{Err: e}
+	}
+	return response{Calls: calls.Load(), Ns: mono() - t0}
 }

@@ -135,22 +135,13 @@ func floorClientMain(args []string) {
 		switch req.Op {
 		case "seq":
 			buf := make([]byte, req.Size)
-			lat := make([]int64, 0, req.N)
-			end := deadline(req.Ms)
-			for range req.N {
-				t0 := mono()
+			return sequential(req, func() error {
 				if _, err := echo.Write(buf); err != nil {
-					return response{Err: err.Error()}
+					return err
 				}
-				if _, err := io.ReadFull(echo, buf); err != nil {
-					return response{Err: err.Error()}
-				}
-				lat = append(lat, mono()-t0)
-				if time.Now().After(end) {
-					break
-				}
-			}
-			return response{Lat: lat}
+				_, err := io.ReadFull(echo, buf)
+				return err
+			})
 		case "tput":
 			if req.Mode == "batched" {
 				return pipelined(echo, req)

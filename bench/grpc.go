@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -90,47 +88,12 @@ func grpcClientMain(args []string) {
 		switch req.Op {
 		case "seq":
 			msg := make([]byte, req.Size)
-			lat := make([]int64, 0, req.N)
-			end := deadline(req.Ms)
-			for range req.N {
-				t0 := mono()
-				if err := call(msg); err != nil {
-					return response{Err: err.Error()}
-				}
-				lat = append(lat, mono()-t0)
-				if time.Now().After(end) {
-					break
-				}
-			}
-			return response{Lat: lat}
+			return sequential(req, func() error { return call(msg) })
 		case "tput":
-			var calls atomic.Int64
-			var failed atomic.Value
-			var wg sync.WaitGroup
-			t0 := mono()
-			end := time.Now().Add(time.Duration(req.Ms) * time.Millisecond)
-			for range req.Conc {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					msg := make([]byte, req.Size)
-					for n := 0; ; n++ {
-						if n%16 == 0 && time.Now().After(end) {
-							return
-						}
-						if err := call(msg); err != nil {
-							failed.Store(err.Error())
-							return
-						}
-						calls.Add(1)
-					}
-				}()
-			}
-			wg.Wait()
-			if e, ok := failed.Load().(string); ok {
-				return response{Err: e}
-			}
-			return response{Calls: calls.Load(), Ns: mono() - t0}
+			return concurrent(req, func() func() error {
+				msg := make([]byte, req.Size)
+				return func() error { return call(msg) }
+			})
 		}
 		return response{Err: "unknown op " + req.Op}
 	})

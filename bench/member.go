@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cluster-client-go/cluster"
@@ -205,50 +204,21 @@ func deadline(ms int) time.Time {
 func invokeSeq(c *cluster.Client, req request) response {
 	ctx := context.Background()
 	msg := cluster.Message{Data: make([]byte, req.Size)}
-	lat := make([]int64, 0, req.N)
-	end := deadline(req.Ms)
-	for range req.N {
-		t0 := mono()
-		if _, err := c.Invoke(ctx, "echo", msg); err != nil {
-			return response{Err: err.Error()}
-		}
-		lat = append(lat, mono()-t0)
-		if time.Now().After(end) {
-			break
-		}
-	}
-	return response{Lat: lat}
+	return sequential(req, func() error {
+		_, err := c.Invoke(ctx, "echo", msg)
+		return err
+	})
 }
 
 func invokeTput(c *cluster.Client, req request) response {
 	ctx := context.Background()
-	var calls atomic.Int64
-	var failed atomic.Value
-	var wg sync.WaitGroup
-	t0 := mono()
-	end := time.Now().Add(time.Duration(req.Ms) * time.Millisecond)
-	for range req.Conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			msg := cluster.Message{Data: make([]byte, req.Size)}
-			for n := 0; ; n++ {
-				if n%16 == 0 && time.Now().After(end) {
-					return
-				}
-				if _, err := c.Invoke(ctx, "echo", msg); err != nil {
-					failed.Store(err.Error())
-					return
-				}
-				calls.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if e, ok := failed.Load().(string); ok {
-		return response{Err: e}
-	}
-	return response{Calls: calls.Load(), Ns: mono() - t0}
+	return concurrent(req, func() func() error {
+		msg := cluster.Message{Data: make([]byte, req.Size)}
+		return func() error {
+			_, err := c.Invoke(ctx, "echo", msg)
+			return err
+		}
+	})
 }
 
 func publish(c *cluster.Client, req request) response {
