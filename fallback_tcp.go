@@ -149,6 +149,10 @@ func (t *tcpTransport) releaseGuard() {
 
 func (t *tcpTransport) listen() (listener, error) { return tcpListener{t.ln}, nil }
 
+// settle returns at once: the token file names no process to wait for (see README,
+// Reliability).
+func (t *tcpTransport) settle() {}
+
 // release closes the listener, then releases the guard: a member of this network
 // namespace that binds the port next finds the guard held at most while this one lets go.
 func (t *tcpTransport) release() {

@@ -70,8 +70,17 @@ func (l *leader) watchClaim() {
 	}
 }
 
-// startLeader runs right after the lock was won: build the Service, then listen.
+// startLeader runs right after the lock was won: listen, let the predecessor finish
+// exiting, build the Service, then accept.
 func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) {
+	// Listen first: Followers that connect while the predecessor finishes exiting and
+	// the Service is built wait in the listener's backlog, and are welcomed at once.
+	ln, err := c.tr.listen()
+	if err != nil {
+		c.tr.release()
+		return nil, fmt.Errorf("leader (term %d): %w", term, err)
+	}
+	c.tr.settle()
 	lctx, cancel := context.WithCancel(context.Background())
 	// Close, or the end of Join's ctx, while NewService runs aborts it.
 	stopLife := context.AfterFunc(c.life, cancel)
@@ -90,13 +99,6 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		cancel()
 		c.tr.release()
 		return nil, fmt.Errorf("NewService (term %d): %w", term, err)
-	}
-	ln, err := c.tr.listen()
-	if err != nil {
-		_ = svc.Close()
-		cancel()
-		c.tr.release()
-		return nil, fmt.Errorf("leader (term %d): %w", term, err)
 	}
 	l := &leader{
 		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln, tr: c.tr,

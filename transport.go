@@ -53,6 +53,9 @@ type transport interface {
 	claim() (won bool, term uint64, err error)
 	// listen returns the Leader's listener after a won claim.
 	listen() (listener, error)
+	// settle waits, bounded, after a won claim until the previous Leader's process has
+	// exited, so that the new Service never meets its predecessor's connections.
+	settle()
 	// release ends a won claim: the listener (if any) is closed first, so an old
 	// Leader never interferes with its successor.
 	release()
@@ -125,15 +128,18 @@ func (u *unixTransport) claim() (bool, uint64, error) {
 		}
 		return false, 0, fmt.Errorf("taking the lock %s: %w", u.cfg.lockPath, err)
 	}
-	if won {
-		// A killed Leader's flock is released while the kernel is still closing its
-		// other descriptors, its upstream connection among them. Let it finish (it takes
-		// microseconds), so that the server never sees the new Leader beside it.
-		if err := lock.WaitExited(u.lk.Previous(), time.Second); err != nil {
-			u.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
-		}
-	}
 	return won, u.lk.Term(), nil
+}
+
+// settle: a killed Leader's flock is released while the kernel is still tearing the
+// process down, its upstream connection among what it closes. Let it finish (from
+// microseconds to a couple of milliseconds on a busy machine), so that the server never
+// sees the new Leader beside it. The new Leader already listens meanwhile, so that its
+// Followers' connections wait in the backlog rather than retry.
+func (u *unixTransport) settle() {
+	if err := lock.WaitExited(u.lk.Previous(), time.Second); err != nil {
+		u.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
+	}
 }
 
 func (u *unixTransport) listen() (listener, error) {
