@@ -229,6 +229,12 @@ func (c Config) validate() (*config, error) {
 			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
 		}
 	}
+	// Check the filesystem before PrepareDir creates anything: where Dir does not exist
+	// yet, the filesystem it would be created on is its nearest existing ancestor's.
+	if kind, network, err := fsKind(existingAncestor(cfg.Dir)); err == nil && network {
+		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
+			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", cfg.Dir, kind)
+	}
 	if err := lock.PrepareDir(cfg.Dir, true, cfg.share()); err != nil {
 		hint := ""
 		switch {
@@ -239,11 +245,21 @@ func (c Config) validate() (*config, error) {
 		}
 		return nil, fmt.Errorf("%w: Dir: %w%s", ErrConfig, err, hint)
 	}
-	if kind, network, err := fsKind(cfg.Dir); err == nil && network {
-		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
-			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", cfg.Dir, kind)
-	}
 	return cfg, nil
+}
+
+// existingAncestor returns dir, or its nearest ancestor that exists.
+func existingAncestor(dir string) string {
+	for {
+		if _, err := os.Lstat(dir); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return dir
+		}
+		dir = parent
+	}
 }
 
 // fsKind names Dir's filesystem; tests replace it to stage a network filesystem.

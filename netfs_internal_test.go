@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -25,6 +26,16 @@ func TestDirOnANetworkFilesystemIsRefused(t *testing.T) {
 		ents, err := os.ReadDir(dir)
 		require.NoError(t, err)
 		require.Empty(t, ents)
+
+		// A Dir that does not exist yet is judged by where it would be created, and
+		// is not created.
+		sub := filepath.Join(dir, "a", "b")
+		var asked string
+		fsKind = func(p string) (string, bool, error) { asked = p; return kind, true, nil }
+		_, err = Config{Name: "n", Dir: sub, Lead: LeadNever}.validate()
+		require.ErrorIs(t, err, ErrConfig, kind)
+		require.Equal(t, dir, asked)
+		require.NoDirExists(t, filepath.Join(dir, "a"))
 	}
 	// statfs failing is no reason to refuse: the lock and the socket report real problems.
 	fsKind = func(string) (string, bool, error) { return "", false, errors.New("statfs: EIO") }
