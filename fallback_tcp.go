@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cluster-client-go/cluster/ipc"
 	"github.com/cluster-client-go/cluster/lock"
@@ -149,9 +150,17 @@ func (t *tcpTransport) releaseGuard() {
 
 func (t *tcpTransport) listen() (listener, error) { return tcpListener{t.ln}, nil }
 
-// settle returns at once: the token file names no process to wait for (see README,
-// Reliability).
-func (t *tcpTransport) settle() {}
+// settle waits, like the Unix transport's, until the previous Leader's process has
+// exited, when the guard lock recorded who it was (Linux, where Dir supports flock; off
+// Linux, or without the guard, there is no one to wait for).
+func (t *tcpTransport) settle() {
+	if !t.guardHeld {
+		return
+	}
+	if err := lock.WaitExited(t.guard.Previous(), time.Second); err != nil {
+		t.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
+	}
+}
 
 // release closes the listener, then releases the guard: a member of this network
 // namespace that binds the port next finds the guard held at most while this one lets go.
