@@ -262,8 +262,8 @@ func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 }
 
 // handle runs on the reader goroutine. Requests run there (a lone quick one, see
-// inlineBudget) or on the connection's workers (see dispatch); at most maxInflightPerConn at once, after which reading this connection
-// waits.
+// inlineBudget) or on the connection's workers (see dispatch); at most
+// maxInflightPerConn at once, after which reading this connection waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	switch f.Kind {

@@ -60,7 +60,8 @@ type Options struct {
 }
 
 // Conn is a framed, multiplexed, full-duplex connection. Requests carry ids; Call
-// matches each response to its caller. One reader goroutine owns the receive side. On
+// matches each response to its caller. One goroutine at a time, the reader, owns the
+// receive side (a Handler may run work on it and hand reading on: see Inline). On
 // the send side, a frame sent while nothing is queued or being written is written at
 // once by the sender, with one non-blocking write (no goroutine switch); anything else
 // (a backlog, what the socket did not take at once, frames passing descriptors, pings)
