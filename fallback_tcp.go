@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/cluster-client-go/cluster/ipc"
 	"github.com/cluster-client-go/cluster/lock"
@@ -154,11 +153,8 @@ func (t *tcpTransport) listen() (listener, error) { return tcpListener{t.ln}, ni
 // exited, when the guard lock recorded who it was (Linux, where Dir supports flock; off
 // Linux, or without the guard, there is no one to wait for).
 func (t *tcpTransport) settle() {
-	if !t.guardHeld {
-		return
-	}
-	if err := lock.WaitExited(t.guard.Previous(), time.Second); err != nil {
-		t.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
+	if t.guardHeld {
+		waitPredecessor(t.cfg, t.guard.Previous())
 	}
 }
 

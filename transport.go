@@ -136,9 +136,13 @@ func (u *unixTransport) claim() (bool, uint64, error) {
 // microseconds to a couple of milliseconds on a busy machine), so that the server never
 // sees the new Leader beside it. The new Leader already listens meanwhile, so that its
 // Followers' connections wait in the backlog rather than retry.
-func (u *unixTransport) settle() {
-	if err := lock.WaitExited(u.lk.Previous(), time.Second); err != nil {
-		u.cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
+func (u *unixTransport) settle() { waitPredecessor(u.cfg, u.lk.Previous()) }
+
+// waitPredecessor is every transport's settle: wait, at most a second, until prev (as
+// the lock recorded it) has exited, and say so if it has not.
+func waitPredecessor(cfg *config, prev lock.Owner) {
+	if err := lock.WaitExited(prev, time.Second); err != nil {
+		cfg.Logger.Warn("cluster: leading while the previous leader is still exiting", "err", err)
 	}
 }
 
