@@ -35,8 +35,9 @@ func colorOf(system string) color.Color {
 	return color.Black
 }
 
-// writeChart draws two panels to an SVG file (PNG if path ends in .png): the distribution of sequential invoke
-// latency of every system (a CDF on a log scale), and failover times.
+// writeChart draws two panels to an SVG file (PNG if path ends in .png): the
+// distribution of sequential invoke latency of every system (a CDF on a log scale),
+// and failover times.
 func writeChart(r *results, path string) error {
 	lat, err := latencyPlot(r)
 	if err != nil {

@@ -665,29 +665,33 @@ func (b *bench) measureBlob() error {
 				n = 1
 			}
 			size := mib << 20
+			raw := func(runs int) (response, error) {
+				return fg.members[0].do(request{Op: "big", N: runs, Size: size}, 5*time.Minute)
+			}
+			trip := func(mode string, runs int) (response, error) {
+				return fs[0].do(request{Op: "blob", N: runs, Size: size, Mode: mode}, 5*time.Minute)
+			}
 			// One untimed trip first for each: the first trip of a size grows the heaps and
 			// the TCP windows, and would be charged to whichever mode ran first.
-			for _, warm := range []bool{true, false} {
-				runs := n
-				if warm {
-					runs = 1
+			if _, err := raw(1); err != nil {
+				return err
+			}
+			for _, mode := range []string{"blob", "inline"} {
+				if _, err := trip(mode, 1); err != nil {
+					return err
 				}
-				r, err := fg.members[0].do(request{Op: "big", N: runs, Size: size}, 5*time.Minute)
+			}
+			r, err := raw(n)
+			if err != nil {
+				return err
+			}
+			b.res.addBlob(fg.name, "raw", mib, r.Lat)
+			for _, mode := range []string{"blob", "inline"} {
+				r, err := trip(mode, n)
 				if err != nil {
 					return err
 				}
-				if !warm {
-					b.res.addBlob(fg.name, "raw", mib, r.Lat)
-				}
-				for _, mode := range []string{"blob", "inline"} {
-					r, err := fs[0].do(request{Op: "blob", N: runs, Size: size, Mode: mode}, 5*time.Minute)
-					if err != nil {
-						return err
-					}
-					if !warm {
-						b.res.addBlob(cg.name, mode, mib, r.Lat)
-					}
-				}
+				b.res.addBlob(cg.name, mode, mib, r.Lat)
 			}
 		}
 	}

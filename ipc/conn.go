@@ -46,8 +46,9 @@ type Options struct {
 	HeartbeatTimeout time.Duration
 	// Handler receives every frame that is not a response, an error answer, a ping or a
 	// pong. It runs on the Conn's reader goroutine: it must not block (except inside
-	// Inline, which hands reading on when it does), and must not call Close (use Abort). A frame for the Handler that carries file descriptors is a
-	// protocol violation: set FileHandler to accept them.
+	// Inline, which hands reading on when it does), and must not call Close (use
+	// Abort). A frame for the Handler that carries file descriptors is a protocol
+	// violation: set FileHandler to accept them.
 	Handler func(c *Conn, f frame.Frame)
 	// FileHandler, when set, is used instead of Handler for every frame Handler would
 	// get, together with the files passed with it (nil for most frames; at most

@@ -7,9 +7,10 @@ import (
 )
 
 // Inline runs fn on the calling goroutine, which must be the reader (a Handler calling
-// it), and reports whether fn returned before after elapsed. While fn runs, the
-// connection's next frames wait; once after has elapsed, another goroutine takes over
-// reading and fn finishes on this one, which stops reading when the Handler returns.
+// it), and reports whether this goroutine is still the reader when fn returns. While fn
+// runs, the connection's next frames wait; once after has elapsed, another goroutine
+// may take over reading, and then fn finishes on this one, which stops reading when the
+// Handler returns.
 //
 // It lets a Handler answer a quick request where the request was read, with no
 // goroutine switch (on a small machine the switch, which wakes another thread, costs

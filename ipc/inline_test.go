@@ -127,7 +127,7 @@ func TestInlineTakeoverWhileTheConnEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	go func() { _, _ = c.Call(ctx, frame.KindInvoke, 0, []byte("x"), nil) }()
-	// Wait until the takeover happened: the server reads again, so a ping is answered.
+	// Wait until the watch took over: the role's generation moved on, out of Inline.
 	require.Eventually(t, func() bool {
 		return s.role.Load()&1 == 0 && s.role.Load() > 0
 	}, 30*time.Second, time.Millisecond, "the watch takes over reading")
