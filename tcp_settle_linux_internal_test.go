@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -8,13 +9,39 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/lock"
 )
+
+// predecessorEnv makes this test binary a stand-in for a killed TCP Leader: it takes the
+// guard lock at the path given (recording its identity, as a Leader does), then execs
+// sleep. The exec closes the lock's descriptor (O_CLOEXEC), which frees the flock, while
+// the process, with the same pid and start time, goes on: a Leader after SIGKILL, as the
+// kernel is still tearing it down, held still.
+const predecessorEnv = "CLUSTER_TEST_TCP_PREDECESSOR"
+
+func init() {
+	path := os.Getenv(predecessorEnv)
+	if path == "" {
+		return
+	}
+	if won, err := lock.New(path).TryLock(); !won || err != nil {
+		fmt.Fprintln(os.Stderr, "predecessor: taking the lock:", won, err)
+		os.Exit(2)
+	}
+	fmt.Println("locked")
+	sleep, err := exec.LookPath("sleep")
+	if err == nil {
+		err = syscall.Exec(sleep, []string{"sleep", "60"}, os.Environ())
+	}
+	fmt.Fprintln(os.Stderr, "predecessor: exec sleep:", err)
+	os.Exit(2)
+}
 
 // A TCP Leader killed with SIGKILL frees its port and its guard lock while the kernel
 // is still tearing it down; its successor must wait for it to be gone before it builds
@@ -31,26 +58,24 @@ func TestTCPLeaderWaitsForItsPredecessorToExit(t *testing.T) {
 		NewService: func(context.Context) (Service, error) { return nil, nil }}.validate()
 	require.NoError(t, err)
 
-	// The predecessor, as its guard lock recorded it: a live process that no longer
-	// holds the lock (as after SIGKILL, before the kernel has finished with it).
-	prev := exec.Command("sleep", "60")
+	prev := exec.Command(os.Args[0], "-test.run=^$")
+	prev.Env = append(os.Environ(), predecessorEnv+"="+filepath.Join(dir, "settle.lock"))
+	prev.Stderr = os.Stderr
+	out, err := prev.StdoutPipe()
+	require.NoError(t, err)
 	require.NoError(t, prev.Start())
 	defer func() { _ = prev.Process.Kill(); _ = prev.Wait() }()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", prev.Process.Pid))
+	line, err := bufio.NewReader(out).ReadString('\n')
 	require.NoError(t, err)
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	start := fields[19] // field 22 of stat: start time in clock ticks
-	ns, err := os.Readlink("/proc/self/ns/pid")
-	require.NoError(t, err)
-	pidns := strings.TrimSuffix(strings.TrimPrefix(ns, "pid:["), "]")
-	record := fmt.Sprintf("term=1 pid=%d start=%s pidns=%s", prev.Process.Pid, start, pidns)
-	record += strings.Repeat(" ", 127-len(record)) + "\n"
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "settle.lock"), []byte(record), 0o600))
+	require.Equal(t, "locked\n", line)
 
+	// Lead once the predecessor has let go of the guard (at its exec).
 	tr := &tcpTransport{cfg: cfg}
-	won, _, err := tr.claim()
-	require.NoError(t, err)
-	require.True(t, won)
+	require.Eventually(t, func() bool {
+		won, _, err := tr.claim()
+		require.NoError(t, err)
+		return won
+	}, 30*time.Second, time.Millisecond, "the predecessor frees the guard when it execs")
 	defer tr.release()
 	require.Equal(t, prev.Process.Pid, tr.guard.Previous().PID)
 
