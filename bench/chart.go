@@ -35,19 +35,30 @@ func colorOf(system string) color.Color {
 	return color.Black
 }
 
-// writeChart draws two panels to an SVG file (PNG if path ends in .png): the
+// writeChart draws up to two panels to an SVG file (PNG if path ends in .png): the
 // distribution of sequential invoke latency of every system (a CDF on a log scale),
-// and failover times.
-func writeChart(r *results, path string) error {
-	lat, err := latencyPlot(r)
-	if err != nil {
-		return err
+// and failover times. A run that measured neither (see -only) draws nothing and
+// reports false.
+func writeChart(r *results, path string) (bool, error) {
+	var panels []*plot.Plot
+	if len(r.seqSamples) > 0 {
+		lat, err := latencyPlot(r)
+		if err != nil {
+			return false, err
+		}
+		panels = append(panels, lat)
 	}
-	fo, err := failoverPlot(r)
-	if err != nil {
-		return err
+	if len(r.Failover) > 0 {
+		fo, err := failoverPlot(r)
+		if err != nil {
+			return false, err
+		}
+		panels = append(panels, fo)
 	}
-	const w, h = 30 * vg.Centimeter, 11 * vg.Centimeter
+	if len(panels) == 0 {
+		return false, nil
+	}
+	w, h := 15*vg.Centimeter*vg.Length(len(panels)), 11*vg.Centimeter
 	var img interface {
 		vg.CanvasSizer
 		io.WriterTo
@@ -58,20 +69,20 @@ func writeChart(r *results, path string) error {
 		img = vgsvg.New(w, h)
 	}
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
-	plots := [][]*plot.Plot{{lat, fo}}
-	canvases := plot.Align(plots, tiles, dc)
-	lat.Draw(canvases[0][0])
-	fo.Draw(canvases[0][1])
+	tiles := draw.Tiles{Rows: 1, Cols: len(panels), PadX: vg.Centimeter, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
+	canvases := plot.Align([][]*plot.Plot{panels}, tiles, dc)
+	for i, p := range panels {
+		p.Draw(canvases[0][i])
+	}
 	f, err := os.Create(path)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := img.WriteTo(f); err != nil {
 		f.Close()
-		return err
+		return false, err
 	}
-	return f.Close()
+	return true, f.Close()
 }
 
 func latencyPlot(r *results) (*plot.Plot, error) {

@@ -108,7 +108,7 @@ func run(args []string) int {
 	fs.StringVar(&o.node, "node", "auto", "the Node.js cluster-client peer: auto (when node and npm are installed), on, off")
 	fs.BoolVar(&o.tcp, "tcp", true, "also measure the TCP transport")
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
-	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke`)
+	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke, results/partial.svg with -only`)
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
 	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle)")
 	_ = fs.Parse(args)
@@ -133,8 +133,11 @@ func run(args []string) int {
 	}
 	if o.chart == "" {
 		o.chart = "latest.svg" // the README shows it
-		if o.smoke {
+		switch {
+		case o.smoke:
 			o.chart = filepath.Join(o.out, "smoke.svg")
+		case *only != "":
+			o.chart = filepath.Join(o.out, "partial.svg") // latest.svg keeps the last full run
 		}
 	}
 	for _, f := range strings.Split(*blobs, ",") {
@@ -226,10 +229,13 @@ func (b *bench) main() error {
 	}
 	fmt.Printf("\nJSON: %s\n", jsonPath)
 	if b.opt.chart != "" {
-		if err := writeChart(b.res, b.opt.chart); err != nil {
+		drawn, err := writeChart(b.res, b.opt.chart)
+		if err != nil {
 			return fmt.Errorf("chart: %w", err)
 		}
-		fmt.Printf("chart: %s\n", b.opt.chart)
+		if drawn {
+			fmt.Printf("chart: %s\n", b.opt.chart)
+		}
 	}
 	return nil
 }
