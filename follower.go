@@ -66,6 +66,7 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	f := &follower{c: c, welcome: w, at: time.Now(), goodbye: make(chan struct{})}
 	opts := c.cfg.connOptions()
 	opts.FileHandler = f.handle
+	opts.CallerReads = true
 	f.conn = ipc.NewConn(nc, ipc.PeerCred{}, opts)
 	f.conn.Start()
 	return f, nil

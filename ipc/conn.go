@@ -45,9 +45,10 @@ type Options struct {
 	// DefaultHeartbeatTimeout.
 	HeartbeatTimeout time.Duration
 	// Handler receives every frame that is not a response, an error answer, a ping or a
-	// pong. It runs on the Conn's reader goroutine: it must not block (except inside
-	// Inline, which hands reading on when it does), and must not call Close (use
-	// Abort). A frame for the Handler that carries file descriptors is a protocol
+	// pong, one frame at a time and in order. It runs on the goroutine that holds the
+	// reading role: the Conn's reader goroutine, or with CallerReads a caller inside
+	// Call. It must not block (except inside Inline, which hands reading on when it
+	// does), and must not call Close (use Abort). A frame for the Handler that carries file descriptors is a protocol
 	// violation: set FileHandler to accept them.
 	Handler func(c *Conn, f frame.Frame)
 	// FileHandler, when set, is used instead of Handler for every frame Handler would
@@ -58,11 +59,21 @@ type Options struct {
 	FileHandler func(c *Conn, f frame.Frame, files []*os.File)
 	// Logger receives the reason a Conn closed abnormally. Default: discard.
 	Logger *slog.Logger
+	// CallerReads lets a call that is the only one in flight read its own response
+	// from the socket, instead of waiting for the reader goroutine to hand it over:
+	// the response then wakes the goroutine that wants it, as a plain blocking read
+	// would, with no goroutine switch. Frames for the Handler that arrive meanwhile are
+	// dispatched by that caller. After a call the reading role stays free for the next
+	// one for about 200 µs (plus the runtime's timer latency, up to a millisecond in an
+	// idle process) before the reader goroutine takes it back; frames that arrive in
+	// that window wait for it. Inline must not be used on such a Conn. See lend.go.
+	CallerReads bool
 }
 
 // Conn is a framed, multiplexed, full-duplex connection. Requests carry ids; Call
 // matches each response to its caller. One goroutine at a time, the reader, owns the
-// receive side (a Handler may run work on it and hand reading on: see Inline). On
+// receive side (a Handler may run work on it and hand reading on: see Inline; with
+// Options.CallerReads a lone call reads its own response). On
 // the send side, a frame sent while nothing is queued or being written is written at
 // once by the sender, with one non-blocking write (no goroutine switch); anything else
 // (a backlog, what the socket did not take at once, frames passing descriptors, pings)
@@ -114,6 +125,17 @@ type Conn struct {
 	inlineEnd atomic.Int64
 	rd        frameReader
 	watched   bool
+
+	// With Options.CallerReads, the reading role also goes to callers: lend says who
+	// holds it (see lend.go).
+	lend         atomic.Int32
+	lendBack     chan struct{} // capacity 1: the role is the reader goroutine's again
+	reclaim      *time.Timer   // gives a role left free back to the reader goroutine
+	reclaimAfter time.Duration // how long the role may stay free (see lend.go)
+	freedAt      atomic.Int64  // monotonic nanoseconds when the role was last left free
+	reclaimArmed atomic.Bool   // reclaim is set (or its function is running)
+	rdl          time.Time     // the read deadline set on nc; the role's holder owns it
+	completed    bool          // the last frame dispatched completed a call; the role's holder owns it
 
 	lastRecv atomic.Int64 // unix nanos of the last frame read
 	lastSend atomic.Int64 // unix nanos of the last write
@@ -175,6 +197,12 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		writerDone: make(chan struct{}),
+	}
+	if opts.CallerReads {
+		c.lendBack = make(chan struct{}, 1)
+		c.reclaimAfter = reclaimAfter
+		c.reclaim = time.AfterFunc(time.Hour, c.reclaimRole)
+		c.reclaim.Stop()
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	now := time.Now().UnixNano()
@@ -555,6 +583,12 @@ func (c *Conn) call(ctx context.Context, deadline time.Time, h frame.Header, met
 		c.forget(id, cl)
 		return result{err: fmt.Errorf("%w: %w", ErrNotSent, err)}
 	}
+	if alone && c.opts.CallerReads && c.lend.CompareAndSwap(lendFree, lendCaller) {
+		if r, ok := c.readOwn(ctx, deadline, cl); ok {
+			callPool.Put(cl)
+			return r
+		}
+	}
 	var expired <-chan time.Time
 	if !deadline.IsZero() {
 		t := getTimer(time.Until(deadline))
@@ -613,10 +647,29 @@ func (c *Conn) lostErr() error {
 	return fmt.Errorf("%w: %w", ErrConnLost, c.err)
 }
 
-// frameReader is the receive side's state: run reads and dispatches frames until the
-// Conn fails, or returns errHandedOff when another goroutine has taken over reading
-// (and then leaves its state to that goroutine untouched).
-type frameReader interface{ run() error }
+// frameReader is the receive side's state. step reads one frame and dispatches it,
+// and run does so until the Conn fails, or returns errHandedOff when another goroutine
+// has taken over reading (and then leaves its state to that goroutine untouched).
+// Whoever holds the reading role (see Inline and Options.CallerReads) may call either;
+// a read deadline interrupts step without losing anything, and any other error is
+// sticky.
+type frameReader interface {
+	step() error
+	run() error
+}
+
+// partFrame is a frame being read: a deadline may interrupt its reading anywhere.
+type partFrame struct {
+	started bool // the header is parsed (and the descriptors attached)
+	f       frame.Frame
+	fds     []int  // descriptors passed with it
+	buf     []byte // meta and body
+	got     int    // bytes of buf read
+}
+
+// isDeadline reports whether err is a read deadline's: the reading role is wanted
+// elsewhere, or a caller reading for its own response has waited long enough.
+func isDeadline(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // errHandedOff ends a reader goroutine whose role another goroutine has taken (Inline).
 var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
@@ -629,11 +682,19 @@ func (c *Conn) readLoop() {
 // readOn runs the receive side on this goroutine until the Conn fails (then fails
 // what is pending and closes readerDone) or the role is handed off.
 func (c *Conn) readOn() {
-	err := c.rd.run()
+	var err error
+	if c.opts.CallerReads {
+		err = c.readLending()
+	} else {
+		err = c.rd.run()
+	}
 	if err == errHandedOff {
 		return
 	}
 	defer close(c.readerDone)
+	if c.reclaim != nil {
+		c.reclaim.Stop()
+	}
 	if errors.Is(err, io.EOF) {
 		err = fmt.Errorf("%w: peer closed the connection", io.EOF)
 	}
@@ -672,13 +733,47 @@ func (c *Conn) newReader() frameReader {
 // plainReader reads frames through a bufio.Reader: every transport but Linux Unix
 // sockets.
 type plainReader struct {
-	c  *Conn
-	br *bufio.Reader
+	c    *Conn
+	br   *bufio.Reader
+	part partFrame
+	err  error // the error that ended reading; sticky
 }
 
 func (p *plainReader) run() error {
-	c, br := p.c, p.br
 	for {
+		if err := p.step(); err != nil {
+			return err
+		}
+	}
+}
+
+func (p *plainReader) step() error {
+	if p.err != nil {
+		return p.err
+	}
+	err := p.readFrame()
+	if err != nil {
+		if !isDeadline(err) {
+			p.err = err
+		}
+		return err
+	}
+	f := p.part.f
+	p.part = partFrame{}
+	p.c.readerMore.Store(p.br.Buffered() > 0)
+	if err := p.c.dispatch(f, nil); err != nil {
+		if err != errHandedOff {
+			p.err = err
+		}
+		return err
+	}
+	return nil
+}
+
+// readFrame reads the next frame into p.part, resuming one a deadline interrupted.
+func (p *plainReader) readFrame() error {
+	c, br, part := p.c, p.br, &p.part
+	if !part.started {
 		hb, err := br.Peek(frame.HeaderSize)
 		if err != nil {
 			if len(hb) > 0 && errors.Is(err, io.EOF) {
@@ -694,22 +789,25 @@ func (p *plainReader) run() error {
 			return fmt.Errorf("%w: frame declares %d file descriptors, but this connection does not pass descriptors", frame.ErrProtocol, h.FDs)
 		}
 		_, _ = br.Discard(frame.HeaderSize)
-		f := frame.Frame{Header: h}
+		*part = partFrame{started: true, f: frame.Frame{Header: h}}
 		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
-			buf := make([]byte, n)
-			if _, err := io.ReadFull(br, buf); err != nil {
-				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-					return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, h.Kind)
-				}
-				return err
-			}
-			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
+			part.buf = make([]byte, n)
 		}
-		c.readerMore.Store(br.Buffered() > 0)
-		if err := c.dispatch(f, nil); err != nil {
+	}
+	for part.got < len(part.buf) {
+		n, err := br.Read(part.buf[part.got:])
+		part.got += n
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, part.f.Kind)
+			}
 			return err
 		}
 	}
+	if h := part.f.Header; len(part.buf) > 0 {
+		part.f.Meta, part.f.Body = part.buf[:h.MetaLen:h.MetaLen], part.buf[h.MetaLen:]
+	}
+	return nil
 }
 
 // checkFDKind is called for a frame that passes descriptors: only responses, and frames
@@ -753,12 +851,14 @@ func (c *Conn) dispatch(f frame.Frame, files []*os.File) (err error) {
 	switch h.Kind {
 	case frame.KindResponse:
 		c.complete(h.ID, result{f: f, files: files})
+		c.completed = true
 	case frame.KindError:
 		fe := &FrameError{Code: string(f.Meta), Message: string(f.Body)}
 		if h.ID == 0 {
 			return fe // a connection-level error from the peer
 		}
 		c.complete(h.ID, result{f: f, err: fe})
+		c.completed = true
 	case frame.KindPing:
 		if err := c.Send(frame.Header{Kind: frame.KindPong, ID: h.ID}, nil, nil); err != nil {
 			return err

@@ -68,13 +68,15 @@ func socketPair(t testing.TB) (net.Conn, net.Conn) {
 
 func TestCallRoundTripsConcurrently(t *testing.T) {
 	for _, tr := range transports() {
-		t.Run(tr.name, func(t *testing.T) { testCallRoundTripsConcurrently(t, tr) })
+		for _, m := range readerModes {
+			t.Run(tr.name+"/"+m.name, func(t *testing.T) { testCallRoundTripsConcurrently(t, tr, m.opts) })
+		}
 	}
 }
 
-func testCallRoundTripsConcurrently(t *testing.T, tr transport) {
+func testCallRoundTripsConcurrently(t *testing.T, tr transport, client Options) {
 	a, b := tr.pair(t)
-	c := started(NewConn(a, PeerCred{}, Options{}))
+	c := started(NewConn(a, PeerCred{}, client))
 	s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
 	t.Cleanup(func() { c.Close(); s.Close() })
 	var wg sync.WaitGroup
@@ -123,48 +125,56 @@ func TestErrorFrameIsAFrameError(t *testing.T) {
 }
 
 func TestPendingCallsFailWithTheCauseWhenTheConnEnds(t *testing.T) {
-	arrived := make(chan struct{}, 8)
-	c, s := pair(t, Options{}, Options{Handler: func(c *Conn, f frame.Frame) {
-		arrived <- struct{}{}
-		echoHandler(c, f)
-	}})
-	errs := make(chan error, cap(arrived))
-	for range cap(errs) {
-		go func() {
-			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("hang"), nil)
-			errs <- err
-		}()
+	for _, m := range readerModes {
+		t.Run(m.name, func(t *testing.T) {
+			arrived := make(chan struct{}, 8)
+			c, s := pair(t, m.opts, Options{Handler: func(c *Conn, f frame.Frame) {
+				arrived <- struct{}{}
+				echoHandler(c, f)
+			}})
+			errs := make(chan error, cap(arrived))
+			for range cap(errs) {
+				go func() {
+					_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("hang"), nil)
+					errs <- err
+				}()
+			}
+			// Wait until the peer has every request: a call merely registered as pending may
+			// still be unsent when the Conn ends, and then fails with ErrNotSent, rightly.
+			for range cap(arrived) {
+				<-arrived
+			}
+			s.Close()
+			for range cap(errs) {
+				err := <-errs
+				require.ErrorIs(t, err, ErrConnLost)
+				require.NotErrorIs(t, err, ErrNotSent, "these requests were sent: they may have run")
+			}
+			// After the end, a call is refused before sending.
+			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+			require.ErrorIs(t, err, ErrNotSent)
+			require.ErrorIs(t, err, ErrConnLost)
+			require.Error(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil))
+		})
 	}
-	// Wait until the peer has every request: a call merely registered as pending may
-	// still be unsent when the Conn ends, and then fails with ErrNotSent, rightly.
-	for range cap(arrived) {
-		<-arrived
-	}
-	s.Close()
-	for range cap(errs) {
-		err := <-errs
-		require.ErrorIs(t, err, ErrConnLost)
-		require.NotErrorIs(t, err, ErrNotSent, "these requests were sent: they may have run")
-	}
-	// After the end, a call is refused before sending.
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
-	require.ErrorIs(t, err, ErrNotSent)
-	require.ErrorIs(t, err, ErrConnLost)
-	require.Error(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil))
 }
 
 func TestCallHonoursContextAndDropsTheLateAnswer(t *testing.T) {
-	c, _ := pair(t, Options{}, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("hang"), nil)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	c.pmu.Lock()
-	require.Empty(t, c.pending, "an abandoned call must not stay in the pending table")
-	c.pmu.Unlock()
-	f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("ok"), nil)
-	require.NoError(t, err)
-	require.Equal(t, "ok", string(f.Body))
+	for _, m := range readerModes {
+		t.Run(m.name, func(t *testing.T) {
+			c, _ := pair(t, m.opts, Options{})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			defer cancel()
+			_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("hang"), nil)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			c.pmu.Lock()
+			require.Empty(t, c.pending, "an abandoned call must not stay in the pending table")
+			c.pmu.Unlock()
+			f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("ok"), nil)
+			require.NoError(t, err)
+			require.Equal(t, "ok", string(f.Body))
+		})
+	}
 }
 
 func TestPeerThatDoesNotReadIsDropped(t *testing.T) {

@@ -50,6 +50,8 @@ type fdReader struct {
 	// its interior is refused at once instead of piling up.
 	inFrame     bool
 	cur, curEnd uint64
+	part        partFrame
+	err         error // the error that ended reading; sticky
 
 	// recvmsg's arguments and results, kept here so that a read allocates nothing.
 	dst    []byte
@@ -209,30 +211,21 @@ func (r *fdReader) fill(need int) error {
 	return nil
 }
 
-// readFull fills dst with the next bytes of the stream: first the buffered ones, then
-// straight from the socket when what is missing is at least a buffer's worth, else
-// through the buffer (which may then hold the start of the next frames).
-func (r *fdReader) readFull(dst []byte) error {
-	n := copy(dst, r.buf[r.r:r.w])
-	r.r += n
-	dst = dst[n:]
-	for len(dst) > 0 {
+// readSome reads the next bytes of the stream into dst (non-empty): the buffered ones
+// if there are any, else straight from the socket when dst is at least a buffer's
+// worth, else through the buffer (which may then hold the start of the next frames).
+func (r *fdReader) readSome(dst []byte) (int, error) {
+	if r.r == r.w {
 		if len(dst) >= len(r.buf) {
-			n, err := r.recv(dst)
-			dst = dst[n:]
-			if err != nil {
-				return err
-			}
-			continue
+			return r.recv(dst)
 		}
 		if err := r.fill(1); err != nil {
-			return err
+			return 0, err
 		}
-		n := copy(dst, r.buf[r.r:r.w])
-		r.r += n
-		dst = dst[n:]
 	}
-	return nil
+	n := copy(dst, r.buf[r.r:r.w])
+	r.r += n
+	return n, nil
 }
 
 // offset is the stream offset of buf[r].
@@ -243,12 +236,57 @@ func (r *fdReader) run() (err error) {
 		if err == errHandedOff {
 			return // the descriptors go on with the reading role
 		}
-		for _, b := range r.batches {
-			closeFDs(b.fds)
-		}
-		r.batches = nil
+		r.discard()
 	}()
 	for {
+		if err := r.step(); err != nil {
+			return err
+		}
+	}
+}
+
+// discard closes every descriptor received and not delivered: the Conn has ended.
+func (r *fdReader) discard() {
+	for _, b := range r.batches {
+		closeFDs(b.fds)
+	}
+	r.batches = nil
+	closeFDs(r.part.fds)
+	r.part.fds = nil
+}
+
+// step reads one frame and dispatches it. A read deadline that interrupts it (see
+// Options.CallerReads) leaves the state as it was, part of a frame included, so that
+// the next step, on any goroutine, goes on where it stopped. Any other error is
+// sticky: every later step returns it.
+func (r *fdReader) step() error {
+	if r.err != nil {
+		return r.err
+	}
+	err := r.readFrame()
+	if err != nil {
+		if !isDeadline(err) {
+			r.err = err
+		}
+		return err
+	}
+	f, fds := r.part.f, r.part.fds
+	r.part = partFrame{}
+	r.inFrame = false
+	r.c.readerMore.Store(r.w > r.r)
+	if err := r.c.dispatch(f, newFiles(fds)); err != nil {
+		if err != errHandedOff {
+			r.err = err
+		}
+		return err
+	}
+	return nil
+}
+
+// readFrame reads the next frame into r.part, resuming one a deadline interrupted.
+func (r *fdReader) readFrame() error {
+	p := &r.part
+	if !p.started {
 		if err := r.fill(frame.HeaderSize); err != nil {
 			if errors.Is(err, io.EOF) && r.w > r.r {
 				return fmt.Errorf("%w: connection ended inside a frame header (%d of %d bytes)", frame.ErrProtocol, r.w-r.r, frame.HeaderSize)
@@ -264,24 +302,25 @@ func (r *fdReader) run() (err error) {
 			return err
 		}
 		r.r += frame.HeaderSize
-		f := frame.Frame{Header: h}
+		*p = partFrame{started: true, f: frame.Frame{Header: h}, fds: fds}
 		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
-			buf := make([]byte, n)
-			if err := r.readFull(buf); err != nil {
-				closeFDs(fds)
-				if errors.Is(err, io.EOF) {
-					return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, h.Kind)
-				}
-				return err
-			}
-			f.Meta, f.Body = buf[:h.MetaLen:h.MetaLen], buf[h.MetaLen:]
+			p.buf = make([]byte, n)
 		}
-		r.inFrame = false
-		r.c.readerMore.Store(r.w > r.r)
-		if err := r.c.dispatch(f, newFiles(fds)); err != nil {
+	}
+	for p.got < len(p.buf) {
+		n, err := r.readSome(p.buf[p.got:])
+		p.got += n
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, p.f.Kind)
+			}
 			return err
 		}
 	}
+	if h := p.f.Header; len(p.buf) > 0 {
+		p.f.Meta, p.f.Body = p.buf[:h.MetaLen:h.MetaLen], p.buf[h.MetaLen:]
+	}
+	return nil
 }
 
 // attach finds the batch the frame h, at stream offset start and size bytes long,

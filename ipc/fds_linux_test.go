@@ -75,49 +75,53 @@ func unixConns(t *testing.T, client, server Options) (*Conn, *Conn) {
 }
 
 func TestPassAPipeBothWays(t *testing.T) {
-	readDone := make(chan struct{}, 1)
-	server := Options{FileHandler: func(c *Conn, f frame.Frame, files []*os.File) {
-		switch string(f.Meta) {
-		case "read": // answer with what the passed pipe holds; reading may block, so not here
-			go func() {
-				defer func() { readDone <- struct{}{} }()
-				if len(files) != 1 {
-					t.Errorf("got %d files, want 1", len(files))
-					closeFiles(files)
-					return
+	for _, m := range readerModes {
+		t.Run(m.name, func(t *testing.T) {
+			readDone := make(chan struct{}, 1)
+			server := Options{FileHandler: func(c *Conn, f frame.Frame, files []*os.File) {
+				switch string(f.Meta) {
+				case "read": // answer with what the passed pipe holds; reading may block, so not here
+					go func() {
+						defer func() { readDone <- struct{}{} }()
+						if len(files) != 1 {
+							t.Errorf("got %d files, want 1", len(files))
+							closeFiles(files)
+							return
+						}
+						b, err := io.ReadAll(files[0])
+						files[0].Close()
+						if err != nil {
+							t.Error(err)
+						}
+						_ = c.Reply(f.ID, b)
+					}()
+				case "give": // answer with a pipe of our own
+					r := pipeWith(t, "from the server")
+					require.NoError(t, c.ReplyFiles(f.ID, []byte("here"), []*os.File{r}))
+					require.NoError(t, r.Close()) // the Conn holds its own duplicate
 				}
-				b, err := io.ReadAll(files[0])
-				files[0].Close()
-				if err != nil {
-					t.Error(err)
-				}
-				_ = c.Reply(f.ID, b)
-			}()
-		case "give": // answer with a pipe of our own
-			r := pipeWith(t, "from the server")
-			require.NoError(t, c.ReplyFiles(f.ID, []byte("here"), []*os.File{r}))
-			require.NoError(t, r.Close()) // the Conn holds its own duplicate
-		}
-	}}
-	c, _ := unixConns(t, Options{}, server)
-	require.True(t, c.CanPassFiles())
-	before := countFDs(t)
+			}}
+			c, _ := unixConns(t, m.opts, server)
+			require.True(t, c.CanPassFiles())
+			before := countFDs(t)
 
-	r := pipeWith(t, "hello through a pipe")
-	resp, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("read"), nil, []*os.File{r})
-	require.NoError(t, r.Close())
-	require.NoError(t, err)
-	require.Nil(t, files)
-	require.Equal(t, "hello through a pipe", string(resp.Body))
-	<-readDone
+			r := pipeWith(t, "hello through a pipe")
+			resp, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("read"), nil, []*os.File{r})
+			require.NoError(t, r.Close())
+			require.NoError(t, err)
+			require.Nil(t, files)
+			require.Equal(t, "hello through a pipe", string(resp.Body))
+			<-readDone
 
-	f, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("give"), nil, nil)
-	require.NoError(t, err)
-	require.Equal(t, "here", string(f.Body))
-	require.Equal(t, uint8(1), f.FDs)
-	require.Len(t, files, 1)
-	require.Equal(t, "from the server", readAllClose(t, files[0]))
-	requireFDCount(t, before)
+			f, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("give"), nil, nil)
+			require.NoError(t, err)
+			require.Equal(t, "here", string(f.Body))
+			require.Equal(t, uint8(1), f.FDs)
+			require.Len(t, files, 1)
+			require.Equal(t, "from the server", readAllClose(t, files[0]))
+			requireFDCount(t, before)
+		})
+	}
 }
 
 func TestSendFilesMayCloseAtOnce(t *testing.T) {
@@ -254,38 +258,42 @@ func TestCallRefusesAResponseWithFiles(t *testing.T) {
 }
 
 func TestResponseFilesToAnAbandonedCallAreClosed(t *testing.T) {
-	arrived, release, replied := make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
-	server := Options{FileHandler: func(c *Conn, f frame.Frame, _ []*os.File) {
-		if string(f.Meta) != "late" {
-			_ = c.Reply(f.ID, nil)
-			return
-		}
-		arrived <- struct{}{}
-		go func() {
-			defer close(replied)
-			<-release
-			r := pipeWith(t, "too late")
-			_ = c.ReplyFiles(f.ID, nil, []*os.File{r})
-			r.Close()
-		}()
-	}}
-	c, _ := unixConns(t, Options{}, server)
-	before := countFDs(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		_, _, err := c.CallFiles(ctx, frame.KindInvoke, 0, []byte("late"), nil, nil)
-		errc <- err
-	}()
-	<-arrived
-	cancel()
-	require.ErrorIs(t, <-errc, context.Canceled)
-	close(release)
-	<-replied
-	// Answers arrive in order: once this one is back, the late one was handled.
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
-	require.NoError(t, err)
-	requireFDCount(t, before)
+	for _, m := range readerModes {
+		t.Run(m.name, func(t *testing.T) {
+			arrived, release, replied := make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+			server := Options{FileHandler: func(c *Conn, f frame.Frame, _ []*os.File) {
+				if string(f.Meta) != "late" {
+					_ = c.Reply(f.ID, nil)
+					return
+				}
+				arrived <- struct{}{}
+				go func() {
+					defer close(replied)
+					<-release
+					r := pipeWith(t, "too late")
+					_ = c.ReplyFiles(f.ID, nil, []*os.File{r})
+					r.Close()
+				}()
+			}}
+			c, _ := unixConns(t, m.opts, server)
+			before := countFDs(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			errc := make(chan error, 1)
+			go func() {
+				_, _, err := c.CallFiles(ctx, frame.KindInvoke, 0, []byte("late"), nil, nil)
+				errc <- err
+			}()
+			<-arrived
+			cancel()
+			require.ErrorIs(t, <-errc, context.Canceled)
+			close(release)
+			<-replied
+			// Answers arrive in order: once this one is back, the late one was handled.
+			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+			require.NoError(t, err)
+			requireFDCount(t, before)
+		})
+	}
 }
 
 // rawVictim is a Conn over one end of a socketpair whose other end the test drives with

@@ -1,0 +1,179 @@
+package ipc
+
+import (
+	"context"
+	"time"
+)
+
+// The reading role on a Conn with Options.CallerReads.
+//
+// A response read by the reader goroutine has to be handed to the goroutine waiting
+// for it. The switch is cheap in itself, but readying a goroutine makes the Go runtime
+// wake another thread to run it when one is idle, and on a small machine that wake-up
+// costs as much as the whole round trip to the peer. So a call that is alone in flight
+// reads its own response: it waits in the network poller itself and the response
+// wakes it, as a plain blocking read would.
+//
+// The role is held by one of three: the reader goroutine (lendReader), a caller
+// (lendCaller), or nobody (lendFree). The reader goroutine leaves it free when it has
+// just completed a call and nothing else is pending or buffered, and waits: the next
+// call takes it with a compare-and-swap, and a caller done with it leaves it free
+// again. reclaim gives a role left free for reclaimAfter back to the reader goroutine,
+// so frames that arrive after the last call (pushes, pings, the peer's end) wait at
+// most that long, plus the runtime's timer latency. A caller that leaves the role
+// while other calls are pending, or the connection has failed, hands it straight back.
+// Whoever makes the role the reader goroutine's again while it waits sends the one
+// token on lendBack.
+//
+// A reading caller bounds its wait by a read deadline on the socket: its call's
+// deadline, or an immediate one set when its ctx ends (poke). A deadline interrupts a
+// frameReader without losing its state, so the next holder goes on where it stopped.
+// A deadline meant for someone else (an earlier caller's, or a poke that lands late)
+// is re-armed or cleared by whoever it interrupts.
+const (
+	lendReader int32 = iota
+	lendFree
+	lendCaller
+)
+
+// reclaimAfter is how long the role may stay free after a call (Conn.reclaimAfter,
+// which tests change).
+const reclaimAfter = 200 * time.Microsecond
+
+// freeRole leaves the role free and sees that reclaim will fire after it. The timer
+// is not reset by every call: resetting a timer to fire earlier than the network
+// poller's wait makes the runtime interrupt that wait (a write and a read of an
+// eventfd, and a thread woken), which would cost more than the switch this saves.
+// So one timer runs at a time, and when it fires early it sets itself again for
+// the rest.
+func (c *Conn) freeRole() {
+	c.freedAt.Store(monotonic())
+	c.lend.Store(lendFree)
+	if !c.reclaimArmed.Swap(true) {
+		c.reclaim.Reset(c.reclaimAfter)
+	}
+}
+
+// aLongTimeAgo is a read deadline that has passed.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// readLending is the reader goroutine's loop on a Conn with CallerReads. It returns
+// the error that ended reading.
+func (c *Conn) readLending() error {
+	for {
+		c.completed = false
+		err := c.rd.step()
+		switch {
+		case err == nil:
+			if c.completed && c.quiet() {
+				c.park()
+			}
+		case isDeadline(err):
+			c.setReadDeadline(time.Time{}) // a poke meant for a caller that has moved on
+		default:
+			return err
+		}
+	}
+}
+
+// quiet reports whether no call is pending and no further frame is buffered: nobody
+// needs reading until the next call or the reclaim.
+func (c *Conn) quiet() bool {
+	c.pmu.Lock()
+	n := len(c.pending)
+	c.pmu.Unlock()
+	return n == 0 && !c.readerMore.Load()
+}
+
+// park leaves the role free and waits until it is the reader goroutine's again.
+func (c *Conn) park() {
+	c.freeRole()
+	if !c.quiet() && c.lend.CompareAndSwap(lendFree, lendReader) {
+		return // a call registered meanwhile and found the role still held
+	}
+	select {
+	case <-c.lendBack:
+	case <-c.done:
+		if !c.lend.CompareAndSwap(lendFree, lendReader) {
+			// A caller or the reclaim took it first and sends the token: the
+			// caller once its read fails on the closed socket.
+			<-c.lendBack
+		}
+	}
+	if !c.rdl.IsZero() {
+		c.setReadDeadline(time.Time{})
+	}
+}
+
+// reclaimRole is reclaim's function: a role still free goes back to the reader
+// goroutine.
+func (c *Conn) reclaimRole() {
+	c.reclaimArmed.Store(false)
+	if c.lend.Load() != lendFree {
+		return // held: whoever frees it next sets the timer
+	}
+	if rest := c.freedAt.Load() + int64(c.reclaimAfter) - monotonic(); rest > 0 {
+		if !c.reclaimArmed.Swap(true) {
+			c.reclaim.Reset(time.Duration(rest))
+		}
+		return
+	}
+	if c.lend.CompareAndSwap(lendFree, lendReader) {
+		c.lendBack <- struct{}{}
+	}
+}
+
+// readOwn reads frames on the caller's goroutine, which has taken the free role, until
+// the call cl is answered (ok), or until ctx ends, deadline passes or the Conn fails:
+// then the caller goes on waiting as a call that does not read does, and the result
+// comes from there. The role is left or handed back either way.
+func (c *Conn) readOwn(ctx context.Context, deadline time.Time, cl *call) (r result, ok bool) {
+	defer c.leave()
+	if !deadline.IsZero() && (c.rdl.IsZero() || deadline.Before(c.rdl)) {
+		c.setReadDeadline(deadline)
+	}
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, c.poke)
+		defer stop()
+	}
+	for {
+		select {
+		case r = <-cl.ch: // completed by the frame just dispatched
+			return r, true
+		default:
+		}
+		err := c.rd.step()
+		switch {
+		case err == nil:
+		case !isDeadline(err):
+			return result{}, false // sticky: the reader goroutine fails the Conn
+		case ctx.Err() != nil, !deadline.IsZero() && !time.Now().Before(deadline):
+			return result{}, false
+		default:
+			c.setReadDeadline(deadline) // an earlier caller's deadline, or a late poke
+		}
+	}
+}
+
+// leave ends a caller's hold on the role: it stays free if nobody needs reading, and
+// goes back to the reader goroutine otherwise.
+func (c *Conn) leave() {
+	if c.Err() == nil && c.quiet() {
+		c.freeRole()
+		if c.quiet() || !c.lend.CompareAndSwap(lendFree, lendReader) {
+			return // nobody needs reading, or the next call took the role
+		}
+		// A call registered meanwhile and found the role still held.
+	} else {
+		c.lend.Store(lendReader)
+	}
+	c.lendBack <- struct{}{}
+}
+
+// poke interrupts the read of a caller whose ctx has ended.
+func (c *Conn) poke() { _ = c.nc.SetReadDeadline(aLongTimeAgo) }
+
+func (c *Conn) setReadDeadline(t time.Time) {
+	c.rdl = t
+	_ = c.nc.SetReadDeadline(t)
+}

@@ -1,0 +1,335 @@
+package ipc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+// readerModes are the two ways a calling Conn receives responses: the tests that make
+// calls run in both.
+var readerModes = []struct {
+	name string
+	opts Options
+}{
+	{"reader", Options{}},
+	{"callerreads", Options{CallerReads: true}},
+}
+
+// lendingClient starts a CallerReads Conn on nc whose free role is reclaimed after
+// reclaim, with handler for pushes.
+func lendingClient(t *testing.T, nc net.Conn, reclaim time.Duration, handler func(*Conn, frame.Frame)) *Conn {
+	t.Helper()
+	c := NewConn(nc, PeerCred{}, Options{CallerReads: true, Heartbeat: -1, Handler: handler})
+	c.reclaimAfter = reclaim
+	c.Start()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// requireLend waits until the role is held by want: the reader goroutine parks or the
+// reclaim fires on its own time.
+func requireLend(t *testing.T, c *Conn, want int32) {
+	t.Helper()
+	require.Eventually(t, func() bool { return c.lend.Load() == want }, 10*time.Second, 100*time.Microsecond,
+		"role held by %d, want %d", c.lend.Load(), want)
+}
+
+func TestALoneCallReadsItsOwnResponse(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			a, b := tr.pair(t)
+			arrived, release := make(chan uint64, 1), make(chan struct{})
+			s := started(NewConn(b, PeerCred{}, Options{Handler: func(s *Conn, f frame.Frame) {
+				if string(f.Meta) != "slow" {
+					echoHandler(s, f)
+					return
+				}
+				arrived <- f.ID
+				go func() {
+					<-release
+					_ = s.Reply(f.ID, []byte("slow answer"))
+				}()
+			}}))
+			t.Cleanup(func() { s.Close() })
+			pushes := make(chan string, 4)
+			c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
+
+			// The first call is answered through the reader goroutine, which then
+			// leaves the role free: nothing else is pending.
+			f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
+			require.NoError(t, err)
+			require.Equal(t, "a", string(f.Body))
+			requireLend(t, c, lendFree)
+
+			// The next one takes the role and waits on the socket itself.
+			done := make(chan error, 1)
+			go func() {
+				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("slow"), nil)
+				if err == nil && string(f.Body) != "slow answer" {
+					err = fmt.Errorf("got %q", f.Body)
+				}
+				done <- err
+			}()
+			<-arrived
+			requireLend(t, c, lendCaller)
+			close(release)
+			require.NoError(t, <-done)
+			require.Equal(t, lendFree, c.lend.Load(), "a caller done with the role leaves it free for the next")
+
+			// A push that arrives while nobody reads waits for the next reader:
+			// here the next call, whose caller dispatches it on the way.
+			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("pushed")))
+			_, err = c.Call(context.Background(), frame.KindInvoke, 0, []byte("b"), nil)
+			require.NoError(t, err)
+			select {
+			case got := <-pushes:
+				require.Equal(t, "pushed", got)
+			default:
+				t.Fatal("the push sent before the call's answer was not dispatched by the time the call returned")
+			}
+		})
+	}
+}
+
+func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			a, b := tr.pair(t)
+			s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
+			t.Cleanup(func() { s.Close() })
+			pushes := make(chan string, 4)
+			c := lendingClient(t, a, time.Millisecond, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
+			for range 3 {
+				_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
+				require.NoError(t, err)
+			}
+			// No call follows: the reclaim gives the role back to the reader
+			// goroutine, which delivers pushes and notices the peer's end.
+			requireLend(t, c, lendReader)
+			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("later")))
+			require.Equal(t, "later", <-pushes)
+			s.Close()
+			<-c.Done()
+			require.ErrorIs(t, c.Err(), io.EOF)
+		})
+	}
+}
+
+// rawPeer is the far end of a Conn, driven by hand.
+type rawPeer struct {
+	t  *testing.T
+	nc net.Conn
+}
+
+// request reads one frame sent by the Conn.
+func (p rawPeer) request() frame.Frame {
+	p.t.Helper()
+	hb := make([]byte, frame.HeaderSize)
+	_, err := io.ReadFull(p.nc, hb)
+	require.NoError(p.t, err)
+	h, err := frame.ParseHeader(hb, frame.Limits{})
+	require.NoError(p.t, err)
+	rest := make([]byte, int(h.MetaLen)+int(h.BodyLen))
+	_, err = io.ReadFull(p.nc, rest)
+	require.NoError(p.t, err)
+	return frame.Frame{Header: h, Meta: rest[:h.MetaLen], Body: rest[h.MetaLen:]}
+}
+
+func (p rawPeer) write(b []byte) {
+	p.t.Helper()
+	_, err := p.nc.Write(b)
+	require.NoError(p.t, err)
+}
+
+func TestACallerReadingPartOfAFrameLeavesItWhole(t *testing.T) {
+	for _, tr := range transports() {
+		for _, end := range []string{"deadline", "cancel"} {
+			t.Run(tr.name+"/"+end, func(t *testing.T) {
+				a, b := tr.pair(t)
+				peer := rawPeer{t, b}
+				pushes := make(chan []byte, 4)
+				c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- f.Body })
+
+				answer := func(f frame.Frame) []byte {
+					return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, f.Body)
+				}
+				go func() {
+					f := peer.request()
+					peer.write(answer(f))
+				}()
+				_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
+				require.NoError(t, err)
+				requireLend(t, c, lendFree)
+
+				// The second call reads; the peer sends half of a push and stops.
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				var deadline time.Time
+				if end == "deadline" {
+					deadline = time.Now().Add(300 * time.Millisecond)
+				}
+				body := bytes.Repeat([]byte("0123456789"), 3000)
+				push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
+				errc := make(chan error, 1)
+				go func() {
+					_, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, nil, []byte("second"), nil)
+					errc <- err
+				}()
+				second := peer.request()
+				requireLend(t, c, lendCaller)
+				peer.write(push[:len(push)/2])
+				waitDrained(t, a) // the caller has read part of the frame
+				if end == "cancel" {
+					cancel()
+					require.ErrorIs(t, <-errc, context.Canceled)
+				} else {
+					require.ErrorIs(t, <-errc, context.DeadlineExceeded)
+				}
+
+				// The rest arrives after the caller gave up: the frame is read
+				// whole by whoever reads next, and the late answer is dropped.
+				peer.write(push[len(push)/2:])
+				peer.write(answer(second))
+				select {
+				case got := <-pushes:
+					require.Equal(t, body, got)
+				case <-c.Done():
+					t.Fatalf("the Conn failed instead of reading the push whole: %v", c.Err())
+				}
+				go func() {
+					f := peer.request()
+					peer.write(answer(f))
+				}()
+				f, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("third"))
+				require.NoError(t, err)
+				require.Equal(t, "third", string(f.Body))
+				require.NoError(t, c.Err())
+			})
+		}
+	}
+}
+
+func TestTheConnEndingUnderAReadingCaller(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			a, b := tr.pair(t)
+			peer := rawPeer{t, b}
+			c := lendingClient(t, a, time.Hour, nil)
+			go func() {
+				f := peer.request()
+				peer.write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, nil))
+			}()
+			_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+			require.NoError(t, err)
+			requireLend(t, c, lendFree)
+
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+				errc <- err
+			}()
+			peer.request()
+			requireLend(t, c, lendCaller)
+			peer.write([]byte{frame.Version}) // a torn header, then the end
+			require.NoError(t, b.Close())
+			err = <-errc
+			require.ErrorIs(t, err, ErrConnLost)
+			require.ErrorIs(t, err, frame.ErrProtocol, "the cause is the torn frame, found by the reading caller")
+			c.Wait() // the reader goroutine ended the Conn and exits
+		})
+	}
+}
+
+// TestCallerReadsUnderLoad mixes lone and concurrent calls, deadlines, cancellations,
+// slow answers and pushes on one Conn: every call gets its own answer or its own
+// error, every push arrives once, and nothing hangs.
+func TestCallerReadsUnderLoad(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			a, b := tr.pair(t)
+			s := started(NewConn(b, PeerCred{}, Options{Handler: func(s *Conn, f frame.Frame) {
+				if bytes.HasPrefix(f.Meta, []byte("slow")) {
+					go func() {
+						time.Sleep(time.Duration(len(f.Meta)) * 100 * time.Microsecond)
+						echoHandler(s, f)
+					}()
+					return
+				}
+				echoHandler(s, f)
+			}}))
+			t.Cleanup(func() { s.Close() })
+			var pushed atomic.Int64
+			c := lendingClient(t, a, reclaimAfter, func(_ *Conn, f frame.Frame) { pushed.Add(1) })
+
+			const pushes = 500
+			go func() {
+				for i := range pushes {
+					_ = s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte(fmt.Sprint(i)))
+					if i%50 == 0 {
+						time.Sleep(time.Millisecond)
+					}
+				}
+			}()
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rng := rand.New(rand.NewPCG(uint64(g), 1))
+					for i := range 300 {
+						meta := "m"
+						if rng.IntN(8) == 0 {
+							meta = "slow" + string(bytes.Repeat([]byte("w"), rng.IntN(20)))
+						}
+						body := []byte(fmt.Sprintf("%d.%d", g, i))
+						ctx, cancel := context.WithCancel(context.Background())
+						var deadline time.Time
+						switch rng.IntN(10) {
+						case 0:
+							deadline = time.Now().Add(time.Duration(rng.IntN(3000)) * time.Microsecond)
+						case 1:
+							after := time.Duration(rng.IntN(3000)) * time.Microsecond
+							go func() {
+								time.Sleep(after)
+								cancel()
+							}()
+						}
+						f, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, []byte(meta), body, nil)
+						cancel()
+						switch {
+						case err == nil:
+							if want := meta + string(body); string(f.Body) != want {
+								t.Errorf("call %s got %q", want, f.Body)
+								return
+							}
+						case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+						default:
+							t.Errorf("call %d.%d: %v", g, i, err)
+							return
+						}
+						if i%32 == 0 {
+							time.Sleep(time.Duration(rng.IntN(1000)) * time.Microsecond) // let the role be reclaimed
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			require.Eventually(t, func() bool { return pushed.Load() == pushes }, 10*time.Second, time.Millisecond,
+				"%d of %d pushes delivered", pushed.Load(), pushes)
+			require.NoError(t, c.Err())
+		})
+	}
+}
