@@ -3,11 +3,18 @@
 // its socket with a fixed mode and never unlinks it behind the election lock's back,
 // peer credential checks, and the hello/welcome handshake.
 //
-// A Conn has exactly two goroutines: a reader that parses frames through a 64 KiB
-// buffer (one syscall, many frames) and dispatches them, and a writer that coalesces
-// every queued frame into one write and sends heartbeats when the line is idle.
-// Requests carry per-connection ids; each pending call completes exactly once: by its
-// response, by its caller's context, or with the Conn's cause when the Conn ends.
+// A Conn has two goroutines of its own: a reader that parses frames through a buffer
+// that grows to 64 KiB (one syscall, many frames) and dispatches them, and a writer
+// that coalesces every queued frame into one write and sends heartbeats when the line
+// is idle. Requests carry per-connection ids; each pending call completes exactly
+// once: by its response, by its caller's context, or with the Conn's cause when the
+// Conn ends.
+//
+// The reading role can move, one holder at a time, without losing a byte: a Handler
+// may run a quick request where it was read and have another goroutine take over if
+// it blocks (Conn.Inline), and with Options.CallerReads a call alone in flight reads
+// its own response, so that the response wakes the goroutine that wants it directly
+// (see lend.go). A frame reader resumes a frame that a read deadline cut anywhere.
 //
 // # File descriptors
 //
