@@ -505,3 +505,54 @@ func TestCallHeaderCarriesFlags(t *testing.T) {
 	require.Len(t, files, 1)
 	require.Equal(t, "blob", readAllClose(t, files[0]))
 }
+
+// TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered: descriptors arrive with the
+// first byte of their frame; a caller that reads that byte and gives up before the rest
+// of the frame has come leaves them with the frame, for whoever reads next.
+func TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered(t *testing.T) {
+	a, b := unixSocketPair(t)
+	got := make(chan received, 1)
+	c := NewConn(a, PeerCred{}, Options{CallerReads: true, Heartbeat: -1, FileHandler: collector(got)})
+	c.reclaimAfter = time.Hour
+	c.Start()
+	t.Cleanup(func() { c.Close() })
+	peer := rawPeer{t, b}
+	answer := func(f frame.Frame) []byte {
+		return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, nil)
+	}
+	go func() { peer.write(answer(peer.request())) }()
+	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+	require.NoError(t, err)
+	requireLend(t, c, lendFree)
+	before := countFDs(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Call(ctx, frame.KindInvoke, 0, nil, nil)
+		errc <- err
+	}()
+	second := peer.request()
+	requireLend(t, c, lendCaller)
+	body := bytes.Repeat([]byte("x"), 20000)
+	push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage, FDs: 1}, []byte("t"), body)
+	r := pipeWith(t, "passed with a cut frame")
+	_, _, err = b.WriteMsgUnix(push[:100], unix.UnixRights(int(r.Fd())), nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	waitDrained(t, a)
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
+
+	peer.write(push[100:])
+	peer.write(answer(second))
+	select {
+	case m := <-got:
+		require.Equal(t, body, m.f.Body)
+		require.Len(t, m.files, 1)
+		require.Equal(t, "passed with a cut frame", readAllClose(t, m.files[0]))
+	case <-c.Done():
+		t.Fatalf("the Conn failed: %v", c.Err())
+	}
+	requireFDCount(t, before)
+}

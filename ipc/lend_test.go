@@ -155,71 +155,84 @@ func (p rawPeer) write(b []byte) {
 }
 
 func TestACallerReadingPartOfAFrameLeavesItWhole(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789"), 3000)
+	push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
+	cuts := []struct {
+		name string
+		at   int
+	}{{"header", frame.HeaderSize / 2}, {"meta", frame.HeaderSize + 2}, {"body", len(push) / 2}}
 	for _, tr := range transports() {
 		for _, end := range []string{"deadline", "cancel"} {
-			t.Run(tr.name+"/"+end, func(t *testing.T) {
-				a, b := tr.pair(t)
-				peer := rawPeer{t, b}
-				pushes := make(chan []byte, 4)
-				c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- f.Body })
-
-				answer := func(f frame.Frame) []byte {
-					return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, f.Body)
-				}
-				go func() {
-					f := peer.request()
-					peer.write(answer(f))
-				}()
-				_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
-				require.NoError(t, err)
-				requireLend(t, c, lendFree)
-
-				// The second call reads; the peer sends half of a push and stops.
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				var deadline time.Time
-				if end == "deadline" {
-					deadline = time.Now().Add(300 * time.Millisecond)
-				}
-				body := bytes.Repeat([]byte("0123456789"), 3000)
-				push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
-				errc := make(chan error, 1)
-				go func() {
-					_, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, nil, []byte("second"), nil)
-					errc <- err
-				}()
-				second := peer.request()
-				requireLend(t, c, lendCaller)
-				peer.write(push[:len(push)/2])
-				waitDrained(t, a) // the caller has read part of the frame
-				if end == "cancel" {
-					cancel()
-					require.ErrorIs(t, <-errc, context.Canceled)
-				} else {
-					require.ErrorIs(t, <-errc, context.DeadlineExceeded)
-				}
-
-				// The rest arrives after the caller gave up: the frame is read
-				// whole by whoever reads next, and the late answer is dropped.
-				peer.write(push[len(push)/2:])
-				peer.write(answer(second))
-				select {
-				case got := <-pushes:
-					require.Equal(t, body, got)
-				case <-c.Done():
-					t.Fatalf("the Conn failed instead of reading the push whole: %v", c.Err())
-				}
-				go func() {
-					f := peer.request()
-					peer.write(answer(f))
-				}()
-				f, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("third"))
-				require.NoError(t, err)
-				require.Equal(t, "third", string(f.Body))
-				require.NoError(t, c.Err())
-			})
+			for _, cut := range cuts {
+				t.Run(tr.name+"/"+end+"/"+cut.name, func(t *testing.T) {
+					testACallerReadingPartOfAFrame(t, tr, end, push, cut.at)
+				})
+			}
 		}
 	}
+}
+
+// testACallerReadingPartOfAFrame: a caller reads push[:cut], then its call ends (by
+// end); the rest of push comes later and must arrive whole.
+func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push []byte, cut int) {
+	a, b := tr.pair(t)
+	peer := rawPeer{t, b}
+	pushes := make(chan []byte, 4)
+	c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- f.Body })
+
+	answer := func(f frame.Frame) []byte {
+		return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, f.Body)
+	}
+	go func() {
+		f := peer.request()
+		peer.write(answer(f))
+	}()
+	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
+	require.NoError(t, err)
+	requireLend(t, c, lendFree)
+
+	// The second call reads; the peer sends part of a push and stops.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var deadline time.Time
+	if end == "deadline" {
+		deadline = time.Now().Add(300 * time.Millisecond)
+	}
+	body := push[frame.HeaderSize+len("topic"):]
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, nil, []byte("second"), nil)
+		errc <- err
+	}()
+	second := peer.request()
+	requireLend(t, c, lendCaller)
+	peer.write(push[:cut])
+	waitDrained(t, a) // the caller has read part of the frame
+	if end == "cancel" {
+		cancel()
+		require.ErrorIs(t, <-errc, context.Canceled)
+	} else {
+		require.ErrorIs(t, <-errc, context.DeadlineExceeded)
+	}
+
+	// The rest arrives after the caller gave up: the frame is read
+	// whole by whoever reads next, and the late answer is dropped.
+	peer.write(push[cut:])
+	peer.write(answer(second))
+	select {
+	case got := <-pushes:
+		require.Equal(t, body, got)
+	case <-c.Done():
+		t.Fatalf("the Conn failed instead of reading the push whole: %v", c.Err())
+	}
+	go func() {
+		f := peer.request()
+		peer.write(answer(f))
+	}()
+	f, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("third"))
+	require.NoError(t, err)
+	require.Equal(t, "third", string(f.Body))
+	require.NoError(t, c.Err())
 }
 
 func TestTheConnEndingUnderAReadingCaller(t *testing.T) {
