@@ -656,6 +656,9 @@ func (c *Conn) lostErr() error {
 type frameReader interface {
 	step() error
 	run() error
+	// discard closes the descriptors received and not delivered; run does it when it
+	// ends, whoever calls step in a loop of its own must when reading ends.
+	discard()
 }
 
 // partFrame is a frame being read: a deadline may interrupt its reading anywhere.
@@ -738,6 +741,8 @@ type plainReader struct {
 	part partFrame
 	err  error // the error that ended reading; sticky
 }
+
+func (p *plainReader) discard() {} // no descriptors on this transport
 
 func (p *plainReader) run() error {
 	for {

@@ -305,7 +305,7 @@ type rawVictim struct {
 	got      chan received
 }
 
-func newRawVictim(t *testing.T, fileHandler bool) *rawVictim {
+func newRawVictim(t *testing.T, fileHandler bool, mode Options) *rawVictim {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
@@ -316,7 +316,8 @@ func newRawVictim(t *testing.T, fileHandler bool) *rawVictim {
 	v.victimFD, err = unix.Dup(fds[0])
 	require.NoError(t, err)
 	f.Close()
-	opts := Options{Heartbeat: -1, Handler: func(*Conn, frame.Frame) {}}
+	opts := mode
+	opts.Heartbeat, opts.Handler = -1, func(*Conn, frame.Frame) {}
 	if fileHandler {
 		opts.FileHandler = collector(v.got)
 	}
@@ -414,28 +415,30 @@ func TestHostilePeerDescriptors(t *testing.T) {
 			unix.Shutdown(v.peer, unix.SHUT_WR)
 		}, "inside a frame header"},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			before := countFDs(t)
-			v := newRawVictim(t, !tt.noHandler)
-			var pipes []*os.File
-			for range frame.MaxFDs + 1 {
-				pipes = append(pipes, pipeWith(t, "x"))
-			}
-			tt.send(t, v, pipes)
-			closeFiles(pipes)
-			select {
-			case <-v.c.Done():
-			case got := <-v.got:
-				closeFiles(got.files)
-				t.Fatalf("a hostile frame was delivered: %v with %d files", got.f.Header, len(got.files))
-			case <-time.After(10 * time.Second):
-				t.Fatal("the Conn survived a hostile peer")
-			}
-			require.ErrorIs(t, v.c.Err(), frame.ErrProtocol)
-			require.ErrorContains(t, v.c.Err(), tt.wantMessage)
-			v.close()
-			requireFDCount(t, before)
-		})
+		for _, m := range readerModes {
+			t.Run(m.name+"/"+tt.name, func(t *testing.T) {
+				before := countFDs(t)
+				v := newRawVictim(t, !tt.noHandler, m.opts)
+				var pipes []*os.File
+				for range frame.MaxFDs + 1 {
+					pipes = append(pipes, pipeWith(t, "x"))
+				}
+				tt.send(t, v, pipes)
+				closeFiles(pipes)
+				select {
+				case <-v.c.Done():
+				case got := <-v.got:
+					closeFiles(got.files)
+					t.Fatalf("a hostile frame was delivered: %v with %d files", got.f.Header, len(got.files))
+				case <-time.After(10 * time.Second):
+					t.Fatal("the Conn survived a hostile peer")
+				}
+				require.ErrorIs(t, v.c.Err(), frame.ErrProtocol)
+				require.ErrorContains(t, v.c.Err(), tt.wantMessage)
+				v.close()
+				requireFDCount(t, before)
+			})
+		}
 	}
 }
 
@@ -444,7 +447,7 @@ func TestAWellBehavedRawPeerIsUnderstood(t *testing.T) {
 	// first byte of their frame, possibly after plain frames in the same read, and a
 	// frame may be split across sendmsgs.
 	before := countFDs(t)
-	v := newRawVictim(t, true)
+	v := newRawVictim(t, true, Options{})
 	ab := []*os.File{pipeWith(t, "a"), pipeWith(t, "b")}
 	c := pipeWith(t, "c")
 	f5 := header(frame.KindMessage, 0, 0, "t", "5")

@@ -41,60 +41,67 @@ func FuzzFDReader(f *testing.F) {
 	f.Add(fuzzSegments(msg(2, "two"), msg(2, "two again")))
 	f.Add(append(fuzzSegments(msg(0, "a")), 0x40|5, 1, 9, 0, 0, 0, 0)) // descriptors with a broken header
 	f.Fuzz(func(t *testing.T, data []byte) {
-		before := countFDs(t)
-		v := newRawVictim(t, true)
-		pipes := []*os.File{pipeWith(t, ""), pipeWith(t, ""), pipeWith(t, "")}
-		for len(data) > 0 {
-			ctl := data[0]
-			n := min(int(ctl&0x3f)+1, len(data)-1)
-			seg := data[1 : 1+n]
-			data = data[1+n:]
-			if n == 0 {
-				break
-			}
-			var oob []byte
-			if k := int(ctl >> 6); k > 0 {
-				fds := make([]int, k)
-				for i := range fds {
-					fds[i] = int(pipes[i].Fd())
-				}
-				oob = unix.UnixRights(fds...)
-			}
-			if _, err := unix.SendmsgN(v.peer, seg, oob, nil, unix.MSG_DONTWAIT); err != nil {
-				break // the Conn gave up and its socket buffer filled, or it closed
-			}
-		}
-		closeFiles(pipes)
-		_ = unix.Shutdown(v.peer, unix.SHUT_WR)
-		for done := false; !done; {
-			select {
-			case got := <-v.got:
-				if len(got.files) != int(got.f.FDs) {
-					t.Errorf("%s frame declaring %d descriptors delivered with %d", got.f.Kind, got.f.FDs, len(got.files))
-				}
-				closeFiles(got.files)
-			case <-v.c.Done():
-				done = true
-			case <-time.After(10 * time.Second):
-				t.Fatal("the Conn neither ended nor delivered")
-			}
-		}
-		v.close()
-		for {
-			select {
-			case got := <-v.got: // delivered just before the end
-				closeFiles(got.files)
-				continue
-			default:
-			}
-			break
-		}
-		deadline := time.Now().Add(10 * time.Second)
-		for countFDs(t) != before {
-			if time.Now().After(deadline) {
-				t.Fatalf("descriptors leaked: %d open, %d before", countFDs(t), before)
-			}
-			time.Sleep(time.Millisecond)
+		for _, m := range readerModes {
+			fuzzFDReaderOnce(t, data, m.opts)
 		}
 	})
+}
+
+// fuzzFDReaderOnce feeds data, as FuzzFDReader describes, to a Conn with mode's options.
+func fuzzFDReaderOnce(t *testing.T, data []byte, mode Options) {
+	before := countFDs(t)
+	v := newRawVictim(t, true, mode)
+	pipes := []*os.File{pipeWith(t, ""), pipeWith(t, ""), pipeWith(t, "")}
+	for len(data) > 0 {
+		ctl := data[0]
+		n := min(int(ctl&0x3f)+1, len(data)-1)
+		seg := data[1 : 1+n]
+		data = data[1+n:]
+		if n == 0 {
+			break
+		}
+		var oob []byte
+		if k := int(ctl >> 6); k > 0 {
+			fds := make([]int, k)
+			for i := range fds {
+				fds[i] = int(pipes[i].Fd())
+			}
+			oob = unix.UnixRights(fds...)
+		}
+		if _, err := unix.SendmsgN(v.peer, seg, oob, nil, unix.MSG_DONTWAIT); err != nil {
+			break // the Conn gave up and its socket buffer filled, or it closed
+		}
+	}
+	closeFiles(pipes)
+	_ = unix.Shutdown(v.peer, unix.SHUT_WR)
+	for done := false; !done; {
+		select {
+		case got := <-v.got:
+			if len(got.files) != int(got.f.FDs) {
+				t.Errorf("%s frame declaring %d descriptors delivered with %d", got.f.Kind, got.f.FDs, len(got.files))
+			}
+			closeFiles(got.files)
+		case <-v.c.Done():
+			done = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("the Conn neither ended nor delivered")
+		}
+	}
+	v.close()
+	for {
+		select {
+		case got := <-v.got: // delivered just before the end
+			closeFiles(got.files)
+			continue
+		default:
+		}
+		break
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countFDs(t) != before {
+		if time.Now().After(deadline) {
+			t.Fatalf("descriptors leaked: %d open, %d before", countFDs(t), before)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

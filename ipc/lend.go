@@ -71,6 +71,7 @@ func (c *Conn) readLending() error {
 		case isDeadline(err):
 			c.setReadDeadline(time.Time{}) // a poke meant for a caller that has moved on
 		default:
+			c.rd.discard()
 			return err
 		}
 	}
