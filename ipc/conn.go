@@ -123,7 +123,7 @@ type Conn struct {
 	// role.
 	role      atomic.Uint64
 	inlineEnd atomic.Int64
-	rd        frameReader
+	rd        *frameReader
 	watched   bool
 
 	// With Options.CallerReads, the reading role also goes to callers: lend says who
@@ -636,6 +636,18 @@ func (c *Conn) complete(id uint64, r result) {
 	}
 }
 
+// newFiles wraps received descriptors; nil for none.
+func newFiles(fds []int) []*os.File {
+	if len(fds) == 0 {
+		return nil
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("fd %d from peer", fd))
+	}
+	return files
+}
+
 // closeFiles closes files the Conn received and could not deliver.
 func closeFiles(files []*os.File) {
 	for _, f := range files {
@@ -647,23 +659,37 @@ func (c *Conn) lostErr() error {
 	return fmt.Errorf("%w: %w", ErrConnLost, c.err)
 }
 
-// frameReader is the receive side's state. step reads one frame and dispatches it,
-// and run does so until the Conn fails, or returns errHandedOff when another goroutine
-// has taken over reading (and then leaves its state to that goroutine untouched).
-// Whoever holds the reading role (see Inline and Options.CallerReads) may call either;
-// a read deadline interrupts step without losing anything, and any other error is
-// sticky.
-type frameReader interface {
-	step() error
-	run() error
-	// discard closes the descriptors received and not delivered; run does it when it
-	// ends, whoever calls step in a loop of its own must when reading ends.
+// frameReader is the receive side's state: it reads frames from src and dispatches
+// them. Whoever holds the reading role (the reader goroutine, a goroutine that took
+// over from an Inline function, or with Options.CallerReads a caller) calls step, one
+// frame at a time, or run, until reading ends. A read deadline interrupts step without
+// losing anything, part of a frame included, so that the next step, on any goroutine,
+// goes on where it stopped; any other error is sticky.
+type frameReader struct {
+	c    *Conn
+	src  frameSource
+	part partFrame
+	err  error // the error that ended reading; every later step returns it
+}
+
+// frameSource is where a frameReader gets a frame's bytes: a Unix socket on Linux,
+// which passes descriptors (fdReader), or a bufio.Reader (plainReader).
+type frameSource interface {
+	// header reads, checks and consumes the next frame's header, and returns the
+	// descriptors passed with the frame (nil for none).
+	header() (frame.Header, []int, error)
+	// readSome reads the next bytes of the stream into p (non-empty).
+	readSome(p []byte) (int, error)
+	// frameDone is called once a frame has been read whole; it reports whether bytes
+	// of further frames are buffered.
+	frameDone() (more bool)
+	// discard closes the descriptors received and not yet attached to a frame.
 	discard()
 }
 
 // partFrame is a frame being read: a deadline may interrupt its reading anywhere.
 type partFrame struct {
-	started bool // the header is parsed (and the descriptors attached)
+	started bool // the header is read (and the descriptors attached)
 	f       frame.Frame
 	fds     []int  // descriptors passed with it
 	buf     []byte // meta and body
@@ -673,6 +699,81 @@ type partFrame struct {
 // isDeadline reports whether err is a read deadline's: the reading role is wanted
 // elsewhere, or a caller reading for its own response has waited long enough.
 func isDeadline(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// run reads and dispatches frames until the Conn fails, or returns errHandedOff when
+// another goroutine has taken over reading (and then leaves the state to it).
+func (r *frameReader) run() (err error) {
+	defer func() {
+		if err != errHandedOff {
+			r.discard()
+		}
+	}()
+	for {
+		if err := r.step(); err != nil {
+			return err
+		}
+	}
+}
+
+// discard closes every descriptor received and not delivered: reading has ended. run
+// does it; whoever calls step in a loop of its own must, when reading ends.
+func (r *frameReader) discard() {
+	r.src.discard()
+	closeFDs(r.part.fds)
+	r.part.fds = nil
+}
+
+// step reads one frame and dispatches it.
+func (r *frameReader) step() error {
+	if r.err != nil {
+		return r.err
+	}
+	if err := r.readFrame(); err != nil {
+		if !isDeadline(err) {
+			r.err = err
+		}
+		return err
+	}
+	f, fds := r.part.f, r.part.fds
+	r.part = partFrame{}
+	r.c.readerMore.Store(r.src.frameDone())
+	if err := r.c.dispatch(f, newFiles(fds)); err != nil {
+		if err != errHandedOff {
+			r.err = err
+		}
+		return err
+	}
+	return nil
+}
+
+// readFrame reads the next frame into r.part, resuming one a deadline interrupted.
+func (r *frameReader) readFrame() error {
+	p := &r.part
+	if !p.started {
+		h, fds, err := r.src.header()
+		if err != nil {
+			return err
+		}
+		*p = partFrame{started: true, f: frame.Frame{Header: h}, fds: fds}
+		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
+			p.buf = make([]byte, n)
+		}
+	}
+	for p.got < len(p.buf) {
+		n, err := r.src.readSome(p.buf[p.got:])
+		p.got += n
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, p.f.Kind)
+			}
+			return err
+		}
+	}
+	if h := p.f.Header; len(p.buf) > 0 {
+		p.f.Meta, p.f.Body = p.buf[:h.MetaLen:h.MetaLen], p.buf[h.MetaLen:]
+	}
+	return nil
+}
 
 // errHandedOff ends a reader goroutine whose role another goroutine has taken (Inline).
 var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
@@ -726,94 +827,45 @@ func (c *Conn) Buffered() bool { return c.readerMore.Load() }
 // newReader makes the receive side's state. On Linux Unix sockets the reader is
 // descriptor-aware (see fdReader); elsewhere it reads through a bufio.Reader and a
 // frame that declares descriptors is a protocol violation.
-func (c *Conn) newReader() frameReader {
-	if r := newFDReader(c); r != nil {
-		return r
+func (c *Conn) newReader() *frameReader {
+	src := newFDSource(c)
+	if src == nil {
+		src = &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
 	}
-	return &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
+	return &frameReader{c: c, src: src}
 }
 
 // plainReader reads frames through a bufio.Reader: every transport but Linux Unix
 // sockets.
 type plainReader struct {
-	c    *Conn
-	br   *bufio.Reader
-	part partFrame
-	err  error // the error that ended reading; sticky
+	c  *Conn
+	br *bufio.Reader
 }
+
+func (p *plainReader) header() (frame.Header, []int, error) {
+	hb, err := p.br.Peek(frame.HeaderSize)
+	if err != nil {
+		if len(hb) > 0 && errors.Is(err, io.EOF) {
+			return frame.Header{}, nil, fmt.Errorf("%w: connection ended inside a frame header (%d of %d bytes)", frame.ErrProtocol, len(hb), frame.HeaderSize)
+		}
+		return frame.Header{}, nil, err
+	}
+	h, err := frame.ParseHeader(hb, p.c.opts.Limits)
+	if err != nil {
+		return frame.Header{}, nil, err
+	}
+	if h.FDs != 0 {
+		return frame.Header{}, nil, fmt.Errorf("%w: frame declares %d file descriptors, but this connection does not pass descriptors", frame.ErrProtocol, h.FDs)
+	}
+	_, _ = p.br.Discard(frame.HeaderSize)
+	return h, nil, nil
+}
+
+func (p *plainReader) readSome(b []byte) (int, error) { return p.br.Read(b) }
+
+func (p *plainReader) frameDone() bool { return p.br.Buffered() > 0 }
 
 func (p *plainReader) discard() {} // no descriptors on this transport
-
-func (p *plainReader) run() error {
-	for {
-		if err := p.step(); err != nil {
-			return err
-		}
-	}
-}
-
-func (p *plainReader) step() error {
-	if p.err != nil {
-		return p.err
-	}
-	err := p.readFrame()
-	if err != nil {
-		if !isDeadline(err) {
-			p.err = err
-		}
-		return err
-	}
-	f := p.part.f
-	p.part = partFrame{}
-	p.c.readerMore.Store(p.br.Buffered() > 0)
-	if err := p.c.dispatch(f, nil); err != nil {
-		if err != errHandedOff {
-			p.err = err
-		}
-		return err
-	}
-	return nil
-}
-
-// readFrame reads the next frame into p.part, resuming one a deadline interrupted.
-func (p *plainReader) readFrame() error {
-	c, br, part := p.c, p.br, &p.part
-	if !part.started {
-		hb, err := br.Peek(frame.HeaderSize)
-		if err != nil {
-			if len(hb) > 0 && errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: connection ended inside a frame header (%d of %d bytes)", frame.ErrProtocol, len(hb), frame.HeaderSize)
-			}
-			return err
-		}
-		h, err := frame.ParseHeader(hb, c.opts.Limits)
-		if err != nil {
-			return err
-		}
-		if h.FDs != 0 {
-			return fmt.Errorf("%w: frame declares %d file descriptors, but this connection does not pass descriptors", frame.ErrProtocol, h.FDs)
-		}
-		_, _ = br.Discard(frame.HeaderSize)
-		*part = partFrame{started: true, f: frame.Frame{Header: h}}
-		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
-			part.buf = make([]byte, n)
-		}
-	}
-	for part.got < len(part.buf) {
-		n, err := br.Read(part.buf[part.got:])
-		part.got += n
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, part.f.Kind)
-			}
-			return err
-		}
-	}
-	if h := part.f.Header; len(part.buf) > 0 {
-		part.f.Meta, part.f.Body = part.buf[:h.MetaLen:h.MetaLen], part.buf[h.MetaLen:]
-	}
-	return nil
-}
 
 // checkFDKind is called for a frame that passes descriptors: only responses, and frames
 // for a FileHandler, may.

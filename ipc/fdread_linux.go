@@ -50,8 +50,6 @@ type fdReader struct {
 	// its interior is refused at once instead of piling up.
 	inFrame     bool
 	cur, curEnd uint64
-	part        partFrame
-	err         error // the error that ended reading; sticky
 
 	// recvmsg's arguments and results, kept here so that a read allocates nothing.
 	dst    []byte
@@ -75,7 +73,8 @@ type fdBatch struct {
 // oobSize fits one SCM_RIGHTS message with the most descriptors a frame may pass.
 var oobSize = unix.CmsgSpace(frame.MaxFDs * 4)
 
-func newFDReader(c *Conn) *fdReader {
+// newFDSource returns an fdReader for a Unix socket, and nil for other conns.
+func newFDSource(c *Conn) frameSource {
 	uc, ok := c.nc.(*net.UnixConn)
 	if !ok {
 		return nil
@@ -231,96 +230,37 @@ func (r *fdReader) readSome(dst []byte) (int, error) {
 // offset is the stream offset of buf[r].
 func (r *fdReader) offset() uint64 { return r.next - uint64(r.w-r.r) }
 
-func (r *fdReader) run() (err error) {
-	defer func() {
-		if err == errHandedOff {
-			return // the descriptors go on with the reading role
+// header reads the next frame's header and attaches its descriptors (see attach).
+func (r *fdReader) header() (frame.Header, []int, error) {
+	if err := r.fill(frame.HeaderSize); err != nil {
+		if errors.Is(err, io.EOF) && r.w > r.r {
+			return frame.Header{}, nil, fmt.Errorf("%w: connection ended inside a frame header (%d of %d bytes)", frame.ErrProtocol, r.w-r.r, frame.HeaderSize)
 		}
-		r.discard()
-	}()
-	for {
-		if err := r.step(); err != nil {
-			return err
-		}
+		return frame.Header{}, nil, err
 	}
+	h, err := frame.ParseHeader(r.buf[r.r:r.r+frame.HeaderSize], r.c.opts.Limits)
+	if err != nil {
+		return frame.Header{}, nil, err
+	}
+	fds, err := r.attach(r.offset(), uint64(h.Size()), h)
+	if err != nil {
+		return frame.Header{}, nil, err
+	}
+	r.r += frame.HeaderSize
+	return h, fds, nil
 }
 
-// discard closes every descriptor received and not delivered: the Conn has ended.
+func (r *fdReader) frameDone() bool {
+	r.inFrame = false
+	return r.w > r.r
+}
+
+// discard closes the descriptors of batches not attached to a frame.
 func (r *fdReader) discard() {
 	for _, b := range r.batches {
 		closeFDs(b.fds)
 	}
 	r.batches = nil
-	closeFDs(r.part.fds)
-	r.part.fds = nil
-}
-
-// step reads one frame and dispatches it. A read deadline that interrupts it (see
-// Options.CallerReads) leaves the state as it was, part of a frame included, so that
-// the next step, on any goroutine, goes on where it stopped. Any other error is
-// sticky: every later step returns it.
-func (r *fdReader) step() error {
-	if r.err != nil {
-		return r.err
-	}
-	err := r.readFrame()
-	if err != nil {
-		if !isDeadline(err) {
-			r.err = err
-		}
-		return err
-	}
-	f, fds := r.part.f, r.part.fds
-	r.part = partFrame{}
-	r.inFrame = false
-	r.c.readerMore.Store(r.w > r.r)
-	if err := r.c.dispatch(f, newFiles(fds)); err != nil {
-		if err != errHandedOff {
-			r.err = err
-		}
-		return err
-	}
-	return nil
-}
-
-// readFrame reads the next frame into r.part, resuming one a deadline interrupted.
-func (r *fdReader) readFrame() error {
-	p := &r.part
-	if !p.started {
-		if err := r.fill(frame.HeaderSize); err != nil {
-			if errors.Is(err, io.EOF) && r.w > r.r {
-				return fmt.Errorf("%w: connection ended inside a frame header (%d of %d bytes)", frame.ErrProtocol, r.w-r.r, frame.HeaderSize)
-			}
-			return err
-		}
-		h, err := frame.ParseHeader(r.buf[r.r:r.r+frame.HeaderSize], r.c.opts.Limits)
-		if err != nil {
-			return err
-		}
-		fds, err := r.attach(r.offset(), uint64(h.Size()), h)
-		if err != nil {
-			return err
-		}
-		r.r += frame.HeaderSize
-		*p = partFrame{started: true, f: frame.Frame{Header: h}, fds: fds}
-		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
-			p.buf = make([]byte, n)
-		}
-	}
-	for p.got < len(p.buf) {
-		n, err := r.readSome(p.buf[p.got:])
-		p.got += n
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: connection ended inside a %s frame", frame.ErrProtocol, p.f.Kind)
-			}
-			return err
-		}
-	}
-	if h := p.f.Header; len(p.buf) > 0 {
-		p.f.Meta, p.f.Body = p.buf[:h.MetaLen:h.MetaLen], p.buf[h.MetaLen:]
-	}
-	return nil
 }
 
 // attach finds the batch the frame h, at stream offset start and size bytes long,
@@ -369,16 +309,4 @@ func (r *fdReader) attach(start, size uint64, h frame.Header) ([]int, error) {
 	}
 	r.inFrame, r.cur, r.curEnd = true, start, end
 	return fds, nil
-}
-
-// newFiles wraps received descriptors; nil for none.
-func newFiles(fds []int) []*os.File {
-	if len(fds) == 0 {
-		return nil
-	}
-	files := make([]*os.File, len(fds))
-	for i, fd := range fds {
-		files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("fd %d from peer", fd))
-	}
-	return files
 }

@@ -19,9 +19,5 @@ func closeFDs([]int) {}
 
 func writeWithFDs(net.Conn, []byte, []int) error { return ErrFDUnsupported }
 
-// newFDReader returns nil: the Conn reads through a bufio.Reader.
-func newFDReader(*Conn) *fdReader { return nil }
-
-type fdReader struct{}
-
-func (*fdReader) run() error { return nil }
+// newFDSource returns nil: the Conn reads through a bufio.Reader.
+func newFDSource(*Conn) frameSource { return nil }
