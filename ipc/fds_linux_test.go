@@ -32,26 +32,6 @@ func requireFDCount(t *testing.T, want int) {
 		"descriptors leaked: want %d open", want)
 }
 
-// pipeWith returns the read end of a pipe holding content, write end closed.
-func pipeWith(t *testing.T, content string) *os.File {
-	t.Helper()
-	r, w, err := os.Pipe()
-	require.NoError(t, err)
-	_, err = w.WriteString(content)
-	require.NoError(t, err)
-	require.NoError(t, w.Close())
-	return r
-}
-
-// readAllClose reads f to the end and closes it.
-func readAllClose(t *testing.T, f *os.File) string {
-	t.Helper()
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	require.NoError(t, err)
-	return string(b)
-}
-
 // received is a frame and the files that came with it, as a FileHandler got them.
 type received struct {
 	f     frame.Frame
