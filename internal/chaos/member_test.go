@@ -78,7 +78,7 @@ type member struct {
 	// reconnected to the same Leader after a heartbeat timeout).
 	joins  map[uint64]int
 	conn   int      // the upstream connection of the latest message: one per term
-	term   uint64   // the term conn belongs to (the member's term at its first message)
+	term   uint64   // the term conn belongs to (the member's term at its first message; 0 if it was electing)
 	last   int      // the latest sequence number on conn
 	onConn int      // messages seen on conn
 	breaks []string // discontinuities on conn, each allowed only by a re-subscription
@@ -220,7 +220,10 @@ func (m *member) onSeq(msg cluster.Message) {
 // (OnRoleChange runs asynchronously: judging at the discontinuity itself could count
 // a re-subscription that is not reported yet).
 func (m *member) judgeLocked() {
-	if m.conn == 0 {
+	if m.conn == 0 || m.term == 0 {
+		// No stretch yet; or its first message reached the callback after this member
+		// had already lost that connection's Leader (callbacks run on their own
+		// goroutine), so the term it came through is unknown: nothing to judge by.
 		return
 	}
 	if resubs := m.joins[m.term] - 1; len(m.breaks) > resubs {
