@@ -72,7 +72,8 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	return f, nil
 }
 
-// handle runs on the connection's reader goroutine: it must not block. It owns files.
+// handle runs on whichever goroutine holds the connection's reading role (its reader
+// goroutine, or a caller reading its own response): it must not block. It owns files.
 func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 	switch fr.Kind {
 	case frame.KindMessage:
