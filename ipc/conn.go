@@ -48,8 +48,8 @@ type Options struct {
 	// pong, one frame at a time and in order. It runs on the goroutine that holds the
 	// reading role: the Conn's reader goroutine, or with CallerReads a caller inside
 	// Call. It must not block (except inside Inline, which hands reading on when it
-	// does), and must not call Close (use Abort). A frame for the Handler that carries file descriptors is a protocol
-	// violation: set FileHandler to accept them.
+	// does), and must not call Close (use Abort). A frame for the Handler that carries
+	// file descriptors is a protocol violation: set FileHandler to accept them.
 	Handler func(c *Conn, f frame.Frame)
 	// FileHandler, when set, is used instead of Handler for every frame Handler would
 	// get, together with the files passed with it (nil for most frames; at most
@@ -73,14 +73,14 @@ type Options struct {
 // Conn is a framed, multiplexed, full-duplex connection. Requests carry ids; Call
 // matches each response to its caller. One goroutine at a time, the reader, owns the
 // receive side (a Handler may run work on it and hand reading on: see Inline; with
-// Options.CallerReads a lone call reads its own response). On
-// the send side, a frame sent while nothing is queued or being written is written at
-// once by the sender, with one non-blocking write (no goroutine switch); anything else
-// (a backlog, what the socket did not take at once, frames passing descriptors, pings)
-// is queued for the writer goroutine, which coalesces queued frames into one write,
-// except that a frame passing file descriptors goes out in a sendmsg of its own (see
-// the package documentation). Either way a sender never blocks on the socket. All
-// methods are safe for concurrent use.
+// Options.CallerReads a lone call reads its own response). On the send side, a frame
+// sent while nothing is queued or being written is written at once by the sender,
+// with one non-blocking write (no goroutine switch); anything else (a backlog, what the
+// socket did not take at once, frames passing descriptors, pings) is queued for the
+// writer goroutine, which coalesces queued frames into one write, except that a frame
+// passing file descriptors goes out in a sendmsg of its own (see the package
+// documentation). Either way a sender never blocks on the socket. All methods are safe
+// for concurrent use.
 type Conn struct {
 	nc   net.Conn
 	opts Options
