@@ -86,18 +86,26 @@ func (c *Conn) quiet() bool {
 	return n == 0 && !c.readerMore.Load()
 }
 
+// freeUnlessWanted leaves the role free, unless a call registered meanwhile and found
+// it still held (so it waits for the reader goroutine): then the role goes to the
+// reader goroutine at once, and freeUnlessWanted reports true.
+func (c *Conn) freeUnlessWanted() (reader bool) {
+	c.freeRole()
+	return !c.quiet() && c.lend.CompareAndSwap(lendFree, lendReader)
+}
+
 // park leaves the role free and waits until it is the reader goroutine's again.
 func (c *Conn) park() {
-	c.freeRole()
-	if !c.quiet() && c.lend.CompareAndSwap(lendFree, lendReader) {
-		return // a call registered meanwhile and found the role still held
+	if c.freeUnlessWanted() {
+		return
 	}
 	select {
 	case <-c.lendBack:
 	case <-c.done:
 		if !c.lend.CompareAndSwap(lendFree, lendReader) {
-			// A caller or the reclaim took it first and sends the token: the
-			// caller once its read fails on the closed socket.
+			// A caller holds it (or the reclaim just took it). The caller's read
+			// fails on the closed socket and it hands the role back; if it leaves
+			// the role free instead (it looked before the end), the reclaim does.
 			<-c.lendBack
 		}
 	}
@@ -160,11 +168,9 @@ func (c *Conn) readOwn(ctx context.Context, deadline time.Time, cl *call) (r res
 // goes back to the reader goroutine otherwise.
 func (c *Conn) leave() {
 	if c.Err() == nil && c.quiet() {
-		c.freeRole()
-		if c.quiet() || !c.lend.CompareAndSwap(lendFree, lendReader) {
-			return // nobody needs reading, or the next call took the role
+		if !c.freeUnlessWanted() {
+			return
 		}
-		// A call registered meanwhile and found the role still held.
 	} else {
 		c.lend.Store(lendReader)
 	}
