@@ -488,15 +488,9 @@ func TestCallHeaderCarriesFlags(t *testing.T) {
 func TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered(t *testing.T) {
 	a, b := unixSocketPair(t)
 	got := make(chan received, 1)
-	c := NewConn(a, PeerCred{}, Options{CallerReads: true, Heartbeat: -1, FileHandler: collector(got)})
-	c.reclaimAfter = time.Hour
-	c.Start()
-	t.Cleanup(func() { c.Close() })
+	c := lendingClient(t, a, time.Hour, Options{FileHandler: collector(got)})
 	peer := rawPeer{t, b}
-	answer := func(f frame.Frame) []byte {
-		return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, nil)
-	}
-	go func() { peer.write(answer(peer.request())) }()
+	go func() { peer.answer(peer.request()) }()
 	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
 	require.NoError(t, err)
 	requireLend(t, c, lendFree)
@@ -521,7 +515,7 @@ func TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered(t *testing.T) {
 	require.ErrorIs(t, <-errc, context.Canceled)
 
 	peer.write(push[100:])
-	peer.write(answer(second))
+	peer.answer(second)
 	select {
 	case m := <-got:
 		require.Equal(t, body, m.f.Body)

@@ -29,10 +29,11 @@ var readerModes = []struct {
 }
 
 // lendingClient starts a CallerReads Conn on nc whose free role is reclaimed after
-// reclaim, with handler for pushes.
-func lendingClient(t *testing.T, nc net.Conn, reclaim time.Duration, handler func(*Conn, frame.Frame)) *Conn {
+// reclaim, with opts' handler for pushes.
+func lendingClient(t *testing.T, nc net.Conn, reclaim time.Duration, opts Options) *Conn {
 	t.Helper()
-	c := NewConn(nc, PeerCred{}, Options{CallerReads: true, Heartbeat: -1, Handler: handler})
+	opts.CallerReads, opts.Heartbeat = true, -1
+	c := NewConn(nc, PeerCred{}, opts)
 	c.reclaimAfter = reclaim
 	c.Start()
 	t.Cleanup(func() { c.Close() })
@@ -65,7 +66,7 @@ func TestALoneCallReadsItsOwnResponse(t *testing.T) {
 			}}))
 			t.Cleanup(func() { s.Close() })
 			pushes := make(chan string, 4)
-			c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
+			c := lendingClient(t, a, time.Hour, Options{Handler: func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) }})
 
 			// The first call is answered through the reader goroutine, which then
 			// leaves the role free: nothing else is pending.
@@ -111,7 +112,7 @@ func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
 			s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
 			t.Cleanup(func() { s.Close() })
 			pushes := make(chan string, 4)
-			c := lendingClient(t, a, time.Millisecond, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
+			c := lendingClient(t, a, time.Millisecond, Options{Handler: func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) }})
 			for range 3 {
 				_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
 				require.NoError(t, err)
@@ -154,6 +155,12 @@ func (p rawPeer) write(b []byte) {
 	require.NoError(p.t, err)
 }
 
+// answer answers the request f with its own body.
+func (p rawPeer) answer(f frame.Frame) {
+	p.t.Helper()
+	p.write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, f.Body))
+}
+
 func TestACallerReadingPartOfAFrameLeavesItWhole(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789"), 3000)
 	push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
@@ -178,15 +185,9 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	a, b := tr.pair(t)
 	peer := rawPeer{t, b}
 	pushes := make(chan []byte, 4)
-	c := lendingClient(t, a, time.Hour, func(_ *Conn, f frame.Frame) { pushes <- f.Body })
+	c := lendingClient(t, a, time.Hour, Options{Handler: func(_ *Conn, f frame.Frame) { pushes <- f.Body }})
 
-	answer := func(f frame.Frame) []byte {
-		return frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, f.Body)
-	}
-	go func() {
-		f := peer.request()
-		peer.write(answer(f))
-	}()
+	go func() { peer.answer(peer.request()) }()
 	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
 	require.NoError(t, err)
 	requireLend(t, c, lendFree)
@@ -218,17 +219,14 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	// The rest arrives after the caller gave up: the frame is read
 	// whole by whoever reads next, and the late answer is dropped.
 	peer.write(push[cut:])
-	peer.write(answer(second))
+	peer.answer(second)
 	select {
 	case got := <-pushes:
 		require.Equal(t, body, got)
 	case <-c.Done():
 		t.Fatalf("the Conn failed instead of reading the push whole: %v", c.Err())
 	}
-	go func() {
-		f := peer.request()
-		peer.write(answer(f))
-	}()
+	go func() { peer.answer(peer.request()) }()
 	f, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("third"))
 	require.NoError(t, err)
 	require.Equal(t, "third", string(f.Body))
@@ -240,11 +238,8 @@ func TestTheConnEndingUnderAReadingCaller(t *testing.T) {
 		t.Run(tr.name, func(t *testing.T) {
 			a, b := tr.pair(t)
 			peer := rawPeer{t, b}
-			c := lendingClient(t, a, time.Hour, nil)
-			go func() {
-				f := peer.request()
-				peer.write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, nil))
-			}()
+			c := lendingClient(t, a, time.Hour, Options{})
+			go func() { peer.answer(peer.request()) }()
 			_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
 			require.NoError(t, err)
 			requireLend(t, c, lendFree)
@@ -285,7 +280,7 @@ func TestCallerReadsUnderLoad(t *testing.T) {
 			}}))
 			t.Cleanup(func() { s.Close() })
 			var pushed atomic.Int64
-			c := lendingClient(t, a, reclaimAfter, func(_ *Conn, f frame.Frame) { pushed.Add(1) })
+			c := lendingClient(t, a, reclaimAfter, Options{Handler: func(_ *Conn, f frame.Frame) { pushed.Add(1) }})
 
 			const pushes = 500
 			go func() {
