@@ -15,15 +15,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
-)
 
-// countFDs returns how many descriptors this process has open.
-func countFDs(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	return len(ents) - 1 // ReadDir's own
-}
+	"github.com/cluster-client-go/cluster/internal/fdtest"
+)
 
 // countMappings returns how many mappings of blob memfds this process has.
 func countMappings(t testing.TB) int {
@@ -46,9 +40,9 @@ func countMappings(t testing.TB) int {
 // test, requires that both are back to it.
 func baseline(t *testing.T) {
 	t.Helper()
-	fds, maps := countFDs(t), countMappings(t)
+	fds, maps := fdtest.Take(t), countMappings(t)
 	t.Cleanup(func() {
-		require.Equal(t, fds, countFDs(t), "descriptors leaked")
+		require.Empty(t, fds.Added(t), "descriptors leaked")
 		require.Equal(t, maps, countMappings(t), "mappings leaked")
 	})
 }
@@ -233,13 +227,13 @@ func TestOpenRefusesUnsealedMemory(t *testing.T) {
 		{"pipe", pipe, "F_GET_SEALS"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			before := countFDs(t)
+			before := fdtest.Take(t)
 			f := tt.file(t)
 			b, err := Open(f)
 			require.ErrorIs(t, err, ErrNotSealed)
 			require.ErrorContains(t, err, tt.want)
 			require.Nil(t, b)
-			require.Equal(t, before, countFDs(t), "Open closes f on error")
+			require.Empty(t, before.Added(t), "Open closes f on error")
 		})
 	}
 }
@@ -306,15 +300,15 @@ func TestEmptyBlobPasses(t *testing.T) {
 }
 
 func TestCleanupIsASafetyNet(t *testing.T) {
-	before, maps := countFDs(t), countMappings(t)
+	before, maps := fdtest.Take(t), countMappings(t)
 	func() {
 		b, err := New(pattern(8192))
 		require.NoError(t, err)
-		require.Equal(t, before+1, countFDs(t))
+		require.Len(t, before.Added(t), 1)
 		_ = b // dropped without Close
 	}()
 	require.Eventually(t, func() bool {
 		runtime.GC()
-		return countFDs(t) == before && countMappings(t) == maps
+		return len(before.Added(t)) == 0 && countMappings(t) == maps
 	}, 10*time.Second, time.Millisecond)
 }

@@ -61,8 +61,10 @@ func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	}()
 	a, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
+	t.Cleanup(func() { a.Close() })
 	r := <-ch
 	require.NoError(t, r.err)
+	t.Cleanup(func() { r.c.Close() })
 	return a, r.c
 }
 

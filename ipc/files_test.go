@@ -8,7 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// pipeWith returns the read end of a pipe holding content, write end closed.
+// pipeWith returns the read end of a pipe holding content, write end closed. It is
+// closed at the end of the test if the test has not closed it.
 func pipeWith(t *testing.T, content string) *os.File {
 	t.Helper()
 	r, w, err := os.Pipe()
@@ -16,6 +17,7 @@ func pipeWith(t *testing.T, content string) *os.File {
 	_, err = w.WriteString(content)
 	require.NoError(t, err)
 	require.NoError(t, w.Close())
+	t.Cleanup(func() { _ = r.Close() }) // a test that stops early leaves no descriptor behind
 	return r
 }
 

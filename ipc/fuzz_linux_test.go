@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/internal/fdtest"
 )
 
 // fuzzSegments encodes sendmsg calls for FuzzFDReader: each is a control byte (low 6
@@ -49,7 +50,7 @@ func FuzzFDReader(f *testing.F) {
 
 // fuzzFDReaderOnce feeds data, as FuzzFDReader describes, to a Conn with mode's options.
 func fuzzFDReaderOnce(t *testing.T, data []byte, mode Options) {
-	before := countFDs(t)
+	before := fdtest.Take(t)
 	v := newRawVictim(t, true, mode)
 	pipes := []*os.File{pipeWith(t, ""), pipeWith(t, ""), pipeWith(t, "")}
 	for len(data) > 0 {
@@ -97,11 +98,5 @@ func fuzzFDReaderOnce(t *testing.T, data []byte, mode Options) {
 		}
 		break
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for countFDs(t) != before {
-		if time.Now().After(deadline) {
-			t.Fatalf("descriptors leaked: %d open, %d before", countFDs(t), before)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	before.RequireNoneAdded(t)
 }

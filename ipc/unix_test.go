@@ -24,6 +24,22 @@ func shortDir(t *testing.T) string {
 	return d
 }
 
+// leaveStale closes ln as a Leader that dies would: the socket file stays, and so does
+// nothing else (Unlink would remove the file; the pinned inode is let go directly).
+func leaveStale(t *testing.T, ln *Listener) {
+	t.Helper()
+	require.NoError(t, ln.Close())
+	if ln.pin != nil {
+		require.NoError(t, ln.pin.Close())
+	}
+}
+
+// closeAndUnlink releases ln as the Leader that owns it does.
+func closeAndUnlink(ln *Listener) {
+	_ = ln.Close()
+	_ = ln.Unlink()
+}
+
 func TestListenUnixModeStaleSocketsAndUnlink(t *testing.T) {
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
@@ -77,11 +93,11 @@ func TestListenUnixGroupExactModeGroupAndStaging(t *testing.T) {
 	for _, p := range []string{path, stagingPath(path)} {
 		ln, err := ListenUnix(p, 0o600)
 		require.NoError(t, err)
-		require.NoError(t, ln.Close())
+		leaveStale(t, ln)
 	}
 	ln, err := ListenUnixGroup(path, 0o660, gid)
 	require.NoError(t, err)
-	defer ln.Close()
+	defer closeAndUnlink(ln)
 	fi, err := os.Lstat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o660), fi.Mode().Perm(), "the umask cut the mode")
@@ -133,7 +149,7 @@ func TestAcceptReportsPeerCredentials(t *testing.T) {
 	path := filepath.Join(shortDir(t), "s.sock")
 	ln, err := ListenUnix(path, 0o600)
 	require.NoError(t, err)
-	defer ln.Close()
+	defer closeAndUnlink(ln)
 	c, err := DialUnix(context.Background(), path)
 	require.NoError(t, err)
 	defer c.Close()
