@@ -378,43 +378,41 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 
 	for _, tt := range []struct {
 		name string
-		send func(c net.Conn)
+		send func(t *testing.T, c net.Conn)
 		// wantCode is the error frame the Leader should answer with ("" = just closes).
 		wantCode string
 		// wantLog is what the Leader's log must say about it.
 		wantLog string
 	}{
-		{"garbage before hello", func(c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64))) }, frame.CodeVersion, "version"},
-		{"wrong version", func(c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion, "received protocol version 99"},
-		{"wrong cluster name", func(c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol, `not \"other\"`},
-		{"half a hello", func(c net.Conn) { c.Write(hello(tc.name)[:30]) }, "", "handshake failed"},
-		{"oversized length after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, "", "too large"},
-		{"garbage after hello", func(c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, "", "version 255"},
-		{"half a frame after hello", func(c net.Conn) {
+		{"garbage before hello", func(t *testing.T, c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64))) }, frame.CodeVersion, "version"},
+		{"wrong version", func(t *testing.T, c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion, "received protocol version 99"},
+		{"wrong cluster name", func(t *testing.T, c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol, `not \"other\"`},
+		{"half a hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)[:30]) }, "", "handshake failed"},
+		{"oversized length after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, "", "too large"},
+		{"garbage after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, "", "version 255"},
+		{"half a frame after hello", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), make([]byte, 100))[:50])
 		}, "", "connection ended inside a invoke frame"},
-		{"response frame from a follower", func(c net.Conn) {
+		{"response frame from a follower", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 1}, nil, nil))
 		}, "", "never sent"},
-		{"too many fds declared", func(c net.Conn) {
+		{"too many fds declared", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), nil)
 			b[3] = 200
 			c.Write(b)
 		}, "", "200"},
-		{"unsealed memfd passed as a blob", func(c net.Conn) {
+		{"unsealed memfd passed as a blob", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
-			fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
-			require.NoError(t, err)
-			defer unix.Close(fd)
-			_, _ = unix.Write(fd, []byte("the sender could still change this"))
+			f := unsealedMemfd(t, "the sender could still change this")
+			defer f.Close()
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, FDs: 1, ID: 1}, []byte("echo"), nil)
-			_, _, err = c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(fd), nil)
+			_, _, err := c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
 			require.NoError(t, err)
 		}, "", "not a sealed memfd"},
-		{"descriptor passed with a subscribe", func(c net.Conn) {
+		{"descriptor passed with a subscribe", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, FDs: 1, ID: 1}, []byte("t"), nil)
 			_, _, err := c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(os.Stdin.Fd())), nil)
@@ -423,7 +421,7 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tc.rawConn()
-			tt.send(c)
+			tt.send(t, c)
 			if strings.HasPrefix(tt.name, "half") {
 				c.(*net.UnixConn).CloseWrite()
 			}
