@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/frame"
@@ -384,7 +383,9 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 		// wantLog is what the Leader's log must say about it.
 		wantLog string
 	}{
-		{"garbage before hello", func(t *testing.T, c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64))) }, frame.CodeVersion, "version"},
+		{"garbage before hello", func(t *testing.T, c net.Conn) {
+			c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("z", 64)))
+		}, frame.CodeVersion, "version"},
 		{"wrong version", func(t *testing.T, c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion, "received protocol version 99"},
 		{"wrong cluster name", func(t *testing.T, c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol, `not \"other\"`},
 		{"half a hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)[:30]) }, "", "handshake failed"},
@@ -409,14 +410,12 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 			f := unsealedMemfd(t, "the sender could still change this")
 			defer f.Close()
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, FDs: 1, ID: 1}, []byte("echo"), nil)
-			_, _, err := c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
-			require.NoError(t, err)
+			writeWithFile(t, c, b, f)
 		}, "", "not a sealed memfd"},
 		{"descriptor passed with a subscribe", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, FDs: 1, ID: 1}, []byte("t"), nil)
-			_, _, err := c.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(os.Stdin.Fd())), nil)
-			require.NoError(t, err)
+			writeWithFile(t, c, b, os.Stdin)
 		}, "", "only invoke, oneway and publish may"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

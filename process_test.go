@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/cluster-client-go/cluster"
 )
 
 // startMembers starts n members one after another and waits until all joined.
@@ -367,43 +365,6 @@ func runHello(t *testing.T, sock, name string, attr *syscall.SysProcAttr) string
 	return strings.TrimSpace(string(out))
 }
 
-func TestPeerCredentialsAdmitOnlyTheSameUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a peer as another uid (uid 65534)")
-	}
-	tc := newTestCluster(t)
-	// Make the socket reachable by anyone at the filesystem level, so that the only
-	// gate left is SO_PEERCRED.
-	c := tc.join(func(c *cluster.Config) { c.SocketMode = 0o666 })
-	require.NoError(t, os.Chmod(tc.dir, 0o711))
-	sock := filepath.Join(tc.dir, tc.name+".sock")
-
-	other := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out := runHello(t, sock, tc.name, other)
-	require.True(t, strings.HasPrefix(out, "error unauthorized"), "uid 65534 was not refused: %q", out)
-	require.Contains(t, out, "uid=65534")
-	require.Contains(t, out, "AllowUIDs")
-
-	// The same uid is welcome.
-	require.True(t, strings.HasPrefix(runHello(t, sock, tc.name, nil), "welcome"))
-	_ = c
-}
-
-func TestPeerCredentialsAllowList(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a peer as another uid (uid 65534)")
-	}
-	tc := newTestCluster(t)
-	tc.join(func(c *cluster.Config) {
-		c.SocketMode = 0o666
-		c.AllowUIDs = []uint32{65534}
-	})
-	require.NoError(t, os.Chmod(tc.dir, 0o711))
-	sock := filepath.Join(tc.dir, tc.name+".sock")
-	out := runHello(t, sock, tc.name, &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}})
-	require.True(t, strings.HasPrefix(out, "welcome"), "an allowed uid was refused: %q", out)
-}
-
 // publicCopy copies the file at path into a fresh world-readable directory so that a
 // process of another uid can execute it.
 func publicCopy(t *testing.T, path string) string {
@@ -423,6 +384,7 @@ func publicCopy(t *testing.T, path string) string {
 // time out, drop the silent connection after the heartbeat timeout, and reconnect to the
 // same Leader, in the same term, when it resumes.
 func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
+	requireStopSignals(t)
 	forEachTransport(t, func(t *testing.T, tc *testCluster) {
 		l := tc.start(memberOpts{heartbeat: "100ms"})
 		require.Equal(t, "leader", l.joined().Role)
@@ -430,11 +392,11 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 		fj := f.joined()
 		require.Equal(t, "follower", fj.Role)
 
-		require.NoError(t, l.cmd.Process.Signal(syscall.SIGSTOP))
+		require.NoError(t, l.cmd.Process.Signal(sigStop))
 		stopped := true
 		defer func() {
 			if stopped {
-				_ = l.cmd.Process.Signal(syscall.SIGCONT)
+				_ = l.cmd.Process.Signal(sigCont)
 			}
 		}()
 		// The call ends, by its deadline or by the heartbeat dropping the connection.
@@ -449,7 +411,7 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 
-		require.NoError(t, l.cmd.Process.Signal(syscall.SIGCONT))
+		require.NoError(t, l.cmd.Process.Signal(sigCont))
 		stopped = false
 		require.Eventually(t, func() bool {
 			r := f.role()

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -187,6 +186,7 @@ func TestSubscriptionFirstWaitsForAValue(t *testing.T) {
 }
 
 func TestProcessPausedMembersKeepTheirPlaceByDefault(t *testing.T) {
+	requireStopSignals(t)
 	forEachTransport(t, func(t *testing.T, tc *testCluster) {
 		ps := tc.startMembers(2)
 		leader, lr := leaderOf(t, ps)
@@ -198,17 +198,17 @@ func TestProcessPausedMembersKeepTheirPlaceByDefault(t *testing.T) {
 
 		// Far longer than any heartbeat would allow. A paused Follower is slow, not dead:
 		// it keeps its connection, its registration and its subscription.
-		require.NoError(t, f.cmd.Process.Signal(syscall.SIGSTOP))
+		require.NoError(t, f.cmd.Process.Signal(sigStop))
 		tc.upstream.Push("t", []byte("while-stopped"))
 		time.Sleep(1500 * time.Millisecond)
 		require.Equal(t, []string{"f"}, tc.upstream.Registered("svc"))
-		require.NoError(t, f.cmd.Process.Signal(syscall.SIGCONT))
+		require.NoError(t, f.cmd.Process.Signal(sigCont))
 		f.waitMessage(sub, "while-stopped")
 
 		// And a paused Leader is not given up on: calls resume when it does.
-		require.NoError(t, leader.cmd.Process.Signal(syscall.SIGSTOP))
+		require.NoError(t, leader.cmd.Process.Signal(sigStop))
 		time.Sleep(1500 * time.Millisecond)
-		require.NoError(t, leader.cmd.Process.Signal(syscall.SIGCONT))
+		require.NoError(t, leader.cmd.Process.Signal(sigCont))
 		r := f.do(command{Op: "invoke", Name: "echo", Data: "x"})
 		require.Empty(t, r.Err)
 
@@ -222,6 +222,7 @@ func TestProcessPausedMembersKeepTheirPlaceByDefault(t *testing.T) {
 }
 
 func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
+	requireStopSignals(t)
 	forEachTransport(t, func(t *testing.T, tc *testCluster) {
 		l := tc.start(memberOpts{heartbeat: "100ms"}) // HeartbeatTimeout 300ms
 		require.Equal(t, "leader", l.joined().Role)
@@ -231,11 +232,11 @@ func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
 		require.Empty(t, f.do(command{Op: "register", Name: "svc", Data: "f"}).Err)
 		tc.waitRegistered(t, ps, "svc", []string{"f"})
 
-		require.NoError(t, f.cmd.Process.Signal(syscall.SIGSTOP))
+		require.NoError(t, f.cmd.Process.Signal(sigStop))
 		stopped := true
 		defer func() {
 			if stopped {
-				_ = f.cmd.Process.Signal(syscall.SIGCONT)
+				_ = f.cmd.Process.Signal(sigCont)
 			}
 		}()
 		// With the switch on, silence is death: the Leader drops the Follower and
@@ -243,7 +244,7 @@ func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		require.NoError(t, tc.upstream.WaitRegistered(ctx, "svc", []string{}))
-		require.NoError(t, f.cmd.Process.Signal(syscall.SIGCONT))
+		require.NoError(t, f.cmd.Process.Signal(sigCont))
 		stopped = false
 		// Back, it reconnects and registers again.
 		tc.waitRegistered(t, ps, "svc", []string{"f"})

@@ -118,10 +118,16 @@ func (b errBody) Error() string { return "unexpected body " + string(b) }
 // inline; the goroutine that took over reading sees the end, fails what is pending,
 // and the blocked function still finishes and returns.
 func TestInlineTakeoverWhileTheConnEnds(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) { testInlineTakeoverWhileTheConnEnds(t, tr) })
+	}
+}
+
+func testInlineTakeoverWhileTheConnEnds(t *testing.T, tr transport) {
 	unblock := make(chan struct{})
 	var ran atomic.Bool
 	returned := make(chan bool, 1)
-	a, b := unixSocketPair(t)
+	a, b := tr.pair(t)
 	c := started(NewConn(a, PeerCred{}, Options{}))
 	s := started(NewConn(b, PeerCred{}, Options{Handler: func(c *Conn, f frame.Frame) {
 		returned <- c.Inline(time.Millisecond, func() {
