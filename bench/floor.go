@@ -273,12 +273,26 @@ func bigTrips(c net.Conn, req request) response {
 	return response{Lat: lat}
 }
 
+// heap is memory an agent keeps resident for the whole run (-heap): an application's
+// heap, as far as the kernel is concerned when the process is killed.
+var heap []byte
+
+// holdHeap allocates mib MiB and touches every page of it.
+func holdHeap(mib int) {
+	heap = make([]byte, mib<<20)
+	for i := 0; i < len(heap); i += 4096 {
+		heap[i] = 1
+	}
+}
+
 // lockHolderMain holds an exclusive flock on a file until it is killed: the floor of
 // failover is how soon after its SIGKILL another process can take the lock.
 func lockHolderMain(args []string) {
 	fs := flag.NewFlagSet("lock-holder", flag.ExitOnError)
 	path := fs.String("path", "", "lock file")
+	heap := fs.Int("heap", 0, "MiB to keep resident")
 	_ = fs.Parse(args)
+	holdHeap(*heap)
 	f, err := os.OpenFile(*path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err == nil {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)

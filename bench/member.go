@@ -126,7 +126,9 @@ func memberMain(args []string) {
 	dir := fs.String("dir", "", "cluster directory")
 	transport := fs.String("transport", "unix", "unix or tcp")
 	port := fs.Int("port", 0, "TCP port")
+	heap := fs.Int("heap", 0, "MiB to keep resident")
 	_ = fs.Parse(args)
+	holdHeap(*heap)
 	ctx := context.Background()
 	c, err := cluster.Join(ctx, memberConfig(*dir, *transport, *port))
 	if err != nil {

@@ -55,6 +55,7 @@ type settings struct {
 	PubPaced    int   `json:"pub_paced_messages"`
 	PubBurst    int   `json:"pub_burst_messages"`
 	BlobMiB     []int `json:"blob_mib"`
+	HeapMiB     int   `json:"member_heap_mib,omitempty"`
 }
 
 type seqRow struct {
@@ -128,7 +129,7 @@ func newResults(o options, args []string) *results {
 		Started: time.Now().UTC(),
 		Smoke:   o.smoke,
 		Settings: settings{Rounds: o.rounds, SeqCalls: o.seqN, TputMs: o.tputMs, Concurrency: o.conc,
-			Kills: o.kills, PubPaced: o.pubPaced, PubBurst: o.pubBurst, BlobMiB: o.blobMiB},
+			Kills: o.kills, PubPaced: o.pubPaced, PubBurst: o.pubBurst, BlobMiB: o.blobMiB, HeapMiB: o.heapMiB},
 		seqSamples: map[string][]int64{},
 	}
 	r.Command = strings.TrimSpace(r.Command)
@@ -325,21 +326,30 @@ func (r *results) print(w io.Writer) {
 	if r.Machine.NodePeer != "" {
 		fmt.Fprintf(tw, "Node.js peer: %s\n", r.Machine.NodePeer)
 	}
-	fmt.Fprintf(tw, "\nSequential invoke, 64 B, one Follower (floor: raw ping-pong)\tp50\tp90\tp99\tmax\tp50 x floor\tcalls\n")
-	for _, s := range r.Seq {
-		fmt.Fprintf(tw, "  %s\t%.1f us\t%.1f us\t%.1f us\t%.0f us\t%s\t%d\n", s.System, s.P50us, s.P90us, s.P99us, s.MaxUs, x(s.XFloor), s.N)
+	// A partial run (-only) prints only the tables it measured.
+	if len(r.Seq) > 0 {
+		fmt.Fprintf(tw, "\nSequential invoke, 64 B, one Follower (floor: raw ping-pong)\tp50\tp90\tp99\tmax\tp50 x floor\tcalls\n")
+		for _, s := range r.Seq {
+			fmt.Fprintf(tw, "  %s\t%.1f us\t%.1f us\t%.1f us\t%.0f us\t%s\t%d\n", s.System, s.P50us, s.P90us, s.P99us, s.MaxUs, x(s.XFloor), s.N)
+		}
 	}
-	fmt.Fprintf(tw, "\nThroughput, 3 Followers x %d callers (floor: raw pipelined, a write per message)\tcalls/s\tx floor\tx node\t\t\t\n", r.Settings.Concurrency)
-	for _, t := range r.Tput {
-		fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%s\t\t\t\n", t.System, t.CallsPerSec, x(t.XFloor), x(t.XNode))
+	if len(r.Tput) > 0 {
+		fmt.Fprintf(tw, "\nThroughput, 3 Followers x %d callers (floor: raw pipelined, a write per message)\tcalls/s\tx floor\tx node\t\t\t\n", r.Settings.Concurrency)
+		for _, t := range r.Tput {
+			fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%s\t\t\t\n", t.System, t.CallsPerSec, x(t.XFloor), x(t.XNode))
+		}
 	}
-	fmt.Fprintf(tw, "\nPublish fan-out to 3 Followers, 64 B\tburst msgs/s each\tx floor\tdelivered\tpaced p50\tpaced p99\tpaced lost\n")
-	for _, p := range r.Pub {
-		fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%d/%d\t%.1f us\t%.1f us\t%d\n", p.System, p.MsgsPerSec, x(p.XFloor), p.Delivered, p.Sent*p.Subscribers, p.P50us, p.P99us, p.PacedLost)
+	if len(r.Pub) > 0 {
+		fmt.Fprintf(tw, "\nPublish fan-out to 3 Followers, 64 B\tburst msgs/s each\tx floor\tdelivered\tpaced p50\tpaced p99\tpaced lost\n")
+		for _, p := range r.Pub {
+			fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%d/%d\t%.1f us\t%.1f us\t%d\n", p.System, p.MsgsPerSec, x(p.XFloor), p.Delivered, p.Sent*p.Subscribers, p.P50us, p.P99us, p.PacedLost)
+		}
 	}
-	fmt.Fprintf(tw, "\nFailover: SIGKILL of the Leader -> every survivor served by the new one\tp50\tp99\tmax\tx floor\tfirst survivor p50\tkills\n")
-	for _, f := range r.Failover {
-		fmt.Fprintf(tw, "  %s\t%.2f ms\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%d\n", f.System, f.P50ms, f.P99ms, f.MaxMs, x(f.XFloor), f.FirstP50, f.Kills)
+	if len(r.Failover) > 0 {
+		fmt.Fprintf(tw, "\nFailover: SIGKILL of the Leader -> every survivor served by the new one\tp50\tp99\tmax\tx floor\tfirst survivor p50\tkills\n")
+		for _, f := range r.Failover {
+			fmt.Fprintf(tw, "  %s\t%.2f ms\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%d\n", f.System, f.P50ms, f.P99ms, f.MaxMs, x(f.XFloor), f.FirstP50, f.Kills)
+		}
 	}
 	if len(r.Blob) > 0 {
 		fmt.Fprintf(tw, "\nLarge payload round trip (Follower -> Leader -> Follower)\tp50\tx raw socket\truns\t\t\t\n")

@@ -29,6 +29,7 @@ type options struct {
 	kills     int
 	blobMiB   []int
 	farm      int
+	heapMiB   int
 	node      string
 	tcp       bool
 	out       string
@@ -105,6 +106,7 @@ func run(args []string) int {
 	fs.IntVar(&o.conc, "conc", 64, "concurrent callers per Follower in the throughput measurement")
 	fs.IntVar(&o.kills, "kills", 20, "SIGKILLs of the Leader per system")
 	fs.IntVar(&o.farm, "idle", 100, "idle Followers joined to measure what one costs the Leader")
+	fs.IntVar(&o.heapMiB, "heap", 0, "MiB every cluster member and the flock holder keep resident, standing in for an application's heap (failover after SIGKILL grows with the dead Leader's memory)")
 	fs.StringVar(&o.node, "node", "auto", "the Node.js cluster-client peer: auto (when node and npm are installed), on, off")
 	fs.BoolVar(&o.tcp, "tcp", true, "also measure the TCP transport")
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
@@ -307,7 +309,7 @@ func (b *bench) startAll() error {
 		n := 0
 		cg.start = func() (*agent, error) {
 			n++
-			return b.startAgent(fmt.Sprintf("%s member %d", cg.name, n), b.agentCmd("member", "-dir", dir, "-transport", tr, "-port", fmt.Sprint(port)))
+			return b.startAgent(fmt.Sprintf("%s member %d", cg.name, n), b.agentCmd("member", "-dir", dir, "-transport", tr, "-port", fmt.Sprint(port), "-heap", fmt.Sprint(b.opt.heapMiB)))
 		}
 		if err := b.startMembers(cg); err != nil {
 			return err
@@ -327,6 +329,9 @@ func (b *bench) startAll() error {
 			return err
 		}
 		g.members = append(g.members, a)
+	}
+	if b.opt.heapMiB > 0 {
+		b.res.note("every cluster member and the flock holder keep %d MiB resident (-heap); cluster-client's members do not", b.opt.heapMiB)
 	}
 	// The Node.js cluster-client.
 	if b.opt.node != "off" {
@@ -596,7 +601,7 @@ func (b *bench) killOnce(g *group) (first, all time.Duration, err error) {
 // process gets the flock.
 func (b *bench) lockFloor() (time.Duration, error) {
 	path := filepath.Join(b.dir, "floor.lock")
-	holder, err := b.startAgent("lock holder", b.agentCmd("lock-holder", "-path", path))
+	holder, err := b.startAgent("lock holder", b.agentCmd("lock-holder", "-path", path, "-heap", fmt.Sprint(b.opt.heapMiB)))
 	if err != nil {
 		return 0, err
 	}
