@@ -3,6 +3,7 @@ package ipc
 import (
 	"context"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,12 +14,14 @@ import (
 )
 
 // inlineHandler answers every request inline; a request with meta "block" blocks
-// inline until unblock is closed, so only a takeover lets the next frames in. It passes
-// back the files it is given, to show the descriptor-aware reader handed on intact.
+// inline until unblock is closed, so only a takeover lets the next frames in, and one
+// with meta "hold" blocks too but is given an hour (no takeover). It passes back the
+// files it is given, to show the descriptor-aware reader handed on intact.
 type inlineHandler struct {
-	blocking chan struct{} // told when a "block" request starts blocking
-	unblock  chan struct{}
-	quick    chan bool // what each Inline call reported
+	blocking chan struct{} // told when a "block" or "hold" request starts blocking
+	unblock  chan struct{} // closed to end "block" requests
+	hold     chan struct{} // closed to end "hold" requests
+	quick    chan bool     // what each Inline call reported
 }
 
 func (h *inlineHandler) handle(c *Conn, f frame.Frame, files []*os.File) {
@@ -29,9 +32,13 @@ func (h *inlineHandler) handle(c *Conn, f frame.Frame, files []*os.File) {
 		after = time.Millisecond
 	}
 	quick := c.Inline(after, func() {
-		if string(f.Meta) == "block" {
+		switch string(f.Meta) {
+		case "block":
 			h.blocking <- struct{}{}
 			<-h.unblock
+		case "hold":
+			h.blocking <- struct{}{}
+			<-h.hold
 		}
 		_ = c.ReplyFiles(f.ID, append([]byte(nil), f.Body...), files)
 		closeFiles(files)
@@ -153,4 +160,74 @@ func testInlineTakeoverWhileTheConnEnds(t *testing.T, tr transport) {
 	require.False(t, <-returned)
 	require.True(t, ran.Load())
 	s.Close() // waits for the reader that took over
+}
+
+// watchPeriod is the Inline watch's period now.
+func watchPeriod() time.Duration {
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	return watch.period
+}
+
+// TestTheWatchTicksLessWhileInlineFunctionsAreQuick: while every Inline function
+// returns before a tick finds it running, the watch's period stretches to
+// inlineTickMax (fewer timer wake-ups); a function that then blocks is still taken
+// over, and while one runs the period is back to inlineTick.
+func TestTheWatchTicksLessWhileInlineFunctionsAreQuick(t *testing.T) {
+	h := &inlineHandler{blocking: make(chan struct{}, 1), unblock: make(chan struct{}), hold: make(chan struct{}), quick: make(chan bool, 100)}
+	a, b := socketPair(t)
+	c := started(NewConn(a, PeerCred{}, Options{}))
+	s := started(NewConn(b, PeerCred{}, Options{FileHandler: h.handle}))
+	defer func() { c.Close(); s.Close() }()
+	unblock, unhold := sync.OnceFunc(func() { close(h.unblock) }), sync.OnceFunc(func() { close(h.hold) })
+	defer func() { unblock(); unhold() }() // before the Closes, which wait for the reader
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	call := func(meta, body string) {
+		t.Helper()
+		f, err := c.Call(ctx, frame.KindInvoke, 0, []byte(meta), []byte(body))
+		require.NoError(t, err)
+		require.Equal(t, body, string(f.Body))
+	}
+
+	// A stream of quick requests: the period stretches all the way. (A stall longer
+	// than the period, on a loaded machine, lets the watch stop and start again at
+	// inlineTick; the stream goes on until a clean stretch.)
+	for watchPeriod() < inlineTickMax {
+		require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
+		call("echo", "quick")
+		require.True(t, <-h.quick)
+	}
+
+	// A function that blocks is still taken over: the next request is answered.
+	blocked := make(chan struct{})
+	go func() {
+		defer close(blocked)
+		call("block", "first")
+	}()
+	<-h.blocking
+	call("echo", "second")
+	require.True(t, <-h.quick)
+	unblock()
+	<-blocked
+	require.False(t, <-h.quick, "Inline reports the takeover")
+
+	// Quick again until stretched, then one that runs (an hour before any takeover):
+	// every tick finds it running and keeps the period short.
+	for watchPeriod() < inlineTickMax {
+		require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
+		call("echo", "quick")
+		require.True(t, <-h.quick)
+	}
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		call("hold", "held")
+	}()
+	<-h.blocking
+	require.Eventually(t, func() bool { return watchPeriod() == inlineTick }, time.Minute, time.Millisecond,
+		"the period stayed at %v while a function ran", watchPeriod())
+	unhold()
+	<-held
+	require.True(t, <-h.quick)
 }
