@@ -190,44 +190,49 @@ func TestTheWatchTicksLessWhileInlineFunctionsAreQuick(t *testing.T) {
 		require.Equal(t, body, string(f.Body))
 	}
 
-	// A stream of quick requests: the period stretches all the way. (A stall longer
-	// than the period, on a loaded machine, lets the watch stop and start again at
-	// inlineTick; the stream goes on until a clean stretch.)
-	for watchPeriod() < inlineTickMax {
-		require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
-		call("echo", "quick")
-		require.True(t, <-h.quick)
+	// stretch sends quick requests until the period has stretched all the way. (A
+	// stall longer than the period, on a loaded machine, lets the watch stop and start
+	// again at inlineTick; the stream goes on until a clean stretch.)
+	stretch := func() {
+		t.Helper()
+		for watchPeriod() < inlineTickMax {
+			require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
+			call("echo", "quick")
+			require.True(t, <-h.quick)
+		}
+	}
+	// inBackground makes a call on another goroutine and reports how it went.
+	inBackground := func(meta, body string) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			f, err := c.Call(ctx, frame.KindInvoke, 0, []byte(meta), []byte(body))
+			if err == nil && string(f.Body) != body {
+				err = errBody(f.Body)
+			}
+			errc <- err
+		}()
+		return errc
 	}
 
-	// A function that blocks is still taken over: the next request is answered.
-	blocked := make(chan struct{})
-	go func() {
-		defer close(blocked)
-		call("block", "first")
-	}()
+	// A function that blocks after a stretch is still taken over: the next request
+	// is answered.
+	stretch()
+	blocked := inBackground("block", "first")
 	<-h.blocking
 	call("echo", "second")
 	require.True(t, <-h.quick)
 	unblock()
-	<-blocked
+	require.NoError(t, <-blocked)
 	require.False(t, <-h.quick, "Inline reports the takeover")
 
-	// Quick again until stretched, then one that runs (an hour before any takeover):
-	// every tick finds it running and keeps the period short.
-	for watchPeriod() < inlineTickMax {
-		require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
-		call("echo", "quick")
-		require.True(t, <-h.quick)
-	}
-	held := make(chan struct{})
-	go func() {
-		defer close(held)
-		call("hold", "held")
-	}()
+	// One that runs (an hour before any takeover) after a stretch: every tick finds
+	// it running and keeps the period short.
+	stretch()
+	held := inBackground("hold", "held")
 	<-h.blocking
 	require.Eventually(t, func() bool { return watchPeriod() == inlineTick }, time.Minute, time.Millisecond,
 		"the period stayed at %v while a function ran", watchPeriod())
 	unhold()
-	<-held
+	require.NoError(t, <-held)
 	require.True(t, <-h.quick)
 }
