@@ -18,12 +18,13 @@ import (
 // (lendCaller), or nobody (lendFree). The reader goroutine leaves it free when it has
 // just completed a call and nothing else is pending or buffered, and waits: the next
 // call takes it with a compare-and-swap, and a caller done with it leaves it free
-// again. reclaim gives a role left free for reclaimAfter back to the reader goroutine,
+// again. reclaim gives a role left free for its period back to the reader goroutine,
 // so frames that arrive after the last call (pushes, pings, the peer's end) wait at
-// most that long, plus the runtime's timer latency. A caller that leaves the role
-// while other calls are pending, or the connection has failed, hands it straight back.
-// Whoever makes the role the reader goroutine's again while it waits sends the one
-// token on lendBack.
+// most that long, plus the runtime's timer latency. The period is reclaimAfter, and
+// stretches up to reclaimMax while a run of calls keeps the reclaim needless (see
+// reclaimMax). A caller that leaves the role while other calls are pending, or the
+// connection has failed, hands it straight back. Whoever makes the role the reader
+// goroutine's again while it waits sends the one token on lendBack.
 //
 // A reading caller bounds its wait by a read deadline on the socket: its call's
 // deadline, or an immediate one set when its ctx ends (poke). A deadline interrupts a
@@ -72,8 +73,8 @@ func (c *Conn) busyReclaim() int64 {
 // is not reset by every call: resetting a timer to fire earlier than the network
 // poller's wait makes the runtime interrupt that wait (a write and a read of an
 // eventfd, and a thread woken), which would cost more than the switch this saves.
-// So one timer runs at a time, and when it fires early it sets itself again for
-// the rest.
+// So one timer runs at a time, and when it fires while calls are using the role it
+// sets itself again, for a longer period (reclaimRole).
 func (c *Conn) freeRole() {
 	c.freedAt.Store(monotonic())
 	c.lend.Store(lendFree)
