@@ -12,6 +12,7 @@ package fdtest
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -49,16 +50,8 @@ func (s Snapshot) RequireNoneAdded(t testing.TB) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("descriptors leaked: %d still open that were not before:\n%s", len(added), lines(added))
+			t.Fatalf("descriptors leaked: %d still open that were not before:\n\t%s", len(added), strings.Join(added, "\n\t"))
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-func lines(ss []string) string {
-	out := ""
-	for _, s := range ss {
-		out += "\t" + s + "\n"
-	}
-	return out
 }

@@ -3,20 +3,28 @@ package fdtest
 import (
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 )
+
+// startPoller starts the runtime's network poller, once: a pipe is pollable.
+var startPoller = sync.OnceValue(func() error {
+	r, w, err := os.Pipe()
+	if err == nil {
+		r.Close()
+		w.Close()
+	}
+	return err
+})
 
 // Take records what every descriptor of this process refers to. It first starts the
 // runtime's network poller, which opens its own descriptors at first use and keeps them,
 // so that they are never taken for the test's.
 func Take(t testing.TB) Snapshot {
 	t.Helper()
-	r, w, err := os.Pipe() // a pipe is pollable: this starts the poller
-	if err != nil {
-		t.Fatalf("fdtest: %v", err)
+	if err := startPoller(); err != nil {
+		t.Fatalf("fdtest: starting the network poller: %v", err)
 	}
-	r.Close()
-	w.Close()
 	dir, err := os.Open("/proc/self/fd")
 	if err != nil {
 		t.Fatalf("fdtest: %v", err)
