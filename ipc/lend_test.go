@@ -29,7 +29,7 @@ var readerModes = []struct {
 }
 
 // lendingClient starts a CallerReads Conn on nc whose free role is reclaimed after
-// reclaim, with opts' handler for pushes.
+// reclaim (its reclaimAfter), with opts' handler for pushes.
 func lendingClient(t *testing.T, nc net.Conn, reclaim time.Duration, opts Options) *Conn {
 	t.Helper()
 	opts.CallerReads, opts.Heartbeat = true, -1
@@ -105,14 +105,21 @@ func TestALoneCallReadsItsOwnResponse(t *testing.T) {
 	}
 }
 
+// echoAndLender connects a lendingClient (reclaim and pushed as lendingClient takes
+// them) to an echo server over tr, and returns both.
+func echoAndLender(t *testing.T, tr transport, reclaim time.Duration, pushed func(*Conn, frame.Frame)) (c, s *Conn) {
+	t.Helper()
+	a, b := tr.pair(t)
+	s = started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
+	t.Cleanup(func() { s.Close() })
+	return lendingClient(t, a, reclaim, Options{Handler: pushed}), s
+}
+
 func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			a, b := tr.pair(t)
-			s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
-			t.Cleanup(func() { s.Close() })
 			pushes := make(chan string, 4)
-			c := lendingClient(t, a, time.Millisecond, Options{Handler: func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) }})
+			c, s := echoAndLender(t, tr, time.Millisecond, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
 			for range 3 {
 				_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
 				require.NoError(t, err)
@@ -136,15 +143,12 @@ func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
 func TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			a, b := tr.pair(t)
-			s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
-			t.Cleanup(func() { s.Close() })
 			periods := make(chan time.Duration, 4) // the period as each push is dispatched
 			pushes := make(chan string, 4)
-			c := lendingClient(t, a, reclaimAfter, Options{Handler: func(c *Conn, f frame.Frame) {
+			c, s := echoAndLender(t, tr, reclaimAfter, func(c *Conn, f frame.Frame) {
 				periods <- time.Duration(c.reclaimWait.Load())
 				pushes <- string(f.Body)
-			}})
+			})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			stretch := func() {
