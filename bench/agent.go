@@ -258,3 +258,15 @@ func concurrent(req request, newCall func() func() error) response {
 	}
 	return response{Calls: calls.Load(), Ns: mono() - t0}
 }
+
+// heap is memory an agent keeps resident for the whole run (-heap): an application's
+// heap, as far as the kernel is concerned when the process is killed.
+var heap []byte
+
+// holdHeap allocates mib MiB and touches every page of it.
+func holdHeap(mib int) {
+	heap = make([]byte, mib<<20)
+	for i := 0; i < len(heap); i += 4096 {
+		heap[i] = 1
+	}
+}

@@ -273,18 +273,6 @@ func bigTrips(c net.Conn, req request) response {
 	return response{Lat: lat}
 }
 
-// heap is memory an agent keeps resident for the whole run (-heap): an application's
-// heap, as far as the kernel is concerned when the process is killed.
-var heap []byte
-
-// holdHeap allocates mib MiB and touches every page of it.
-func holdHeap(mib int) {
-	heap = make([]byte, mib<<20)
-	for i := 0; i < len(heap); i += 4096 {
-		heap[i] = 1
-	}
-}
-
 // lockHolderMain holds an exclusive flock on a file until it is killed: the floor of
 // failover is how soon after its SIGKILL another process can take the lock.
 func lockHolderMain(args []string) {
