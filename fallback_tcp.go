@@ -47,6 +47,7 @@ type tcpTransport struct {
 	cfg       *config
 	ln        net.Listener
 	token     []byte
+	prevToken []byte     // the previous term's, from the token file this Leader replaced
 	guard     *lock.Lock // nil where flock is not used (off Linux, or unsupported on Dir)
 	guardOff  bool       // flock turned out to be unsupported on Dir
 	guardHeld bool
@@ -84,7 +85,7 @@ func (t *tcpTransport) claim() (bool, uint64, error) {
 		t.fail(ln)
 		return false, 0, fmt.Errorf("writing the token file: %w", err)
 	}
-	t.ln, t.token = ln, next.token
+	t.ln, t.token, t.prevToken = ln, next.token, rec.token
 	return true, next.term, nil
 }
 
@@ -192,10 +193,16 @@ func (t *tcpTransport) authorize(token []byte) error {
 	if len(token) == 0 {
 		return fmt.Errorf("no token: a follower must read it from %s", t.tokenPath())
 	}
-	if subtle.ConstantTimeCompare(token, t.token) != 1 {
-		return fmt.Errorf("wrong token: it must match %s of this term", t.tokenPath())
+	if subtle.ConstantTimeCompare(token, t.token) == 1 {
+		return nil
 	}
-	return nil
+	// The listener accepts connections before this Leader has written its token (the
+	// bind that elects it is also its listen), so a Follower that connects at once may
+	// read its predecessor's. It is not let in, but asked to read the file again.
+	if len(t.prevToken) > 0 && subtle.ConstantTimeCompare(token, t.prevToken) == 1 {
+		return fmt.Errorf("%w: read %s again", errStaleToken, t.tokenPath())
+	}
+	return fmt.Errorf("wrong token: it must match %s of this term", t.tokenPath())
 }
 
 func (t *tcpTransport) where() string { return t.addr() + " (tcp)" }

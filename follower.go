@@ -19,6 +19,10 @@ import (
 // that moment, or, when it keeps happening, a program that is not ours.
 var errHungUp = errors.New("the other side hung up during the handshake")
 
+// errStaleToken is a TCP Leader's answer to a Follower that presented the previous
+// term's token: it read the token file before the new Leader had written it.
+var errStaleToken = errors.New("the token is the previous term's")
+
 // follower is the backend of a member whose Leader is another process.
 type follower struct {
 	c           *Client
@@ -48,7 +52,8 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
 			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
 		case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
-			return nil, fmt.Errorf("%w: leader is handing over", ipc.ErrNoListener)
+			// The Leader is handing over, or not ready for us yet: try again.
+			return nil, fmt.Errorf("%w: %s", ipc.ErrNoListener, fe.Message)
 		case errors.As(err, &fe):
 			return nil, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
 		case errors.Is(err, ipc.ErrNotOurProtocol):

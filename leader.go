@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -161,11 +162,17 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		_ = nc.Close()
 		return
 	}
+	stale := false
 	hello, err := ipc.ServerHandshake(nc, time.Now().Add(handshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
 		if h.Name != l.c.cfg.Name {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
 		}
 		if err := l.tr.authorize(h.Token); err != nil {
+			if errors.Is(err, errStaleToken) {
+				// Retryable, as while handing over: the Follower reads the token again.
+				stale = true
+				return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
+			}
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
 		}
 		if l.calls.isClosed() {
@@ -174,7 +181,11 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name}, nil
 	})
 	if err != nil {
-		log.Warn("cluster: follower handshake failed", "peer", peer, "err", err)
+		level := slog.LevelWarn
+		if stale {
+			level = slog.LevelDebug // expected right after a TCP election
+		}
+		log.Log(l.ctx, level, "cluster: follower handshake failed", "peer", peer, "err", err)
 		_ = nc.Close()
 		return
 	}

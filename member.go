@@ -189,9 +189,9 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			}
 			lastFollow = err
 			// A Leader that refuses us will refuse again: fail Join at once (on TCP after
-			// a few tries: a token read just before a new Leader replaced it is refused
-			// once). After Join, keep trying (the next Leader may be configured
-			// differently) at a slow pace.
+			// a few tries: a token read just before a new Leader replaced it is only
+			// asked to retry, but one two quick terms old is refused). After Join, keep
+			// trying (the next Leader may be configured differently) at a slow pace.
 			if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrProtocol) {
 				refusals++
 				if !joined && (c.tr.kind() != "tcp" || refusals >= 3 || errors.Is(err, ErrProtocol)) {

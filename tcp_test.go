@@ -66,6 +66,50 @@ func TestTCPFollowersMustPresentTheToken(t *testing.T) {
 	}
 }
 
+// A Follower can read the token file between a new Leader's bind and its writing the
+// token: it is asked to retry, as while a Leader hands over, and not logged as refused.
+func TestTCPPreviousTermsTokenIsAskedToRetry(t *testing.T) {
+	tc := tcpCluster(t)
+	first := tc.join(nil)
+	var logs syncBuffer
+	next := tc.join(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	old, _ := readToken(t, tc)
+	_, oldToken, _ := strings.Cut(old, "token=")
+	oldToken = strings.TrimSpace(oldToken)
+	require.NoError(t, first.Close())
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err := next.Invoke(ctx, "echo", cluster.Message{})
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), next.Role().Term)
+
+	hello := func(token string) frame.Frame {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tc.port))
+		require.NoError(t, err)
+		defer c.Close()
+		h := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: 1, MaxBody: 1 << 20, Name: tc.name, Token: []byte(token)}
+		require.NoError(t, frame.Write(c, frame.Header{Kind: frame.KindHello}, nil, h.Append(nil)))
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(waitTimeout)))
+		f, err := frame.Read(c, frame.Limits{})
+		require.NoError(t, err)
+		return f
+	}
+	f := hello(oldToken)
+	require.Equal(t, frame.KindError, f.Kind)
+	require.Equal(t, frame.CodeClosed, string(f.Meta), "the previous term's token is retryable")
+	require.Contains(t, string(f.Body), "previous term")
+	// Any other token is refused, and logged.
+	f = hello(strings.Repeat("1", len(oldToken)))
+	require.Equal(t, frame.CodeUnauthorized, string(f.Meta))
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "wrong token") }, waitTimeout, time.Millisecond)
+	require.NotContains(t, logs.String(), "previous term", "a stale token is not a warning")
+
+	late := tc.join(nil)
+	_, err = late.Invoke(ctx, "echo", cluster.Message{})
+	require.NoError(t, err)
+	require.Equal(t, cluster.RoleFollower, late.Role().Role)
+}
+
 func TestTCPTokenFileIsPrivateAndReplacedEachTerm(t *testing.T) {
 	tc := tcpCluster(t)
 	l := tc.join(nil)
