@@ -224,6 +224,71 @@ func TestInlineBlobsMustFitMaxBody(t *testing.T) {
 	require.Contains(t, string(out.Data), strconv.Itoa(32<<10)+":")
 }
 
+// Inline blobs travel in recycled buffers: concurrent calls, answers and fan-out must
+// each get their own bytes.
+func TestInlineBlobsKeepTheirBytesUnderConcurrency(t *testing.T) {
+	tc := tcpCluster(t)
+	tc.joinBlob(nil)
+	f := tc.joinBlob(nil)
+	require.Equal(t, cluster.RoleFollower, f.Role().Role)
+	ctx := context.Background()
+	got := make(chan string, 1024)
+	// The Follower subscribes: the Leader's deliveries to it travel inline too.
+	sub, err := f.Subscribe(ctx, "frames", func(m cluster.Message) {
+		got <- fmt.Sprintf("%s %d:%d", m.Data, m.Blob.Len(), checksum(m.Blob.Bytes()))
+	})
+	require.NoError(t, err)
+	defer sub.Close()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				seed := byte(g*20 + i)
+				size := 32<<10 + int(seed)*1021
+				in, err := blob.Create(size, func(p []byte) error { fillPattern(p, seed); return nil })
+				if err != nil {
+					errs <- err
+					return
+				}
+				want := make([]byte, size)
+				fillPattern(want, seed)
+				out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte{seed}, Blob: in})
+				if err == nil && (len(out.Data) != 1 || out.Data[0] != seed || !bytes.Equal(want, out.Blob.Bytes())) {
+					err = fmt.Errorf("call %d of goroutine %d: the echoed blob differs from what was sent", i, g)
+				}
+				if err == nil {
+					err = f.Publish(ctx, "frames", cluster.Message{Data: []byte(strconv.Itoa(int(seed))), Blob: in})
+				}
+				_ = out.Close()
+				_ = in.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	seen := map[string]bool{}
+	for range 8 * 20 {
+		seen[recv(t, got)] = true
+	}
+	for seed := range 8 * 20 {
+		size := 32<<10 + seed*1021
+		want := make([]byte, size)
+		fillPattern(want, byte(seed))
+		require.True(t, seen[fmt.Sprintf("%d %d:%d", seed, size, checksum(want))], "message %d arrived changed", seed)
+	}
+}
+
 func requireLinuxUnix(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("descriptors pass only on Linux")

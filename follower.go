@@ -158,6 +158,7 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 	if err != nil {
 		return Message{}, err
 	}
+	defer w.release()
 	h := frame.Header{Kind: frame.KindInvoke, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	if oneway {
 		h.Kind = frame.KindOneway
@@ -184,6 +185,7 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 	if err != nil {
 		return err
 	}
+	defer w.release()
 	h := frame.Header{Kind: frame.KindPublish, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	wctx, deadline := deadlineOf(ctx)
 	_, files, err := f.conn.CallHeaderUntil(wctx, deadline, h, []byte(topic), w.body, w.files)

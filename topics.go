@@ -259,6 +259,7 @@ func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 		h.Flags |= frame.FlagShared
 	}
 	_ = pc.conn.SendFiles(h, []byte(topic), w.body, w.files)
+	w.release()
 }
 
 // handle runs on the reader goroutine. Requests run there (a lone quick one, see
@@ -525,6 +526,7 @@ func (pc *peerConn) respond(id uint64, name string, out Message) {
 		return
 	}
 	_ = pc.conn.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.files)
+	w.release()
 }
 
 // reply answers a request with an empty response or the error's code and message.

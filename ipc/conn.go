@@ -294,7 +294,8 @@ func (c *Conn) Drain(ctx context.Context) error {
 }
 
 // Send queues one frame for the peer and returns without waiting for the write. Only
-// Kind, Flags, ID and Timeout of h are used. If the queue would exceed MaxQueue the
+// Kind, Flags, ID and Timeout of h are used. Meta and body are copied before Send
+// returns (as by every method that sends): the caller may reuse them at once. If the queue would exceed MaxQueue the
 // Conn is aborted with ErrSlowConsumer; if the Conn has ended Send returns its cause
 // wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
