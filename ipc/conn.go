@@ -295,9 +295,9 @@ func (c *Conn) Drain(ctx context.Context) error {
 
 // Send queues one frame for the peer and returns without waiting for the write. Only
 // Kind, Flags, ID and Timeout of h are used. Meta and body are copied before Send
-// returns (as by every method that sends): the caller may reuse them at once. If the queue would exceed MaxQueue the
-// Conn is aborted with ErrSlowConsumer; if the Conn has ended Send returns its cause
-// wrapped in ErrConnLost.
+// returns (as by every method that sends): the caller may reuse them at once. If the
+// queue would exceed MaxQueue the Conn is aborted with ErrSlowConsumer; if the Conn
+// has ended Send returns its cause wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 	return c.send(h, meta, body, nil, false, true)
 }
@@ -395,7 +395,7 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bo
 	if alone && len(fds) == 0 && c.direct && !c.writing && len(c.wbuf) == 0 {
 		// Nothing queued and nobody writing: write it from this goroutine.
 		c.writing = true
-		buf := frame.AppendFrame(c.dbuf[:0], h, meta, body)
+		buf := frame.AppendFrame(growFor(c.dbuf[:0], size), h, meta, body)
 		c.dbuf = nil
 		c.wclosed = last
 		c.wmu.Unlock()
@@ -406,13 +406,41 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bo
 	if len(fds) > 0 {
 		c.wfds = append(c.wfds, fdFrame{off: len(c.wbuf), end: len(c.wbuf) + size, fds: fds})
 	}
-	c.wbuf = frame.AppendFrame(c.wbuf, h, meta, body)
+	c.wbuf = frame.AppendFrame(growFor(c.wbuf, size), h, meta, body)
 	c.wclosed = last
 	c.wmu.Unlock()
 	if wasEmpty {
 		c.wakeWriter()
 	}
 	return nil
+}
+
+// bigBufs recycles write buffers too large to keep per connection (over
+// maxReusedWriteBuffer), shared by every Conn: without it each large frame got a fresh
+// buffer, whose pages fault in as the frame is copied into it (a 1 MiB frame: 256
+// faults, more than the copy).
+var bigBufs sync.Pool // of *[]byte
+
+// growFor returns b if it can take n more bytes, or if the result stays small enough
+// to leave to append; else a pooled buffer large enough, holding b's bytes, when the
+// pool has one.
+func growFor(b []byte, n int) []byte {
+	need := len(b) + n
+	if need <= cap(b) || need <= maxReusedWriteBuffer {
+		return b
+	}
+	if p, _ := bigBufs.Get().(*[]byte); p != nil && cap(*p) >= need {
+		return append((*p)[:0], b...)
+	}
+	return b
+}
+
+// recycle gives a large write buffer, written and referenced nowhere else, to bigBufs.
+func recycle(b []byte) {
+	if cap(b) > maxReusedWriteBuffer {
+		b = b[:0]
+		bigBufs.Put(&b)
+	}
 }
 
 func (c *Conn) wakeWriter() {
@@ -448,14 +476,22 @@ func (c *Conn) writeDirect(buf []byte) {
 		if n < len(buf) {
 			// The socket is full (or a deadline or the Conn's end needs the writer's
 			// attention): the rest goes ahead of what was queued meanwhile.
-			rest := len(buf) - n
-			q := make([]byte, 0, rest+len(c.wbuf))
-			q = append(append(q, buf[n:]...), c.wbuf...)
-			for i := range c.wfds {
-				c.wfds[i].off += rest
-				c.wfds[i].end += rest
+			if len(c.wbuf) == 0 {
+				// Nothing queued meanwhile: the rest, moved to the front, becomes the
+				// queue (buf is this writer's alone, and not kept for the next direct
+				// write).
+				rest := copy(buf, buf[n:])
+				c.wbuf, buf = buf[:rest], nil
+			} else {
+				rest := len(buf) - n
+				q := growFor(nil, rest+len(c.wbuf))
+				q = append(append(q, buf[n:]...), c.wbuf...)
+				for i := range c.wfds {
+					c.wfds[i].off += rest
+					c.wfds[i].end += rest
+				}
+				c.wbuf = q
 			}
-			c.wbuf = q
 		} else if len(c.wbuf) > 0 && len(c.wfds) == 0 && round < maxDirectRounds {
 			next := c.wbuf
 			c.wbuf = buf[:0]
@@ -466,6 +502,8 @@ func (c *Conn) writeDirect(buf []byte) {
 		c.writing = false
 		if cap(buf) <= maxReusedWriteBuffer {
 			c.dbuf = buf[:0]
+		} else {
+			recycle(buf)
 		}
 		backlog := len(c.wbuf) > 0
 		if !backlog && c.flushed != nil {
@@ -1026,6 +1064,7 @@ func (c *Conn) writeLoop() {
 				spare = out[:0]
 			} else {
 				spare = nil
+				recycle(out)
 			}
 			clear(marks) // drop the closed fd slices
 			spareFDs = marks[:0]

@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -106,6 +107,45 @@ func testCallRoundTripsConcurrently(t *testing.T, tr transport, client Options) 
 		}()
 	}
 	wg.Wait()
+}
+
+// Frames over maxReusedWriteBuffer are written from buffers shared by every Conn of the
+// process: concurrent large calls and answers, on two Conns at once, must each keep
+// their own bytes.
+func TestLargeFramesKeepTheirBytesThroughRecycledBuffers(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			for range 2 {
+				a, b := tr.pair(t)
+				c := started(NewConn(a, PeerCred{}, Options{}))
+				s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
+				t.Cleanup(func() { c.Close(); s.Close() })
+				for g := range 3 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := range 4 {
+							seed := byte(g*16 + i)
+							body := make([]byte, maxReusedWriteBuffer+int(seed)*4099)
+							for k := range body {
+								body[k] = seed + byte(k*7)
+							}
+							f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte{seed}, body)
+							if !assertNoErr(t, err) {
+								return
+							}
+							if len(f.Body) != 1+len(body) || f.Body[0] != seed || !bytes.Equal(f.Body[1:], body) {
+								t.Errorf("call %d of goroutine %d: the answer differs from what was sent", i, g)
+								return
+							}
+						}
+					}()
+				}
+			}
+			wg.Wait()
+		})
+	}
 }
 
 func assertNoErr(t *testing.T, err error) bool {
