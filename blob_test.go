@@ -224,8 +224,9 @@ func TestInlineBlobsMustFitMaxBody(t *testing.T) {
 	require.Contains(t, string(out.Data), strconv.Itoa(32<<10)+":")
 }
 
-// Inline blobs travel in recycled buffers: concurrent calls, answers and fan-out must
-// each get their own bytes.
+// Inline blobs travel as the tail of a frame's body, copied straight into the
+// connection's queue (and large frames through write buffers shared by every
+// connection): concurrent calls, answers and fan-out must each get their own bytes.
 func TestInlineBlobsKeepTheirBytesUnderConcurrency(t *testing.T) {
 	tc := tcpCluster(t)
 	tc.joinBlob(nil)

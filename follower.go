@@ -158,17 +158,16 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 	if err != nil {
 		return Message{}, err
 	}
-	defer w.release()
 	h := frame.Header{Kind: frame.KindInvoke, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	if oneway {
 		h.Kind = frame.KindOneway
-		if err := f.conn.SendFiles(h, []byte(method), w.body, w.files); err != nil {
+		if err := f.conn.SendParts(h, []byte(method), w.body, w.tail, w.files); err != nil {
 			return Message{}, fmt.Errorf("%w: %w", errNotSent, err)
 		}
 		return Message{}, nil
 	}
 	wctx, deadline := deadlineOf(ctx)
-	fr, files, err := f.conn.CallHeaderUntil(wctx, deadline, h, []byte(method), w.body, w.files)
+	fr, files, err := f.conn.CallParts(wctx, deadline, h, []byte(method), w.body, w.tail, w.files)
 	if err != nil {
 		closeFiles(files)
 		return Message{}, f.mapErr(ctx, "invoke", method, err)
@@ -185,10 +184,9 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 	if err != nil {
 		return err
 	}
-	defer w.release()
 	h := frame.Header{Kind: frame.KindPublish, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	wctx, deadline := deadlineOf(ctx)
-	_, files, err := f.conn.CallHeaderUntil(wctx, deadline, h, []byte(topic), w.body, w.files)
+	_, files, err := f.conn.CallParts(wctx, deadline, h, []byte(topic), w.body, w.tail, w.files)
 	closeFiles(files)
 	return f.mapErr(ctx, "publish", topic, err)
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/cluster-client-go/cluster/blob"
@@ -178,29 +177,12 @@ func release(m Message) {
 	}
 }
 
-// wire is a Message encoded for one connection: the header flags, the body and the
-// files to pass. Call release once the body is sent.
+// wire is a Message encoded for one connection: the header flags, the body (in two
+// parts, body then tail, sent as one: see ipc.Conn.SendParts) and the files to pass.
 type wire struct {
-	flags  frame.Flags
-	body   []byte
-	files  []*os.File
-	pooled *[]byte // body's buffer, from inlineBlobBufs
-}
-
-// inlineBlobBufs recycles the bodies that carry a Blob inline (see encodeMessage). A
-// connection copies a body before its Send or Call returns, so the buffer is free again
-// at once; and a large buffer fresh from the runtime costs a page fault per 4 KiB
-// touched, more than the copy into it. Without this a Blob over TCP cost twice what the
-// same bytes as Data did.
-var inlineBlobBufs sync.Pool // of *[]byte
-
-// release returns the body's buffer to its pool, if it came from one.
-func (w *wire) release() {
-	if w.pooled != nil {
-		*w.pooled = w.body[:0]
-		inlineBlobBufs.Put(w.pooled)
-		w.pooled, w.body = nil, nil
-	}
+	flags      frame.Flags
+	body, tail []byte
+	files      []*os.File
 }
 
 // encodeMessage encodes m for conn. A Blob goes as a descriptor when conn passes them,
@@ -226,19 +208,17 @@ func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name string) (wir
 			if n > maxBody {
 				return wire{}, fmt.Errorf("cluster: %s %q: the blob travels inline on this connection (%s) and the frame would be %d bytes, the receiver accepts %d (raise Config.MaxBody on every member, or use Unix sockets on Linux): %w", op, name, connKind(conn), n, maxBody, ErrTooLarge)
 			}
+			// The blob's bytes go as the body's tail, copied only into the
+			// connection's queue: a Blob costs what the same bytes as Data do.
 			w.flags = frame.FlagInlineBlob
-			w.pooled, _ = inlineBlobBufs.Get().(*[]byte)
-			if w.pooled == nil || cap(*w.pooled) < n {
-				w.pooled = new([]byte)
-				*w.pooled = make([]byte, 0, n)
-			}
-			w.body = frame.AppendInlineBlob((*w.pooled)[:0], m.Data, data)
+			w.body = frame.AppendInlineBlob(make([]byte, 0, frame.InlineBlobHeaderSize+len(m.Data)), m.Data, nil)
+			w.tail = data
 		}
 	} else {
 		w.files = m.Files
 	}
-	if len(w.body) > maxBody {
-		return wire{}, fmt.Errorf("cluster: %s %q: payload is %d bytes, the receiver accepts %d: %w", op, name, len(w.body), maxBody, ErrTooLarge)
+	if n := len(w.body) + len(w.tail); n > maxBody {
+		return wire{}, fmt.Errorf("cluster: %s %q: payload is %d bytes, the receiver accepts %d: %w", op, name, n, maxBody, ErrTooLarge)
 	}
 	return w, nil
 }

@@ -258,8 +258,7 @@ func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 	if shared {
 		h.Flags |= frame.FlagShared
 	}
-	_ = pc.conn.SendFiles(h, []byte(topic), w.body, w.files)
-	w.release()
+	_ = pc.conn.SendParts(h, []byte(topic), w.body, w.tail, w.files)
 }
 
 // handle runs on the reader goroutine. Requests run there (a lone quick one, see
@@ -525,8 +524,7 @@ func (pc *peerConn) respond(id uint64, name string, out Message) {
 		_ = pc.conn.ReplyError(id, code, err.Error())
 		return
 	}
-	_ = pc.conn.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.files)
-	w.release()
+	_ = pc.conn.SendParts(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.tail, w.files)
 }
 
 // reply answers a request with an empty response or the error's code and message.

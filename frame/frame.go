@@ -229,18 +229,25 @@ type Frame struct {
 // validate them. It panics if meta or body is 4 GiB or longer, which no frame can
 // carry; Write returns an error instead.
 func AppendFrame(dst []byte, h Header, meta, body []byte) []byte {
-	if err := checkLens(meta, body); err != nil {
-		panic(err)
-	}
-	h.Version, h.MetaLen, h.BodyLen = Version, uint32(len(meta)), uint32(len(body))
-	dst = h.Append(dst)
-	dst = append(dst, meta...)
-	return append(dst, body...)
+	return AppendFrameParts(dst, h, meta, body, nil)
 }
 
-func checkLens(meta, body []byte) error {
-	if uint64(len(meta)) > math.MaxUint32 || uint64(len(body)) > math.MaxUint32 {
-		return fmt.Errorf("frame: meta of %d bytes and body of %d bytes, a frame carries at most %d each: %w", len(meta), len(body), uint64(math.MaxUint32), ErrTooLarge)
+// AppendFrameParts is AppendFrame for a body in two parts, body then tail, which the
+// frame carries as one body: a large tail is copied once, into dst.
+func AppendFrameParts(dst []byte, h Header, meta, body, tail []byte) []byte {
+	if err := checkLens(meta, body, tail); err != nil {
+		panic(err)
+	}
+	h.Version, h.MetaLen, h.BodyLen = Version, uint32(len(meta)), uint32(len(body)+len(tail))
+	dst = h.Append(dst)
+	dst = append(dst, meta...)
+	dst = append(dst, body...)
+	return append(dst, tail...)
+}
+
+func checkLens(meta, body, tail []byte) error {
+	if n := uint64(len(body)) + uint64(len(tail)); uint64(len(meta)) > math.MaxUint32 || n > math.MaxUint32 {
+		return fmt.Errorf("frame: meta of %d bytes and body of %d bytes, a frame carries at most %d each: %w", len(meta), n, uint64(math.MaxUint32), ErrTooLarge)
 	}
 	return nil
 }
@@ -296,7 +303,7 @@ func Read(r io.Reader, lim Limits) (Frame, error) {
 // blocks as long as w does; goroutines sharing w must serialise their calls. A meta or
 // body of 4 GiB or longer is an error matching ErrTooLarge.
 func Write(w io.Writer, h Header, meta, body []byte) error {
-	if err := checkLens(meta, body); err != nil {
+	if err := checkLens(meta, body, nil); err != nil {
 		return err
 	}
 	buf := AppendFrame(make([]byte, 0, HeaderSize+len(meta)+len(body)), h, meta, body)

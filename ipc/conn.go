@@ -299,7 +299,7 @@ func (c *Conn) Drain(ctx context.Context) error {
 // queue would exceed MaxQueue the Conn is aborted with ErrSlowConsumer; if the Conn
 // has ended Send returns its cause wrapped in ErrConnLost.
 func (c *Conn) Send(h frame.Header, meta, body []byte) error {
-	return c.send(h, meta, body, nil, false, true)
+	return c.send(h, meta, body, nil, nil, false, true)
 }
 
 // CanPassFiles reports whether files can be sent and received on this Conn: it runs
@@ -319,7 +319,18 @@ func (c *Conn) SendFiles(h frame.Header, meta, body []byte, files []*os.File) er
 	if err != nil {
 		return err
 	}
-	return c.send(h, meta, body, fds, false, true)
+	return c.send(h, meta, body, nil, fds, false, true)
+}
+
+// SendParts is SendFiles with the body in two parts, body then tail, which the peer
+// receives as one body: neither is copied but into the queue, so a large tail behind a
+// small header costs what the same bytes as one body do.
+func (c *Conn) SendParts(h frame.Header, meta, body, tail []byte, files []*os.File) error {
+	fds, err := c.dupFiles(files)
+	if err != nil {
+		return err
+	}
+	return c.send(h, meta, body, tail, fds, false, true)
 }
 
 // dupFiles duplicates the descriptors of files for the writer, after checking that they
@@ -361,7 +372,7 @@ func describeConn(nc net.Conn) string {
 // call of this side is waiting and the Conn shows no other sign of load; fds (the
 // Conn's own duplicates, possibly nil) are attached to it. Whatever happens, send takes
 // ownership of fds: they are queued or closed.
-func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bool) error {
+func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, alone bool) error {
 	h.FDs = uint8(len(fds))
 	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError) && h.ID != 0 {
 		if c.owed.Add(-1) < 0 {
@@ -369,7 +380,7 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bo
 		}
 	}
 	alone = alone && c.owed.Load() <= 0 && !c.readerMore.Load()
-	size := frame.HeaderSize + len(meta) + len(body)
+	size := frame.HeaderSize + len(meta) + len(body) + len(tail)
 	c.wmu.Lock()
 	select {
 	case <-c.done:
@@ -395,7 +406,7 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bo
 	if alone && len(fds) == 0 && c.direct && !c.writing && len(c.wbuf) == 0 {
 		// Nothing queued and nobody writing: write it from this goroutine.
 		c.writing = true
-		buf := frame.AppendFrame(growFor(c.dbuf[:0], size), h, meta, body)
+		buf := frame.AppendFrameParts(growFor(c.dbuf[:0], size), h, meta, body, tail)
 		c.dbuf = nil
 		c.wclosed = last
 		c.wmu.Unlock()
@@ -406,7 +417,7 @@ func (c *Conn) send(h frame.Header, meta, body []byte, fds []int, last, alone bo
 	if len(fds) > 0 {
 		c.wfds = append(c.wfds, fdFrame{off: len(c.wbuf), end: len(c.wbuf) + size, fds: fds})
 	}
-	c.wbuf = frame.AppendFrame(growFor(c.wbuf, size), h, meta, body)
+	c.wbuf = frame.AppendFrameParts(growFor(c.wbuf, size), h, meta, body, tail)
 	c.wclosed = last
 	c.wmu.Unlock()
 	if wasEmpty {
@@ -522,7 +533,7 @@ func (c *Conn) writeDirect(buf []byte) {
 // ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
 // follows h. Reading goes on.
 func (c *Conn) CloseSend(h frame.Header) error {
-	return c.send(h, nil, nil, nil, true, true)
+	return c.send(h, nil, nil, nil, nil, true, true)
 }
 
 // Reply answers request id with a response frame.
@@ -550,7 +561,7 @@ func (c *Conn) ReplyError(id uint64, code, msg string) error {
 // was queued also matches ErrNotSent. A response that passes file descriptors is an
 // error matching ErrUnexpectedFiles (the descriptors are closed): use CallFiles.
 func (c *Conn) Call(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte) (frame.Frame, error) {
-	r := c.call(ctx, time.Time{}, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil)
+	r := c.call(ctx, time.Time{}, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil, nil)
 	if len(r.files) > 0 {
 		closeFiles(r.files)
 		return frame.Frame{}, fmt.Errorf("%w: the %s to request %d passes %d; use CallFiles", ErrUnexpectedFiles, r.f.Kind, r.f.ID, len(r.files))
@@ -577,11 +588,17 @@ func (c *Conn) CallHeader(ctx context.Context, h frame.Header, meta, body []byte
 // expired. It saves a caller who would otherwise derive a context per call for the
 // deadline the cost of one.
 func (c *Conn) CallHeaderUntil(ctx context.Context, deadline time.Time, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
+	return c.CallParts(ctx, deadline, h, meta, body, nil, files)
+}
+
+// CallParts is CallHeaderUntil with the request's body in two parts, body then tail
+// (see SendParts).
+func (c *Conn) CallParts(ctx context.Context, deadline time.Time, h frame.Header, meta, body, tail []byte, files []*os.File) (frame.Frame, []*os.File, error) {
 	fds, err := c.dupFiles(files)
 	if err != nil {
 		return frame.Frame{}, nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
-	r := c.call(ctx, deadline, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, fds)
+	r := c.call(ctx, deadline, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, tail, fds)
 	return r.f, r.files, r.err
 }
 
@@ -606,7 +623,7 @@ func putTimer(t *time.Timer) {
 // call sends a request with a fresh id and waits for its answer, until ctx ends or
 // deadline (zero: none) passes. It takes ownership of fds. A result with an error
 // carries no files.
-func (c *Conn) call(ctx context.Context, deadline time.Time, h frame.Header, meta, body []byte, fds []int) result {
+func (c *Conn) call(ctx context.Context, deadline time.Time, h frame.Header, meta, body, tail []byte, fds []int) result {
 	id := c.nextID.Add(1)
 	h.ID = id
 	cl := callPool.Get().(*call)
@@ -623,7 +640,7 @@ func (c *Conn) call(ctx context.Context, deadline time.Time, h frame.Header, met
 	alone := len(c.pending) == 1
 	c.pmu.Unlock()
 
-	if err := c.send(h, meta, body, fds, false, alone); err != nil {
+	if err := c.send(h, meta, body, tail, fds, false, alone); err != nil {
 		c.forget(id, cl)
 		return result{err: fmt.Errorf("%w: %w", ErrNotSent, err)}
 	}
