@@ -172,6 +172,14 @@ func TestAppendFrameOverridesVersionAndLengths(t *testing.T) {
 	require.Equal(t, uint32(2), f.BodyLen)
 }
 
+func TestAppendFramePartsIsAppendFrameOfTheJoinedBody(t *testing.T) {
+	h := Header{Kind: KindInvoke, ID: 9}
+	for _, parts := range [][2]string{{"head-", "tail"}, {"", "tail"}, {"head", ""}, {"", ""}} {
+		want := AppendFrame(nil, h, []byte("m"), []byte(parts[0]+parts[1]))
+		require.Equal(t, want, AppendFrameParts(nil, h, []byte("m"), []byte(parts[0]), []byte(parts[1])), "%q", parts)
+	}
+}
+
 func TestReadMetaDoesNotClobberBody(t *testing.T) {
 	b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("meta"), []byte("body"))
 	f, err := frame.Read(bytes.NewReader(b), frame.Limits{})

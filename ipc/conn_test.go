@@ -148,6 +148,26 @@ func TestLargeFramesKeepTheirBytesThroughRecycledBuffers(t *testing.T) {
 	}
 }
 
+// A body in two parts arrives as one, whether called or sent.
+func TestPartsArriveAsOneBody(t *testing.T) {
+	got := make(chan string, 1)
+	c, _ := pair(t, Options{}, Options{Handler: func(s *Conn, f frame.Frame) {
+		if f.Kind == frame.KindOneway {
+			got <- string(f.Body)
+			return
+		}
+		echoHandler(s, f)
+	}})
+	f, _, err := c.CallParts(context.Background(), time.Time{}, frame.Header{Kind: frame.KindInvoke}, []byte("m"), []byte("head-"), []byte("tail"), nil)
+	require.NoError(t, err)
+	require.Equal(t, "mhead-tail", string(f.Body))
+	f, _, err = c.CallParts(context.Background(), time.Time{}, frame.Header{Kind: frame.KindInvoke}, []byte("m"), nil, []byte("tail only"), nil)
+	require.NoError(t, err)
+	require.Equal(t, "mtail only", string(f.Body))
+	require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindOneway}, []byte("m"), []byte("one"), []byte("way"), nil))
+	require.Equal(t, "oneway", <-got)
+}
+
 func assertNoErr(t *testing.T, err error) bool {
 	t.Helper()
 	if err != nil {
