@@ -173,10 +173,10 @@ func TestAppendFrameOverridesVersionAndLengths(t *testing.T) {
 }
 
 func TestAppendFramePartsIsAppendFrameOfTheJoinedBody(t *testing.T) {
-	h := Header{Kind: KindInvoke, ID: 9}
+	h := frame.Header{Kind: frame.KindInvoke, ID: 9}
 	for _, parts := range [][2]string{{"head-", "tail"}, {"", "tail"}, {"head", ""}, {"", ""}} {
-		want := AppendFrame(nil, h, []byte("m"), []byte(parts[0]+parts[1]))
-		require.Equal(t, want, AppendFrameParts(nil, h, []byte("m"), []byte(parts[0]), []byte(parts[1])), "%q", parts)
+		want := frame.AppendFrame(nil, h, []byte("m"), []byte(parts[0]+parts[1]))
+		require.Equal(t, want, frame.AppendFrameParts(nil, h, []byte("m"), []byte(parts[0]), []byte(parts[1])), "%q", parts)
 	}
 }
 
