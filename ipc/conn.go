@@ -429,7 +429,8 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 // bigBufs recycles write buffers too large to keep per connection (over
 // maxReusedWriteBuffer), shared by every Conn: without it each large frame got a fresh
 // buffer, whose pages fault in as the frame is copied into it (a 1 MiB frame: 256
-// faults, more than the copy).
+// faults, more than the copy). Being a sync.Pool, it is emptied by the garbage
+// collector: a process that sent a large frame once does not keep its buffer.
 var bigBufs sync.Pool // of *[]byte
 
 // growFor returns b if it can take n more bytes, or if the result stays small enough
