@@ -34,7 +34,7 @@ const (
 	CodeProtocol     = "protocol"     // the peer broke the wire protocol; the connection closes
 	CodeUnauthorized = "unauthorized" // the Leader refused the peer (credentials, token or cluster name)
 	CodeVersion      = "version"      // no common protocol version; the body lists the versions spoken
-	CodeClosed       = "closed"       // the Leader is shutting down
+	CodeClosed       = "closed"       // the Leader is shutting down; to a hello: try again
 	CodeNotFound     = "not-found"    // unknown request id, method or topic
 	CodeBusy         = "busy"         // the Leader is overloaded; the request was not run
 )
