@@ -25,6 +25,7 @@ import (
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/blob"
 	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/internal/fdtest"
 )
 
 // blobService is a Service that works with blobs and files in memory: what a Leader's
@@ -433,14 +434,6 @@ func TestBlobLimitsAndRefusals(t *testing.T) {
 	require.ErrorIs(t, err, errors.ErrUnsupported)
 }
 
-// openFDs counts this process's open descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	return len(ents)
-}
-
 func TestBlobsAndFilesLeakNoDescriptors(t *testing.T) {
 	requireLinuxUnix(t)
 	tc := newTestCluster(t)
@@ -452,7 +445,7 @@ func TestBlobsAndFilesLeakNoDescriptors(t *testing.T) {
 	defer w.Close()
 	// With the collector off, no finalizer or cleanup can close what leaked.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	before := openFDs(t)
+	before := fdtest.Take(t)
 	func() {
 		l := tc.joinBlob(nil)
 		f := tc.joinBlob(nil)
@@ -487,8 +480,7 @@ func TestBlobsAndFilesLeakNoDescriptors(t *testing.T) {
 	}()
 	// Every blob, file and connection the cluster opened is closed again, by Close and
 	// by the holders' releases, not by finalizers.
-	require.Eventually(t, func() bool { return openFDs(t) == before }, waitTimeout, 10*time.Millisecond,
-		"open descriptors: %d before, %d after", before, openFDs(t))
+	before.RequireNoneAdded(t)
 	buf := make([]byte, 64)
 	n, _ := r.Read(buf)
 	require.Equal(t, 20, n)
