@@ -204,8 +204,7 @@ func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name string) (wir
 			w.files = append(make([]*os.File, 0, 1+len(m.Files)), m.Blob.File())
 			w.files = append(w.files, m.Files...)
 		} else {
-			n := frame.InlineBlobHeaderSize + len(m.Data) + len(data)
-			if n > maxBody {
+			if n := frame.InlineBlobHeaderSize + len(m.Data) + len(data); n > maxBody {
 				return wire{}, fmt.Errorf("cluster: %s %q: the blob travels inline on this connection (%s) and the frame would be %d bytes, the receiver accepts %d (raise Config.MaxBody on every member, or use Unix sockets on Linux): %w", op, name, connKind(conn), n, maxBody, ErrTooLarge)
 			}
 			// The blob's bytes go as the body's tail, copied only into the
