@@ -189,6 +189,10 @@ func (t *tcpTransport) dial(ctx context.Context) (net.Conn, []byte, error) {
 	return nc, rec.token, nil
 }
 
+// errStaleToken is what authorize says of the previous term's token: the Follower read
+// the token file before this Leader had written its own (the Leader asks it to retry).
+var errStaleToken = errors.New("the token is the previous term's")
+
 func (t *tcpTransport) authorize(token []byte) error {
 	if len(token) == 0 {
 		return fmt.Errorf("no token: a follower must read it from %s", t.tokenPath())

@@ -19,10 +19,6 @@ import (
 // that moment, or, when it keeps happening, a program that is not ours.
 var errHungUp = errors.New("the other side hung up during the handshake")
 
-// errStaleToken is a TCP Leader's answer to a Follower that presented the previous
-// term's token: it read the token file before the new Leader had written it.
-var errStaleToken = errors.New("the token is the previous term's")
-
 // follower is the backend of a member whose Leader is another process.
 type follower struct {
 	c           *Client
