@@ -706,14 +706,14 @@ func (b *bench) measureBlob() error {
 			// machine hits both, and so does whatever going first costs.
 			lat := map[string][]int64{}
 			for i, half := range []int{(n + 1) / 2, n / 2} {
-				for j := range modes {
-					mode := modes[j]
-					if i == 1 {
-						mode = modes[len(modes)-1-j]
-					}
-					if half == 0 {
-						continue
-					}
+				if half == 0 {
+					continue
+				}
+				order := modes
+				if i == 1 {
+					order = []string{modes[1], modes[0]}
+				}
+				for _, mode := range order {
 					r, err := trip(mode, half)
 					if err != nil {
 						return err
