@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +41,35 @@ func (r Role) String() string {
 		return "closed"
 	}
 	return fmt.Sprintf("Role(%d)", uint8(r))
+}
+
+// MarshalText implements encoding.TextMarshaler: JSON and logs show "leader", not 1.
+func (r Role) MarshalText() ([]byte, error) {
+	if r > RoleClosed {
+		return nil, fmt.Errorf("cluster: cannot marshal unknown %v", r)
+	}
+	return []byte(r.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler; it accepts what MarshalText makes.
+func (r *Role) UnmarshalText(b []byte) error {
+	return unmarshalEnum(r, b, "Role", RoleElecting, RoleLeader, RoleFollower, RoleClosed)
+}
+
+// unmarshalEnum sets *v to the value among vals whose String is b.
+func unmarshalEnum[T interface {
+	~uint8
+	String() string
+}](v *T, b []byte, typ string, vals ...T) error {
+	names := make([]string, len(vals))
+	for i, x := range vals {
+		if x.String() == string(b) {
+			*v = x
+			return nil
+		}
+		names[i] = x.String()
+	}
+	return fmt.Errorf("%w: %q is not a %s (want one of %s)", ErrConfig, b, typ, strings.Join(names, ", "))
 }
 
 // RoleInfo describes a role and the leadership term it belongs to.
@@ -439,6 +470,17 @@ type Stats struct {
 	LastFailover time.Duration
 	// Dropped counts messages dropped because a local subscriber fell behind.
 	Dropped uint64
+}
+
+// MarshalJSON writes Stats as a JSON object with the field names above. Role is its
+// name ("leader"), At is RFC 3339, and LastFailover is a Go duration string ("4.43ms",
+// "0s" when there was none), so that the output reads without a decoder.
+func (s Stats) MarshalJSON() ([]byte, error) {
+	type plain Stats // without this method
+	return json.Marshal(struct {
+		plain
+		LastFailover string
+	}{plain(s), s.LastFailover.String()})
 }
 
 // Stats returns a snapshot of the member's role and counters.

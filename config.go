@@ -53,6 +53,20 @@ func (p LeadPolicy) String() string {
 	return fmt.Sprintf("LeadPolicy(%d)", uint8(p))
 }
 
+// MarshalText implements encoding.TextMarshaler: "auto", "never" or "always".
+func (p LeadPolicy) MarshalText() ([]byte, error) {
+	if p > LeadAlways {
+		return nil, fmt.Errorf("cluster: cannot marshal unknown %v", p)
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler, so that a LeadPolicy can be read
+// from a configuration file or a flag (flag.TextVar).
+func (p *LeadPolicy) UnmarshalText(b []byte) error {
+	return unmarshalEnum(p, b, "LeadPolicy", LeadAuto, LeadNever, LeadAlways)
+}
+
 // Config configures a member. Only Name and, for members that may lead, NewService are
 // required; every zero field means its documented default.
 type Config struct {

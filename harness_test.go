@@ -73,6 +73,10 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(fn())
 	}
+	// The suite is hermetic: tests that want a transport pin it (Config.Transport, or
+	// t.Setenv for the tests of the variable itself), so an exported CLUSTER_TRANSPORT
+	// must not override them. Members inherit the cleaned environment.
+	os.Unsetenv(cluster.TransportEnv)
 	flag.Parse()
 	code := m.Run()
 	if code == 0 && flag.Lookup("test.run").Value.String() == "" && !testing.Short() {

@@ -41,6 +41,20 @@ func (t Transport) String() string {
 	return fmt.Sprintf("Transport(%d)", uint8(t))
 }
 
+// MarshalText implements encoding.TextMarshaler: "auto", "unix" or "tcp".
+func (t Transport) MarshalText() ([]byte, error) {
+	if t > TransportTCP {
+		return nil, fmt.Errorf("cluster: cannot marshal unknown %v", t)
+	}
+	return []byte(t.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler; it accepts the values of
+// TransportEnv.
+func (t *Transport) UnmarshalText(b []byte) error {
+	return unmarshalEnum(t, b, "Transport", TransportAuto, TransportUnix, TransportTCP)
+}
+
 // TransportEnv is the environment variable that overrides Config.Transport: "tcp",
 // "unix" or "auto". Every member of a cluster must use the same transport.
 const TransportEnv = "CLUSTER_TRANSPORT"
