@@ -147,6 +147,7 @@ type counters struct {
 	reconnects, failovers               atomic.Uint64
 	lastFailover                        atomic.Int64
 	followers                           atomic.Int64
+	panics                              atomic.Uint64
 }
 
 // Join elects, then returns a Client ready to serve calls as Leader or Follower. It
@@ -225,7 +226,7 @@ func (c *Client) setEpoch(b backend, role RoleInfo) {
 func (c *Client) dispatchRoles() {
 	defer c.rolesWG.Done()
 	for r := range c.roles {
-		c.cfg.OnRoleChange(r)
+		c.roleChanged(r)
 	}
 }
 
@@ -470,17 +471,44 @@ type Stats struct {
 	LastFailover time.Duration
 	// Dropped counts messages dropped because a local subscriber fell behind.
 	Dropped uint64
+	// Panics counts panics recovered in this member's application code: its Service,
+	// NewService and Withdrawer while it led, its subscription callbacks and
+	// OnRoleChange. Each was logged at ERROR with its stack.
+	Panics uint64
 }
 
 // MarshalJSON writes Stats as a JSON object with the field names above. Role is its
 // name ("leader"), At is RFC 3339, and LastFailover is a Go duration string ("4.43ms",
-// "0s" when there was none), so that the output reads without a decoder.
+// "0s" when there was none), so that the output reads without a decoder. UnmarshalJSON
+// reads it back.
 func (s Stats) MarshalJSON() ([]byte, error) {
 	type plain Stats // without this method
 	return json.Marshal(struct {
 		plain
 		LastFailover string
 	}{plain(s), s.LastFailover.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (s *Stats) UnmarshalJSON(b []byte) error {
+	type plain Stats
+	var v struct {
+		*plain
+		LastFailover string
+	}
+	v.plain = (*plain)(s)
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	s.LastFailover = 0
+	if v.LastFailover != "" {
+		d, err := time.ParseDuration(v.LastFailover)
+		if err != nil {
+			return fmt.Errorf("cluster: Stats.LastFailover: %w", err)
+		}
+		s.LastFailover = d
+	}
+	return nil
 }
 
 // Stats returns a snapshot of the member's role and counters.
@@ -503,6 +531,7 @@ func (c *Client) Stats() Stats {
 		Failovers:       c.stats.failovers.Load(),
 		LastFailover:    time.Duration(c.stats.lastFailover.Load()),
 		Dropped:         c.reg.dropped.Load(),
+		Panics:          c.stats.panics.Load(),
 	}
 }
 

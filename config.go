@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -140,6 +141,19 @@ type Config struct {
 	Transport Transport
 	// Port is the loopback port of the TCP transport. Default DefaultPort(Name).
 	Port int
+	// Errors gives the Service's errors an identity that crosses processes. Each entry
+	// maps a code (1 to 64 bytes of letters, digits and ". _ - : /"; at most 32 entries)
+	// to an error value, usually a sentinel:
+	//
+	//	Errors: map[string]error{"not-found": ErrNotFound, "conflict": ErrConflict}
+	//
+	// When a Service method fails, the Leader sends the code of every entry its error
+	// matches (errors.Is), and the caller, Leader or Follower, gets a *RemoteError that
+	// unwraps to its own entries for those codes: errors.Is(err, ErrNotFound) then holds
+	// in every role. Set the same map on every member; a code a member does not know is
+	// kept in RemoteError.Codes and matches nothing. Errors that match no entry arrive
+	// as a *RemoteError with their text only.
+	Errors map[string]error
 }
 
 // config is a validated Config with defaults applied.
@@ -148,6 +162,13 @@ type config struct {
 	lockPath, sockPath string
 	transport          Transport // the transport chosen at Join (Auto may still fall back)
 	transportWhy       string
+	errCodes           []errCode // Errors, sorted by code
+}
+
+// errCode is one entry of Config.Errors.
+type errCode struct {
+	code string
+	err  error
 }
 
 func (c Config) validate() (*config, error) {
@@ -185,7 +206,20 @@ func (c Config) validate() (*config, error) {
 	if c.SocketMode&^os.ModePerm != 0 {
 		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
 	}
+	if len(c.Errors) > frame.MaxCodes {
+		return nil, bad("Errors", "%d entries, the limit is %d", len(c.Errors), frame.MaxCodes)
+	}
 	cfg := &config{Config: c}
+	for code, err := range c.Errors {
+		switch {
+		case !frame.ValidCode(code):
+			return nil, bad("Errors", "code %q must be 1 to %d bytes of letters, digits and \". _ - : /\"", code, frame.MaxCode)
+		case err == nil:
+			return nil, bad("Errors", "code %q maps to a nil error", code)
+		}
+		cfg.errCodes = append(cfg.errCodes, errCode{code, err})
+	}
+	slices.SortFunc(cfg.errCodes, func(a, b errCode) int { return strings.Compare(a.code, b.code) })
 	if cfg.Dir == "" {
 		cfg.Dir = lock.DefaultDir()
 	}
@@ -292,4 +326,26 @@ func (c *config) connOptions() ipc.Options {
 		o.Heartbeat, o.HeartbeatTimeout = c.Heartbeat, c.HeartbeatTimeout
 	}
 	return o
+}
+
+// codesOf returns the codes and errors of the Errors entries err matches.
+func (c *config) codesOf(err error) (codes []string, errs []error) {
+	for _, e := range c.errCodes {
+		if errors.Is(err, e.err) {
+			codes, errs = append(codes, e.code), append(errs, e.err)
+		}
+	}
+	return codes, errs
+}
+
+// errorsFor returns this member's errors for codes, skipping codes it does not know.
+func (c *config) errorsFor(codes []string) []error {
+	var errs []error
+	for _, code := range codes {
+		i, ok := slices.BinarySearchFunc(c.errCodes, code, func(e errCode, code string) int { return strings.Compare(e.code, code) })
+		if ok {
+			errs = append(errs, c.errCodes[i].err)
+		}
+	}
+	return errs
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
 )
 
 // Sentinel errors. Match them with errors.Is; the returned errors wrap them with detail.
@@ -30,23 +32,58 @@ var (
 	// ErrNoLeader: no Leader could be reached before the context ended. The error says
 	// what was found (who holds the lock, whether the socket exists or refuses).
 	ErrNoLeader = errors.New("cluster: no leader reachable")
-	// ErrConfig: the Config is invalid; the error names the field.
+	// ErrConfig: the Config is invalid, or an argument is (a nil callback, an empty
+	// method or topic name); the error names the field or the argument.
 	ErrConfig = errors.New("cluster: invalid config")
+	// ErrServicePanic: the Leader's Service panicked while serving the call (or
+	// NewService panicked). The Leader recovered, logged the stack at ERROR, counted it
+	// in Stats.Panics and goes on serving everyone else; the call fails with a
+	// *RemoteError that matches ErrServicePanic and names the method and the panic
+	// value, in every role.
+	ErrServicePanic = errors.New("cluster: the service panicked")
+	// ErrServiceUnavailable: this member won the election and could not build its
+	// Service (NewService failed or panicked). Join returns it, wrapping NewService's
+	// error, when that happens to a member that is joining; after a failover, calls on
+	// a member whose NewService just failed return it, with the cause, until a Leader
+	// serves again (see Config.NewService for the retries).
+	ErrServiceUnavailable = errors.New("cluster: the service is unavailable")
+	// ErrIdentityMismatch: this member's Config.Identity differs from the Leader's. The
+	// Leader refuses such a Follower, which is never served; the error names both.
+	ErrIdentityMismatch = errors.New("cluster: service identity mismatch")
+	// ErrFDUnsupported: a Message with Files on a transport that cannot pass file
+	// descriptors: the TCP transport, or any platform but Linux. Send the data inline,
+	// or use the Unix-socket transport on Linux.
+	ErrFDUnsupported = ipc.ErrFDUnsupported
 )
 
-// RemoteError is an error returned by the Leader's Service, carried to the caller with
-// its message intact. It is returned the same way on the Leader itself, so code behaves
-// identically in every role; the Service's original error value does not cross the
-// process boundary and is therefore not unwrapped on either side.
+// RemoteError is an error returned by the Leader's Service, or a panic in it that the
+// Leader recovered, carried to the caller. It is returned the same way on the Leader
+// itself, so code behaves identically in every role.
+//
+// The Service's error value does not cross the process boundary; its text does, and so
+// do the codes of the errors registered in Config.Errors that it matches (errors.Is):
+// a RemoteError unwraps to the receiving member's errors for those codes, so that
+// errors.Is(err, ErrNotFound) holds on every member when ErrNotFound is registered. A
+// recovered panic unwraps to ErrServicePanic. An error that matches no registered
+// error unwraps to nothing.
 type RemoteError struct {
-	Op      string // "invoke", "publish" or "subscribe"
-	Name    string // the method or topic
-	Message string // the Service error's text
+	Op      string   // "invoke", "publish", "subscribe", "register" or "withdraw"
+	Name    string   // the method or topic
+	Message string   // the Service error's text
+	Codes   []string // the codes (Config.Errors) the Service's error matched, sorted; nil if none
+	errs    []error
 }
 
 func (e *RemoteError) Error() string {
 	return fmt.Sprintf("cluster: %s %q: %s", e.Op, e.Name, e.Message)
 }
+
+// Unwrap returns the registered errors for e.Codes that this member knows, and
+// ErrServicePanic for a panic.
+func (e *RemoteError) Unwrap() []error { return e.errs }
+
+// panicked reports whether e reports a panic in the Service.
+func (e *RemoteError) panicked() bool { return slices.Contains(e.errs, ErrServicePanic) }
 
 // timeoutError matches ErrTimeout and context.DeadlineExceeded and is a net.Error
 // timeout, so net/http-style callers recognise it.

@@ -239,6 +239,14 @@ func (f *follower) mapErr(ctx context.Context, op, name string, err error) error
 		switch fe.Code {
 		case frame.CodeRemote:
 			return &RemoteError{Op: op, Name: name, Message: fe.Message}
+		case frame.CodePanic:
+			return &RemoteError{Op: op, Name: name, Message: fe.Message, errs: []error{ErrServicePanic}}
+		case frame.CodeRemoteCodes:
+			codes, msg, err := frame.ParseRemoteCodes([]byte(fe.Message))
+			if err != nil {
+				return fmt.Errorf("cluster: %s %q: the leader's error: %w", op, name, err)
+			}
+			return &RemoteError{Op: op, Name: name, Message: msg, Codes: codes, errs: f.c.cfg.errorsFor(codes)}
 		case frame.CodeTimeout:
 			return errTimeout(op, name)
 		case frame.CodeTooLarge:

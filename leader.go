@@ -25,7 +25,7 @@ type leader struct {
 	c      *Client
 	term   uint64
 	at     time.Time
-	svc    Service
+	svc    service         // the Service, through the guards of usercode.go
 	ctx    context.Context // the term: cancelled at the end of shutdown's drain
 	cancel context.CancelFunc
 	ln     listener
@@ -86,15 +86,12 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 	// Close, or the end of Join's ctx, while NewService runs aborts it.
 	stopLife := context.AfterFunc(c.life, cancel)
 	stopJoin := context.AfterFunc(ctx, cancel)
-	svc, err := c.cfg.NewService(lctx)
+	svc, err := c.newService(lctx)
 	if stoppedLife, stoppedJoin := stopLife(), stopJoin(); !stoppedLife || !stoppedJoin {
-		if err == nil && svc != nil {
-			_ = svc.Close()
+		if err == nil {
+			_ = svc.close()
 		}
 		err = fmt.Errorf("aborted: %w", context.Cause(lctx))
-	}
-	if err == nil && svc == nil {
-		err = errors.New("NewService returned a nil Service")
 	}
 	if err != nil {
 		cancel()
@@ -271,7 +268,7 @@ func (l *leader) shutdown() time.Time {
 	for _, t := range topics {
 		t.kill()
 	}
-	if err := l.svc.Close(); err != nil {
+	if err := l.svc.close(); err != nil {
 		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", err)
 	}
 	for _, pc := range peers {
@@ -284,13 +281,21 @@ func (l *leader) shutdown() time.Time {
 	return stopped
 }
 
-// serviceErr maps a Service error to what the caller sees: the caller's own deadline is
-// a timeout, anything else the Service's RemoteError.
-func serviceErr(ctx context.Context, op, name string, err error) error {
+// serviceErr maps a Service error to what the caller sees, the same on the Leader and,
+// through the error frame, on a Follower: the caller's own deadline is a timeout,
+// anything else a RemoteError (see RemoteError for what it unwraps to).
+func (c *config) serviceErr(ctx context.Context, op, name string, err error) error {
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return ctxErr(ctx, op, name)
 	}
-	return &RemoteError{Op: op, Name: name, Message: err.Error()}
+	re := &RemoteError{Op: op, Name: name, Message: err.Error()}
+	if pe, ok := err.(*panicError); ok {
+		re.Message = pe.Error() + " (the leader recovered; its log has the stack)"
+		re.errs = []error{ErrServicePanic}
+	} else {
+		re.Codes, re.errs = c.codesOf(err)
+	}
+	return re
 }
 
 // The local fast path: the Leader's own calls go straight to the Service.
@@ -312,7 +317,7 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 			defer release(req)
 			octx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
 			defer cancel()
-			out, err := l.svc.Invoke(octx, method, req)
+			out, err := l.svc.invoke(octx, method, req)
 			_ = out.Close()
 			if err != nil {
 				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", method, "err", err)
@@ -321,9 +326,9 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 		return Message{}, nil
 	}
 	defer l.calls.leave()
-	out, err := l.svc.Invoke(ctx, method, lend(req))
+	out, err := l.svc.invoke(ctx, method, lend(req))
 	if err != nil {
-		return Message{}, serviceErr(ctx, "invoke", method, err)
+		return Message{}, l.c.cfg.serviceErr(ctx, "invoke", method, err)
 	}
 	return out, nil
 }
@@ -333,8 +338,8 @@ func (l *leader) publish(ctx context.Context, topic string, msg Message) error {
 		return errNotSent
 	}
 	defer l.calls.leave()
-	if err := l.svc.Publish(ctx, topic, lend(msg)); err != nil {
-		return serviceErr(ctx, "publish", topic, err)
+	if err := l.svc.publish(ctx, topic, lend(msg)); err != nil {
+		return l.c.cfg.serviceErr(ctx, "publish", topic, err)
 	}
 	return nil
 }
@@ -357,23 +362,22 @@ func (l *leader) register(ctx context.Context, r *Registration) error {
 		return errNotSent
 	}
 	defer l.calls.leave()
-	if err := l.svc.Publish(ctx, r.topic, r.msg); err != nil {
-		return serviceErr(ctx, "register", r.topic, err)
+	if err := l.svc.publish(ctx, r.topic, r.msg); err != nil {
+		return l.c.cfg.serviceErr(ctx, "register", r.topic, err)
 	}
 	return nil
 }
 
 func (l *leader) withdraw(ctx context.Context, r *Registration) error {
-	w, ok := l.svc.(Withdrawer)
-	if !ok {
+	if !l.svc.withdrawer() {
 		return nil
 	}
 	if !l.calls.enter() {
 		return errNotSent
 	}
 	defer l.calls.leave()
-	if err := w.Withdraw(ctx, r.topic, r.msg); err != nil {
-		return serviceErr(ctx, "withdraw", r.topic, err)
+	if err := l.svc.withdraw(ctx, r.topic, r.msg); err != nil {
+		return l.c.cfg.serviceErr(ctx, "withdraw", r.topic, err)
 	}
 	return nil
 }

@@ -62,11 +62,6 @@ type lease struct {
 	msg *Message
 }
 
-// ErrFDUnsupported is returned for a Message with Files on a transport that cannot pass
-// file descriptors: the TCP transport, or any platform but Linux. Send the data inline,
-// or use the Unix-socket transport on Linux.
-var ErrFDUnsupported = ipc.ErrFDUnsupported
-
 // hasResources reports whether m carries a Blob or Files.
 func (m Message) hasResources() bool { return m.Blob != nil || len(m.Files) > 0 }
 

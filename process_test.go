@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster"
 )
 
 // startMembers starts n members one after another and waits until all joined.
@@ -243,7 +245,7 @@ func TestProcessFailoverAfterSIGKILL(t *testing.T) {
 			require.Empty(t, r.Err)
 			require.Equal(t, "again", r.Data)
 		}
-		var st struct{ LastFailover time.Duration }
+		var st cluster.Stats
 		for _, p := range rest {
 			require.NoError(t, jsonUnmarshal(p.role().Data, &st))
 			t.Logf("member %d: failover took %v", p.pid, st.LastFailover)

@@ -143,11 +143,11 @@ func (s *Subscription) stop() {
 	}
 }
 
-// call runs the callback with m, then drops the queue's hold on m's resources (also
-// when the callback panics).
+// call runs the callback with m (a panic in it is recovered: see usercode.go), then
+// drops the queue's hold on m's resources.
 func (s *Subscription) call(m Message) {
 	defer release(m)
-	s.fn(m)
+	s.c.callback(s.topic, s.fn, m)
 }
 
 func (s *Subscription) dispatch() {

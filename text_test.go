@@ -70,4 +70,11 @@ func TestStatsMarshalToReadableJSON(t *testing.T) {
 	at, err := time.Parse(time.RFC3339Nano, got["At"].(string))
 	require.NoError(t, err)
 	require.True(t, at.Equal(st.At))
+
+	var back cluster.Stats
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, st.LastFailover, back.LastFailover)
+	require.Equal(t, st.Role, back.Role)
+	require.Equal(t, st.Name, back.Name)
+	require.True(t, st.At.Equal(back.At))
 }

@@ -124,7 +124,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 			continue
 		}
 		if !active {
-			cancel, err := l.svc.Subscribe(ctx, name, t.emit)
+			cancel, err := l.svc.subscribe(ctx, name, t.emit)
 			if err != nil {
 				t.fan.Lock()
 				gone := t.empty()
@@ -136,7 +136,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 					l.dropTopic(t)
 				}
 				t.sub.Unlock()
-				return serviceErr(ctx, "subscribe", name, err)
+				return l.c.cfg.serviceErr(ctx, "subscribe", name, err)
 			}
 			t.fan.Lock()
 			t.cancel, t.active = cancel, true
@@ -455,7 +455,7 @@ func (pc *peerConn) exec(j job) {
 		}
 		defer release(req)
 		var out Message
-		out, err = l.svc.Invoke(ctx, name, req)
+		out, err = l.svc.invoke(ctx, name, req)
 		if f.Kind == frame.KindOneway {
 			_ = out.Close()
 			if err != nil {
@@ -467,15 +467,15 @@ func (pc *peerConn) exec(j job) {
 			pc.respond(f.ID, name, out)
 			return
 		}
-		err = serviceErr(ctx, "invoke", name, err)
+		err = l.c.cfg.serviceErr(ctx, "invoke", name, err)
 	case frame.KindPublish:
 		msg, ok := pc.request(f, files)
 		if !ok {
 			return
 		}
 		defer release(msg)
-		if err = l.svc.Publish(ctx, name, msg); err != nil {
-			err = serviceErr(ctx, "publish", name, err)
+		if err = l.svc.publish(ctx, name, msg); err != nil {
+			err = l.c.cfg.serviceErr(ctx, "publish", name, err)
 		}
 	case frame.KindSubscribe:
 		key := subKey{name, shared}
@@ -537,6 +537,12 @@ func (pc *peerConn) reply(id uint64, err error) {
 	msg := err.Error()
 	if re, ok := err.(*RemoteError); ok {
 		msg = re.Message
+		switch {
+		case re.panicked():
+			code = frame.CodePanic
+		case len(re.Codes) > 0:
+			code, msg = frame.CodeRemoteCodes, string(frame.AppendRemoteCodes(nil, re.Codes, re.Message))
+		}
 	} else if isTimeout(err) {
 		code = frame.CodeTimeout
 	}
@@ -562,8 +568,8 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 		return nil // a replay of what we hold: nothing to do
 	}
 	msg := Message{Data: slices.Clone(payload)}
-	if err := pc.l.svc.Publish(ctx, topic, msg); err != nil {
-		return serviceErr(ctx, "register", topic, err)
+	if err := pc.l.svc.publish(ctx, topic, msg); err != nil {
+		return pc.l.c.cfg.serviceErr(ctx, "register", topic, err)
 	}
 	pc.mu.Lock()
 	if pc.regs != nil {
@@ -592,10 +598,8 @@ func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) err
 	if !ok {
 		return nil // not held: nothing to undo
 	}
-	if w, ok := pc.l.svc.(Withdrawer); ok {
-		if err := w.Withdraw(ctx, r.topic, r.msg); err != nil {
-			return serviceErr(ctx, "withdraw", topic, err)
-		}
+	if err := pc.l.svc.withdraw(ctx, r.topic, r.msg); err != nil {
+		return pc.l.c.cfg.serviceErr(ctx, "withdraw", topic, err)
 	}
 	return nil
 }
@@ -630,14 +634,13 @@ func (pc *peerConn) endRegistrations() {
 
 // withdrawFromService tells a Withdrawer Service that a registration's owner is gone.
 func (l *leader) withdrawFromService(topic string, msg Message) {
-	w, ok := l.svc.(Withdrawer)
-	if !ok || !l.calls.enter() {
+	if !l.svc.withdrawer() || !l.calls.enter() {
 		return
 	}
 	defer l.calls.leave()
 	ctx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
 	defer cancel()
-	if err := w.Withdraw(ctx, topic, msg); err != nil {
+	if err := l.svc.withdraw(ctx, topic, msg); err != nil {
 		l.c.cfg.Logger.Warn("cluster: withdrawing a departed member's registration failed", "topic", topic, "err", err)
 	}
 }

@@ -29,6 +29,8 @@ func (e *childError) Unwrap() error { return e.parent }
 // A receiver must accept codes it does not know and treat them as a generic failure.
 const (
 	CodeRemote       = "remote"       // the Leader's Service returned an error; the body is its text
+	CodeRemoteCodes  = "remote-codes" // the same, for an error that matched application codes: see AppendRemoteCodes
+	CodePanic        = "panic"        // the Leader's Service panicked serving the request; the Leader recovered
 	CodeTimeout      = "timeout"      // the request's timeout passed before the Service answered
 	CodeTooLarge     = "too-large"    // a meta or body exceeded the receiver's limits
 	CodeProtocol     = "protocol"     // the peer broke the wire protocol; the connection closes
