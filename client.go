@@ -111,6 +111,9 @@ type epoch struct {
 	b       backend
 	role    RoleInfo
 	changed chan struct{}
+	// cause, while electing, is why calls fail at once instead of waiting for the next
+	// Leader: this member won the election and could not build its Service.
+	cause error
 }
 
 // Client is a member of a cluster. Use it from any number of goroutines. Whatever its
@@ -132,8 +135,9 @@ type Client struct {
 	life      context.Context // ends when Close begins
 	endLife   context.CancelFunc
 	closeOnce sync.Once
-	closeErr  error
-	runDone   chan struct{}
+	closeErr  error         // Service.Close's error at the handover; written before runDone closes
+	runDone   chan struct{} // closed when the run goroutine has ended (handed over, lock released)
+	closed    chan struct{} // closed when Close has finished everything (finishClose)
 	joined    chan error // the first election's outcome, read once by Join
 
 	roles   chan RoleInfo
@@ -151,9 +155,11 @@ type counters struct {
 }
 
 // Join elects, then returns a Client ready to serve calls as Leader or Follower. It
-// returns an error if cfg is invalid, or if ctx ends before the member could lead or
-// reach a Leader; that error says what was found (who holds the lock, the socket's
-// state, the Service's error).
+// returns an error if cfg is invalid (ErrConfig), if this member won the election and
+// NewService failed (ErrServiceUnavailable, wrapping NewService's error), if the Leader
+// refuses it (ErrUnauthorized, ErrIdentityMismatch), or if ctx ends before the member
+// could lead or reach a Leader (ErrNoLeader); the error says what was found (who holds
+// the lock, the socket's state).
 func Join(ctx context.Context, cfg Config) (*Client, error) {
 	vc, err := cfg.validate()
 	if err != nil {
@@ -163,6 +169,7 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 		cfg:     vc,
 		closing: make(chan struct{}),
 		runDone: make(chan struct{}),
+		closed:  make(chan struct{}),
 		joined:  make(chan error, 1),
 	}
 	c.setTransport(vc.transport, vc.transportWhy)
@@ -221,6 +228,18 @@ func (c *Client) setEpoch(b backend, role RoleInfo) {
 			}
 		}
 	}
+}
+
+// setCause makes calls fail with err, at once, until the next epoch (electing only).
+func (c *Client) setCause(err error) {
+	c.epochMu.Lock()
+	defer c.epochMu.Unlock()
+	old := c.ep.Load()
+	if old.b != nil {
+		return
+	}
+	c.ep.Store(&epoch{role: old.role, changed: make(chan struct{}), cause: err})
+	close(old.changed)
 }
 
 func (c *Client) dispatchRoles() {
@@ -288,6 +307,8 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 			if !errors.Is(err, errNotSent) {
 				return err
 			}
+		} else if ep.cause != nil {
+			return fmt.Errorf("cluster: %s %q: %w", opName, name, ep.cause)
 		}
 		select {
 		case <-ep.changed:
@@ -539,28 +560,52 @@ func (c *Client) Stats() Stats {
 // its Followers goodbye (they elect the next Leader at once), lets in-flight calls
 // finish (bounded), closes the Service, removes its socket and releases the lock. A
 // Follower closes its connection. Calls still waiting return ErrClosed; subscription
-// callbacks stop. Close is idempotent and returns the same error every time. It must not
-// be called from a subscription callback or OnRoleChange.
+// callbacks stop. Close returns the Service's Close error, if any (a Leader's), and
+// returns the same every time; it is safe to call concurrently and more than once.
+//
+// Close may be called from anywhere, including code the library calls:
+//   - from a subscription callback or OnRoleChange, it returns once the handover is
+//     done, without waiting for callbacks to return (its own cannot, before Close does);
+//   - from a Service method (or NewService, a Withdrawer or Service.Close) on the
+//     Leader, it starts the handover and returns nil at once: the handover lets
+//     in-flight calls finish, the calling one included, so it cannot be waited for
+//     there. A Close from anywhere else waits for it.
 func (c *Client) Close() error {
+	in := calledFromUserCode()
 	c.closeOnce.Do(func() {
 		close(c.closing)
 		c.endLife()
-		<-c.runDone
-		for _, lt := range c.reg.snapshot() {
-			c.reg.mu.Lock()
-			for _, s := range lt.subs {
-				s.stop()
-			}
-			c.reg.mu.Unlock()
-		}
-		c.subsWG.Wait()
-		c.reg.releaseLatest()
-		if c.roles != nil {
-			close(c.roles)
-			c.rolesWG.Wait()
-		}
+		go c.finishClose()
 	})
+	switch {
+	case in&inService != 0:
+		return nil
+	case in != 0:
+		<-c.runDone
+	default:
+		<-c.closed
+	}
 	return c.closeErr
+}
+
+// finishClose waits for the run goroutine to hand over, then stops the subscriptions
+// and the OnRoleChange dispatcher and waits for their callbacks to return.
+func (c *Client) finishClose() {
+	defer close(c.closed)
+	<-c.runDone
+	for _, lt := range c.reg.snapshot() {
+		c.reg.mu.Lock()
+		for _, s := range lt.subs {
+			s.stop()
+		}
+		c.reg.mu.Unlock()
+	}
+	c.subsWG.Wait()
+	c.reg.releaseLatest()
+	if c.roles != nil {
+		close(c.roles)
+		c.rolesWG.Wait()
+	}
 }
 
 func pid() int { return os.Getpid() }

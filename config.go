@@ -81,8 +81,18 @@ type Config struct {
 	// at a shared volume.
 	Dir string
 	// NewService builds the real client. It is called only in the Leader, once per
-	// leadership term, with a context that ends when the term ends. If it fails the
-	// member releases the lock so another may try. Required unless Lead is LeadNever.
+	// leadership term, with a context that ends when the term ends. Required unless Lead
+	// is LeadNever.
+	//
+	// If it fails (returns an error or a nil Service, or panics) the member releases
+	// the lock at once, so that another member may try, and:
+	//   - during Join, Join returns an error matching ErrServiceUnavailable that wraps
+	//     NewService's error (errors.Is and errors.As reach it);
+	//   - later (this member was promoted after a failover), it stays away from the
+	//     lock for 250 ms, doubling with each failure in a row up to 8 s (±25% jitter),
+	//     and follows any member that leads meanwhile; until a Leader serves it, its
+	//     calls fail at once with an error matching ErrServiceUnavailable that wraps
+	//     the cause, instead of waiting out their deadlines.
 	NewService func(ctx context.Context) (Service, error)
 	// Lead is the member's election policy. Default LeadAuto.
 	Lead LeadPolicy

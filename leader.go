@@ -96,7 +96,11 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 	if err != nil {
 		cancel()
 		c.tr.release()
-		return nil, fmt.Errorf("NewService (term %d): %w", term, err)
+		if ctx.Err() != nil || c.life.Err() != nil {
+			return nil, fmt.Errorf("NewService (term %d): %w", term, err)
+		}
+		return nil, fmt.Errorf("%w: cluster %q: this member won the election (term %d) and released the lock because NewService failed: %w",
+			ErrServiceUnavailable, c.cfg.Name, term, err)
 	}
 	l := &leader{
 		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln, tr: c.tr,
@@ -227,8 +231,9 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 // shutdown hands leadership over: stop accepting, say goodbye, drain in-flight calls
 // (bounded), close the Service, flush and close connections, remove the socket, and
 // release the lock last. It returns the time it stopped leading, taken just before the
-// lock was released: no later Leader's term can start before it.
-func (l *leader) shutdown() time.Time {
+// lock was released (no later Leader's term can start before it), and Service.Close's
+// error.
+func (l *leader) shutdown() (time.Time, error) {
 	_ = l.ln.Close()
 	<-l.acceptDone
 	l.calls.close()
@@ -268,8 +273,10 @@ func (l *leader) shutdown() time.Time {
 	for _, t := range topics {
 		t.kill()
 	}
-	if err := l.svc.close(); err != nil {
-		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", err)
+	closeErr := l.svc.close()
+	if closeErr != nil {
+		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", closeErr)
+		closeErr = fmt.Errorf("cluster %q: Service.Close (term %d): %w", l.c.cfg.Name, l.term, closeErr)
 	}
 	for _, pc := range peers {
 		_ = pc.conn.Drain(ctx)
@@ -278,7 +285,7 @@ func (l *leader) shutdown() time.Time {
 	<-l.watchEnd
 	stopped := time.Now()
 	l.tr.release()
-	return stopped
+	return stopped, closeErr
 }
 
 // serviceErr maps a Service error to what the caller sees, the same on the Leader and,

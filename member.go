@@ -17,9 +17,12 @@ import (
 const (
 	minBackoff = 50 * time.Microsecond
 	maxBackoff = 50 * time.Millisecond
-	// serviceBackoff is how long a member whose NewService failed stays away from the
-	// lock, so that another member gets a chance to lead.
-	serviceBackoff = 250 * time.Millisecond
+	// A member whose NewService failed after it had joined stays away from the lock
+	// for serviceBackoff, doubling with each failure in a row up to maxServiceBackoff
+	// (with ±25% jitter), so that another member gets a chance to lead and a Service
+	// that cannot be built costs a few attempts a minute, not a term every 250 ms.
+	serviceBackoff    = 250 * time.Millisecond
+	maxServiceBackoff = 8 * time.Second
 	// For fastWindow after losing its Leader, a member retries at least every
 	// fastBackoff: the next Leader listens about a millisecond after the last one died,
 	// and an exponential backoff would overshoot it by as much again.
@@ -72,13 +75,13 @@ func (c *Client) run(joinCtx context.Context) {
 		case *leader:
 			select {
 			case <-c.closing:
-				closedAt = b.shutdown()
+				closedAt, c.closeErr = b.shutdown()
 				return
 			case <-b.demoted:
 			}
 			// The claim was lost under us (the lock file deleted or replaced): hand over
 			// as on Close, then elect again like everyone else.
-			lostAt = b.shutdown()
+			lostAt, _ = b.shutdown() // shutdown logged Service.Close's error
 			c.stats.failovers.Add(1)
 			c.setEpoch(nil, RoleInfo{Role: RoleElecting, At: lostAt})
 		case *follower:
@@ -130,7 +133,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 	backoff := time.Duration(0)
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
-	refusals, hungUp := 0, 0
+	refusals, hungUp, serviceFailures := 0, 0, 0
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -163,8 +166,19 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 					continue
 				}
 				lastLead = err
-				c.cfg.Logger.Warn("cluster: could not lead; released the claim", "name", c.cfg.Name, "err", err)
-				avoidLockUntil = time.Now().Add(serviceBackoff)
+				if !errors.Is(err, ErrServiceUnavailable) {
+					c.cfg.Logger.Warn("cluster: could not lead; released the claim", "name", c.cfg.Name, "err", err)
+					avoidLockUntil = time.Now().Add(serviceBackoff)
+					break
+				}
+				if !joined {
+					return nil, err // Join reports NewService's error at once
+				}
+				serviceFailures++
+				d := serviceRetry(serviceFailures)
+				avoidLockUntil = time.Now().Add(d)
+				c.setCause(err)
+				c.cfg.Logger.Error("cluster: could not build the Service; calls fail until a leader serves", "name", c.cfg.Name, "err", err, "retry_in", d.Round(time.Millisecond))
 			default:
 				lastLead = nil
 			}
@@ -232,6 +246,16 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			}
 		}
 	}
+}
+
+// serviceRetry is how long a member stays away from the lock after its n-th NewService
+// failure in a row.
+func serviceRetry(n int) time.Duration {
+	d := maxServiceBackoff
+	if n < 8 {
+		d = min(serviceBackoff<<(n-1), maxServiceBackoff)
+	}
+	return d*3/4 + rand.N(d/2+1)
 }
 
 // diagnose builds Join's error when no role could be taken in time.
