@@ -138,7 +138,7 @@ type Client struct {
 	closeErr  error         // Service.Close's error at the handover; written before runDone closes
 	runDone   chan struct{} // closed when the run goroutine has ended (handed over, lock released)
 	closed    chan struct{} // closed when Close has finished everything (finishClose)
-	joined    chan error // the first election's outcome, read once by Join
+	joined    chan error    // the first election's outcome, read once by Join
 
 	roles   chan RoleInfo
 	rolesWG sync.WaitGroup

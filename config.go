@@ -151,6 +151,17 @@ type Config struct {
 	Transport Transport
 	// Port is the loopback port of the TCP transport. Default DefaultPort(Name).
 	Port int
+	// Identity names the Service contract this program expects of its Leader: its
+	// methods, topics and payloads, say "users-api/v2". Members exchange it when they
+	// connect, and a Leader refuses a Follower whose Identity differs from its own
+	// (ErrIdentityMismatch, naming both), so that two programs that share a Name and a
+	// Dir by mistake, or two incompatible versions of one program, are never served each
+	// other's answers. Keep it when a new version stays compatible (old and new members
+	// then share one Leader through a rolling upgrade); change it, together with Name,
+	// when it does not (the two versions then run as two clusters side by side, each
+	// with its own Leader, until the old one is gone). At most 255 bytes; members that
+	// leave it empty match each other only.
+	Identity string
 	// Errors gives the Service's errors an identity that crosses processes. Each entry
 	// maps a code (1 to 64 bytes of letters, digits and ". _ - : /"; at most 32 entries)
 	// to an error value, usually a sentinel:
@@ -215,6 +226,9 @@ func (c Config) validate() (*config, error) {
 	}
 	if c.SocketMode&^os.ModePerm != 0 {
 		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
+	}
+	if len(c.Identity) > frame.MaxIdentity {
+		return nil, bad("Identity", "%d bytes, the limit is %d", len(c.Identity), frame.MaxIdentity)
 	}
 	if len(c.Errors) > frame.MaxCodes {
 		return nil, bad("Errors", "%d entries, the limit is %d", len(c.Errors), frame.MaxCodes)

@@ -39,7 +39,7 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name, Token: token}
+	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name, Token: token, Identity: c.cfg.Identity}
 	w, err := ipc.ClientHandshake(nc, hello, deadline)
 	if err != nil {
 		_ = nc.Close()
@@ -47,6 +47,8 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 		switch {
 		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
 			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
+		case errors.As(err, &fe) && fe.Code == frame.CodeIdentity:
+			return nil, fmt.Errorf("%w: cluster %q: %s", ErrIdentityMismatch, c.cfg.Name, fe.Message)
 		case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
 			// The Leader is handing over, or not ready for us yet: try again.
 			return nil, fmt.Errorf("%w: %s", ipc.ErrNoListener, fe.Message)
@@ -63,6 +65,11 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	if w.Name != c.cfg.Name {
 		_ = nc.Close()
 		return nil, fmt.Errorf("%w: %s serves cluster %q, not %q", ErrProtocol, c.tr.where(), w.Name, c.cfg.Name)
+	}
+	if w.Identity != c.cfg.Identity {
+		_ = nc.Close()
+		return nil, fmt.Errorf("%w: cluster %q: the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q",
+			ErrIdentityMismatch, c.cfg.Name, w.PID, w.Term, w.Identity, c.cfg.Identity)
 	}
 	f := &follower{c: c, welcome: w, at: time.Now(), goodbye: make(chan struct{})}
 	opts := c.cfg.connOptions()

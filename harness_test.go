@@ -142,6 +142,18 @@ func errKind(err error) string {
 		return "no-leader"
 	case errors.Is(err, cluster.ErrUnauthorized):
 		return "unauthorized"
+	case errors.Is(err, cluster.ErrServiceUnavailable):
+		return "unavailable"
+	case errors.Is(err, cluster.ErrIdentityMismatch):
+		return "identity"
+	case errors.Is(err, cluster.ErrServicePanic):
+		return "panic"
+	case errors.Is(err, errTestNotFound):
+		return "not-found"
+	case errors.Is(err, cluster.ErrTooLarge):
+		return "too-large"
+	case errors.Is(err, cluster.ErrConfig):
+		return "config"
 	case errors.As(err, &re):
 		return "remote"
 	}
@@ -168,7 +180,9 @@ func memberMain() int {
 		Name:       os.Getenv("CT_NAME"),
 		Dir:        os.Getenv("CT_DIR"),
 		Lead:       lead,
-		NewService: withWhoami(newService),
+		NewService: withWhoami(withFaults(newService)),
+		Identity:   os.Getenv("CT_IDENTITY"),
+		Errors:     testErrors(),
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnRoleChange: func(r cluster.RoleInfo) {
 			emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid(), Host: host})
@@ -201,6 +215,7 @@ func memberMain() int {
 		emit(event{Ev: "join-error", Err: err.Error(), Kind: errKind(err), PID: os.Getpid()})
 		return 3
 	}
+	self.Store(c)
 	r := c.Role()
 	emit(event{Ev: "joined", Role: r.Role.String(), Term: r.Term, LeaderPID: r.LeaderPID, PID: os.Getpid(), Host: host})
 

@@ -168,6 +168,10 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		if h.Name != l.c.cfg.Name {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
 		}
+		if h.Identity != l.c.cfg.Identity {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
+				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
+		}
 		if err := l.tr.authorize(h.Token); err != nil {
 			if errors.Is(err, errStaleToken) {
 				// Retryable, as while handing over: the Follower reads the token again.
@@ -179,7 +183,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		if l.calls.isClosed() {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
 		}
-		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name}, nil
+		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
 	})
 	if err != nil {
 		level := slog.LevelWarn
@@ -196,14 +200,25 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	opts.FileHandler = pc.handle
 	conn := ipc.NewConn(nc, peer, opts)
 	pc.conn = conn
-	// Register atomically with respect to shutdown's snapshot: a Follower whose
-	// handshake finished as the handover began is closed here (it re-elects), instead of
-	// being missed by the goodbye and the drain.
+	// Register atomically with respect to shutdown's snapshot. A Follower whose
+	// handshake finished as the handover began is not in it: it gets its goodbye here.
+	// It may already have sent requests, thinking itself welcome; they are refused as
+	// the handover refuses them (closed: try the next Leader), never lost.
 	l.mu.Lock()
 	if l.stopping {
 		l.mu.Unlock()
+		conn.Start()
+		_ = conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		select {
+		case <-pc.acked:
+		case <-conn.Done():
+		case <-ctx.Done():
+		}
+		_ = conn.Drain(ctx)
+		cancel()
 		pc.cancel()
-		_ = nc.Close()
+		conn.Close()
 		return
 	}
 	l.conns[conn] = pc

@@ -134,6 +134,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
 	refusals, hungUp, serviceFailures := 0, 0, 0
+	var pause time.Duration // when set, the next wait (instead of the backoff's)
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -202,11 +203,26 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				hungUp = 0
 			}
 			lastFollow = err
-			// A Leader that refuses us will refuse again: fail Join at once (on TCP after
-			// a few tries: a token read just before a new Leader replaced it is only
-			// asked to retry, but one two quick terms old is refused). After Join, keep
-			// trying (the next Leader may be configured differently) at a slow pace.
-			if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrProtocol) {
+			switch {
+			case errors.Is(err, ErrIdentityMismatch):
+				// Another program, or an incompatible version, leads: it never serves
+				// this member. Fail Join; after it, tell callers at once and ask again
+				// rarely (it may hand over to a member like this one).
+				if !joined {
+					return nil, err
+				}
+				refusals++
+				c.setCause(err)
+				if refusals == 1 {
+					c.cfg.Logger.Error("cluster: the leader serves another service identity; calls fail until one that matches leads", "name", c.cfg.Name, "err", err)
+				}
+				pause = serviceRetry(refusals)
+			case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrProtocol):
+				// A Leader that refuses us will refuse again: fail Join at once (on TCP
+				// after a few tries: a token read just before a new Leader replaced it is
+				// only asked to retry, but one two quick terms old is refused). After
+				// Join, keep trying (the next Leader may be configured differently) at a
+				// slow pace.
 				refusals++
 				if !joined && (c.tr.kind() != "tcp" || refusals >= 3 || errors.Is(err, ErrProtocol)) {
 					return nil, err
@@ -215,12 +231,12 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				if joined {
 					backoff = maxBackoff
 				}
-			} else {
+			default:
 				refusals = 0
 			}
 		}
 		// The first couple of attempts are immediate; then back off with jitter.
-		if attempt >= 2 {
+		if attempt >= 2 || pause > 0 {
 			if backoff == 0 {
 				backoff = minBackoff
 			} else if backoff < maxBackoff {
@@ -229,6 +245,9 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			d := backoff/2 + rand.N(backoff/2+1)
 			if d > fastBackoff && time.Now().Before(fastUntil) {
 				d = fastBackoff
+			}
+			if pause > 0 {
+				d, pause = pause, 0
 			}
 			if d < time.Millisecond {
 				shortSleep(d) // the closing and ctx checks above come round again at once

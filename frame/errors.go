@@ -35,6 +35,7 @@ const (
 	CodeTooLarge     = "too-large"    // a meta or body exceeded the receiver's limits
 	CodeProtocol     = "protocol"     // the peer broke the wire protocol; the connection closes
 	CodeUnauthorized = "unauthorized" // the Leader refused the peer (credentials, token or cluster name)
+	CodeIdentity     = "identity"     // the Leader refused the peer: its service identity differs
 	CodeVersion      = "version"      // no common protocol version; the body lists the versions spoken
 	CodeClosed       = "closed"       // the Leader is shutting down; to a hello: try again
 	CodeNotFound     = "not-found"    // unknown request id, method or topic

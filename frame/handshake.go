@@ -7,8 +7,18 @@ import (
 
 // Bounds on the variable-length fields of the handshake bodies.
 const (
-	MaxName  = 255 // bytes in Hello.Name and Welcome.Name
-	MaxToken = 256 // bytes in Hello.Token
+	MaxName     = 255 // bytes in Hello.Name and Welcome.Name
+	MaxToken    = 256 // bytes in Hello.Token
+	MaxIdentity = 255 // bytes in Hello.Identity and Welcome.Identity
+)
+
+// Extensions follow the fixed fields of a hello or a welcome: each a u16 tag, a u16
+// length and that many bytes. A receiver skips tags it does not know, so that a later
+// version can add fields its predecessors ignore; a known tag appears at most once. An
+// extension with an empty value is not sent, so that a body without one is the body of
+// earlier versions byte for byte.
+const (
+	extIdentity uint16 = 1 // the service identity (Config.Identity)
 )
 
 // Hello is the body of the KindHello frame, the first frame a follower sends. Encoded
@@ -20,24 +30,29 @@ type Hello struct {
 	MaxBody                uint32 // largest frame body the sender accepts
 	Name                   string // the cluster Name the follower joined; the leader rejects a mismatch
 	Token                  []byte // auth token for the TCP transport; empty on Unix sockets
+	Identity               string // the service identity (extension 1); the leader rejects a mismatch
 }
 
 // Append appends the encoded hello to dst and returns the extended slice. It panics if
-// Name is longer than MaxName or Token longer than MaxToken: callers validate those.
+// Name is longer than MaxName, Token longer than MaxToken or Identity longer than
+// MaxIdentity: callers validate those.
 func (h *Hello) Append(dst []byte) []byte {
 	mustFit("Hello.Name", len(h.Name), MaxName)
 	mustFit("Hello.Token", len(h.Token), MaxToken)
+	mustFit("Hello.Identity", len(h.Identity), MaxIdentity)
 	dst = append(dst, h.MinVersion, h.MaxVersion)
 	dst = binary.BigEndian.AppendUint32(dst, h.PID)
 	dst = binary.BigEndian.AppendUint32(dst, h.MaxBody)
 	dst = appendField(dst, h.Name)
-	return appendField(dst, h.Token)
+	dst = appendField(dst, h.Token)
+	return appendExtension(dst, extIdentity, h.Identity)
 }
 
-// ParseHello decodes a hello body. A truncated body, trailing bytes, an overlong Name
-// or Token, a MinVersion of 0 or a MinVersion above MaxVersion is an error matching
-// ErrProtocol; versions that merely differ from Version are not an error here. Token
-// does not alias b. ParseHello never panics.
+// ParseHello decodes a hello body. A truncated body or extension, an overlong Name,
+// Token or Identity, a repeated extension, a MinVersion of 0 or a MinVersion above
+// MaxVersion is an error matching ErrProtocol; versions that merely differ from Version
+// are not an error here, and unknown extensions are skipped. Token does not alias b.
+// ParseHello never panics.
 func ParseHello(b []byte) (Hello, error) {
 	p := parser{b: b, what: "hello"}
 	h := Hello{
@@ -50,6 +65,7 @@ func ParseHello(b []byte) (Hello, error) {
 	if tok := p.field("token", MaxToken); len(tok) > 0 {
 		h.Token = append([]byte(nil), tok...)
 	}
+	h.Identity = string(p.extensions()[extIdentity])
 	if err := p.done(); err != nil {
 		return Hello{}, err
 	}
@@ -63,26 +79,31 @@ func ParseHello(b []byte) (Hello, error) {
 // big-endian: Version u8, PID u32, MaxBody u32, Term u64, then Name as a u16 length
 // followed by that many bytes.
 type Welcome struct {
-	Version uint8  // the protocol version chosen for the connection; never 0
-	PID     uint32 // leader's pid; advisory only
-	MaxBody uint32 // largest frame body the leader accepts
-	Term    uint64 // leadership term number
-	Name    string // the cluster Name the leader serves
+	Version  uint8  // the protocol version chosen for the connection; never 0
+	PID      uint32 // leader's pid; advisory only
+	MaxBody  uint32 // largest frame body the leader accepts
+	Term     uint64 // leadership term number
+	Name     string // the cluster Name the leader serves
+	Identity string // the service identity the leader serves (extension 1)
 }
 
 // Append appends the encoded welcome to dst and returns the extended slice. It panics if
-// Name is longer than MaxName: callers validate it.
+// Name is longer than MaxName or Identity longer than MaxIdentity: callers validate
+// them.
 func (w *Welcome) Append(dst []byte) []byte {
 	mustFit("Welcome.Name", len(w.Name), MaxName)
+	mustFit("Welcome.Identity", len(w.Identity), MaxIdentity)
 	dst = append(dst, w.Version)
 	dst = binary.BigEndian.AppendUint32(dst, w.PID)
 	dst = binary.BigEndian.AppendUint32(dst, w.MaxBody)
 	dst = binary.BigEndian.AppendUint64(dst, w.Term)
-	return appendField(dst, w.Name)
+	dst = appendField(dst, w.Name)
+	return appendExtension(dst, extIdentity, w.Identity)
 }
 
-// ParseWelcome decodes a welcome body. A truncated body, trailing bytes, an overlong
-// Name or a Version of 0 is an error matching ErrProtocol. ParseWelcome never panics.
+// ParseWelcome decodes a welcome body. A truncated body or extension, an overlong Name
+// or Identity, a repeated extension or a Version of 0 is an error matching ErrProtocol;
+// unknown extensions are skipped. ParseWelcome never panics.
 func ParseWelcome(b []byte) (Welcome, error) {
 	p := parser{b: b, what: "welcome"}
 	w := Welcome{
@@ -92,6 +113,7 @@ func ParseWelcome(b []byte) (Welcome, error) {
 		Term:    p.u64("term"),
 		Name:    string(p.field("name", MaxName)),
 	}
+	w.Identity = string(p.extensions()[extIdentity])
 	if err := p.done(); err != nil {
 		return Welcome{}, err
 	}
@@ -105,6 +127,15 @@ func mustFit(field string, n, limit int) {
 	if n > limit {
 		panic(fmt.Sprintf("frame: %s is %d bytes, the limit is %d", field, n, limit))
 	}
+}
+
+// appendExtension appends extension tag with value v, unless v is empty.
+func appendExtension(dst []byte, tag uint16, v string) []byte {
+	if v == "" {
+		return dst
+	}
+	dst = binary.BigEndian.AppendUint16(dst, tag)
+	return appendField(dst, v)
 }
 
 func appendField[T string | []byte](dst []byte, s T) []byte {
@@ -166,6 +197,40 @@ func (p *parser) field(field string, limit int) []byte {
 		return nil
 	}
 	return p.take(n, field)
+}
+
+// extensions reads the extensions that end a body: the value of each known tag (absent
+// ones are nil), after checking its bound. Unknown tags are skipped.
+func (p *parser) extensions() map[uint16][]byte {
+	var known map[uint16][]byte
+	for p.err == nil && len(p.b) > 0 {
+		tag := p.u16("extension tag")
+		limit := 1<<16 - 1
+		name := fmt.Sprintf("extension %d", tag)
+		if tag == extIdentity {
+			limit, name = MaxIdentity, "identity"
+		}
+		v := p.field(name, limit)
+		if p.err != nil || tag != extIdentity {
+			continue
+		}
+		if _, dup := known[tag]; dup {
+			p.err = fmt.Errorf("frame: %s body repeats its %s: %w", p.what, name, ErrProtocol)
+			return nil
+		}
+		if known == nil {
+			known = make(map[uint16][]byte, 1)
+		}
+		known[tag] = v
+	}
+	return known
+}
+
+func (p *parser) u16(field string) uint16 {
+	if v := p.take(2, field); v != nil {
+		return binary.BigEndian.Uint16(v)
+	}
+	return 0
 }
 
 func (p *parser) done() error {

@@ -45,11 +45,14 @@ var (
 		{MinVersion: 1, MaxVersion: 1, PID: 4242, MaxBody: frame.DefaultMaxBody, Name: "jobs"},
 		{MinVersion: 1, MaxVersion: 255, PID: 1<<32 - 1, MaxBody: 1<<32 - 1, Name: strings.Repeat("n", frame.MaxName), Token: []byte(strings.Repeat("t", frame.MaxToken))},
 		{MinVersion: 3, MaxVersion: 7, Name: "ünïcode", Token: []byte{0, 1, 2}},
+		{MinVersion: 1, MaxVersion: 1, Name: "jobs", Identity: "jobs-api/v2"},
+		{MinVersion: 1, MaxVersion: 1, Name: "jobs", Token: []byte{9}, Identity: strings.Repeat("i", frame.MaxIdentity)},
 	}
 	welcomes = []frame.Welcome{
 		{Version: 1},
 		{Version: 1, PID: 1, MaxBody: frame.DefaultMaxBody, Term: 7, Name: "jobs"},
 		{Version: 255, PID: 1<<32 - 1, MaxBody: 1<<32 - 1, Term: 1<<64 - 1, Name: strings.Repeat("n", frame.MaxName)},
+		{Version: 1, Term: 3, Name: "jobs", Identity: "jobs-api/v2"},
 	}
 )
 
@@ -74,26 +77,75 @@ func TestHandshakeRoundTrip(t *testing.T) {
 func TestHandshakeTruncatedAndTrailing(t *testing.T) {
 	for _, h := range hellos {
 		b := h.Append(nil)
+		plain := h
+		plain.Identity = ""
+		fixed := len(plain.Append(nil)) // where the extensions start
 		for n := range len(b) {
-			_, err := frame.ParseHello(b[:n])
+			got, err := frame.ParseHello(b[:n])
+			if n == fixed { // cut before the extensions: a hello without them
+				require.NoError(t, err)
+				require.Equal(t, plain, got)
+				continue
+			}
 			require.ErrorIs(t, err, frame.ErrProtocol, "hello truncated to %d of %d bytes", n, len(b))
 			require.Contains(t, err.Error(), "hello body truncated")
 		}
 		_, err := frame.ParseHello(append(b, 0))
 		require.ErrorIs(t, err, frame.ErrProtocol)
-		require.Contains(t, err.Error(), "hello body has 1 trailing bytes")
+		require.Contains(t, err.Error(), "hello body truncated: extension tag needs 2 bytes, 1 left")
 	}
 	for _, w := range welcomes {
 		b := w.Append(nil)
+		plain := w
+		plain.Identity = ""
+		fixed := len(plain.Append(nil))
 		for n := range len(b) {
-			_, err := frame.ParseWelcome(b[:n])
+			got, err := frame.ParseWelcome(b[:n])
+			if n == fixed {
+				require.NoError(t, err)
+				require.Equal(t, plain, got)
+				continue
+			}
 			require.ErrorIs(t, err, frame.ErrProtocol, "welcome truncated to %d of %d bytes", n, len(b))
 			require.Contains(t, err.Error(), "welcome body truncated")
 		}
-		_, err := frame.ParseWelcome(append(b, 1, 2))
+		_, err := frame.ParseWelcome(append(b, 0, 9, 0))
 		require.ErrorIs(t, err, frame.ErrProtocol)
-		require.Contains(t, err.Error(), "welcome body has 2 trailing bytes")
+		require.Contains(t, err.Error(), "welcome body truncated: extension 9 length needs 2 bytes, 1 left")
 	}
+}
+
+// Extensions: unknown ones are skipped (a later version may add some), a known one
+// appears once and within its bound, and a body without any is the earlier layout.
+func TestHandshakeExtensions(t *testing.T) {
+	base := (&frame.Hello{MinVersion: 1, MaxVersion: 1, Name: "jobs"}).Append(nil)
+	ext := func(tag uint16, v string) []byte {
+		return append([]byte{byte(tag >> 8), byte(tag), byte(len(v) >> 8), byte(len(v))}, v...)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	h, err := frame.ParseHello(cat(base, ext(77, "from the future"), ext(1, "api/v2"), ext(0xffff, "")))
+	require.NoError(t, err)
+	require.Equal(t, "api/v2", h.Identity)
+
+	_, err = frame.ParseHello(cat(base, ext(1, "a"), ext(1, "b")))
+	require.ErrorIs(t, err, frame.ErrProtocol)
+	require.ErrorContains(t, err, "hello body repeats its identity")
+
+	_, err = frame.ParseHello(cat(base, ext(1, strings.Repeat("i", frame.MaxIdentity+1))))
+	require.ErrorIs(t, err, frame.ErrProtocol)
+	require.ErrorContains(t, err, "hello identity is 256 bytes, the limit is 255")
+
+	// The identity extension, byte by byte.
+	require.Equal(t, cat(base, []byte{0, 1, 0, 2, 'v', '2'}), (&frame.Hello{MinVersion: 1, MaxVersion: 1, Name: "jobs", Identity: "v2"}).Append(nil))
+	require.Panics(t, func() {
+		(&frame.Welcome{Version: 1, Identity: strings.Repeat("i", frame.MaxIdentity+1)}).Append(nil)
+	})
 }
 
 func TestHandshakeRejects(t *testing.T) {
