@@ -321,6 +321,13 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 }
 
 func (c *Client) checkMessage(op, name string, m Message) error {
+	if name == "" {
+		what := "topic"
+		if op == "invoke" {
+			what = "method"
+		}
+		return fmt.Errorf("%w: %s: the %s name must not be empty", ErrConfig, op, what)
+	}
 	if len(name) > frame.DefaultMaxMeta {
 		return fmt.Errorf("cluster: %s: name is %d bytes, the limit is %d: %w", op, len(name), frame.DefaultMaxMeta, ErrTooLarge)
 	}

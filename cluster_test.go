@@ -412,6 +412,10 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, FDs: 1, ID: 1}, []byte("echo"), nil)
 			writeWithFile(t, c, b, f)
 		}, "", "not a sealed memfd"},
+		{"empty method name", func(t *testing.T, c net.Conn) {
+			c.Write(hello(tc.name))
+			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, nil, nil))
+		}, "", "empty method or topic name"},
 		{"descriptor passed with a subscribe", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, FDs: 1, ID: 1}, []byte("t"), nil)

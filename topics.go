@@ -283,6 +283,11 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		conn.Abort(fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
 		return
 	}
+	if len(f.Meta) == 0 {
+		closeFiles(files)
+		conn.Abort(fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
+		return
+	}
 	if !pc.l.calls.enter() {
 		closeFiles(files)
 		if f.Kind != frame.KindOneway {

@@ -27,6 +27,14 @@ func codecOr(c Codec) Codec {
 	return c
 }
 
+// checkClient refuses a nil Client with an error naming the typed call.
+func checkClient(c *Client, what, name string) error {
+	if c == nil {
+		return fmt.Errorf("%w: %s %q: the Client must not be nil", ErrConfig, what, name)
+	}
+	return nil
+}
+
 // Method is a typed handle on one Service method: it encodes requests and decodes
 // responses with Codec (JSON when nil), so callers never marshal by hand.
 //
@@ -40,6 +48,9 @@ type Method[Req, Resp any] struct {
 // Invoke encodes req, calls Client.Invoke and decodes the response.
 func (m Method[Req, Resp]) Invoke(ctx context.Context, c *Client, req Req) (Resp, error) {
 	var resp Resp
+	if err := checkClient(c, "Method.Invoke", m.Name); err != nil {
+		return resp, err
+	}
 	codec := codecOr(m.Codec)
 	data, err := codec.Marshal(req)
 	if err != nil {
@@ -49,6 +60,7 @@ func (m Method[Req, Resp]) Invoke(ctx context.Context, c *Client, req Req) (Resp
 	if err != nil {
 		return resp, err
 	}
+	defer out.Close() // a Blob or Files the Service returned: only Data is decoded
 	if err := codec.Unmarshal(out.Data, &resp); err != nil {
 		return resp, fmt.Errorf("cluster: invoke %q: decoding the response: %w", m.Name, err)
 	}
@@ -57,6 +69,9 @@ func (m Method[Req, Resp]) Invoke(ctx context.Context, c *Client, req Req) (Resp
 
 // InvokeOneway encodes req and calls Client.InvokeOneway.
 func (m Method[Req, Resp]) InvokeOneway(ctx context.Context, c *Client, req Req) error {
+	if err := checkClient(c, "Method.InvokeOneway", m.Name); err != nil {
+		return err
+	}
 	data, err := codecOr(m.Codec).Marshal(req)
 	if err != nil {
 		return fmt.Errorf("cluster: invoke %q: encoding the request: %w", m.Name, err)
@@ -67,6 +82,9 @@ func (m Method[Req, Resp]) InvokeOneway(ctx context.Context, c *Client, req Req)
 // Handle adapts a typed function to the shape of Service.Invoke for one method, for
 // Services that dispatch on the method name.
 func (m Method[Req, Resp]) Handle(ctx context.Context, req Message, fn func(context.Context, Req) (Resp, error)) (Message, error) {
+	if fn == nil {
+		return Message{}, fmt.Errorf("%w: Method.Handle %q: fn must not be nil", ErrConfig, m.Name)
+	}
 	codec := codecOr(m.Codec)
 	var in Req
 	if err := codec.Unmarshal(req.Data, &in); err != nil {
@@ -94,6 +112,9 @@ type Topic[T any] struct {
 
 // Publish encodes v and calls Client.Publish.
 func (t Topic[T]) Publish(ctx context.Context, c *Client, v T) error {
+	if err := checkClient(c, "Topic.Publish", t.Name); err != nil {
+		return err
+	}
 	data, err := codecOr(t.Codec).Marshal(v)
 	if err != nil {
 		return fmt.Errorf("cluster: publish %q: encoding: %w", t.Name, err)
@@ -103,8 +124,14 @@ func (t Topic[T]) Publish(ctx context.Context, c *Client, v T) error {
 
 // Subscribe calls fn with every message of the topic, decoded (opts as for
 // Client.Subscribe). A message that does not decode is skipped and logged
-// (Config.Logger), never passed on half-filled.
+// (Config.Logger), never passed on half-filled. A nil fn is an error matching ErrConfig.
 func (t Topic[T]) Subscribe(ctx context.Context, c *Client, fn func(T), opts ...SubscribeOption) (*Subscription, error) {
+	if err := checkClient(c, "Topic.Subscribe", t.Name); err != nil {
+		return nil, err
+	}
+	if fn == nil {
+		return nil, fmt.Errorf("%w: Topic.Subscribe %q: fn must not be nil", ErrConfig, t.Name)
+	}
 	codec := codecOr(t.Codec)
 	return c.Subscribe(ctx, t.Name, func(m Message) {
 		var v T
@@ -118,6 +145,9 @@ func (t Topic[T]) Subscribe(ctx context.Context, c *Client, fn func(T), opts ...
 
 // Register encodes v and calls Client.Register.
 func (t Topic[T]) Register(ctx context.Context, c *Client, v T) (*Registration, error) {
+	if err := checkClient(c, "Topic.Register", t.Name); err != nil {
+		return nil, err
+	}
 	data, err := codecOr(t.Codec).Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: register %q: encoding: %w", t.Name, err)

@@ -407,3 +407,41 @@ func TestCallbackPanicsAreRecovered(t *testing.T) {
 	require.NoError(t, c.Close())
 	require.EqualValues(t, 2, roles.Load(), "OnRoleChange still gets every change after a panic")
 }
+
+// The typed layer refuses what the raw one refuses, naming the argument; empty method
+// and topic names are refused everywhere.
+func TestArgumentsAreValidatedInEveryLayer(t *testing.T) {
+	tc := newTestCluster(t)
+	c := tc.join(nil)
+	ctx := context.Background()
+	check := func(err error, says string) {
+		t.Helper()
+		require.ErrorIs(t, err, cluster.ErrConfig)
+		require.ErrorContains(t, err, says)
+	}
+	_, err := cluster.Topic[string]{Name: "news"}.Subscribe(ctx, c, nil)
+	check(err, `Topic.Subscribe "news": fn must not be nil`)
+	_, err = cluster.Topic[string]{Name: "news"}.Subscribe(ctx, nil, func(string) {})
+	check(err, `Topic.Subscribe "news": the Client must not be nil`)
+	_, err = cluster.Method[int, int]{Name: "add"}.Invoke(ctx, nil, 1)
+	check(err, `Method.Invoke "add": the Client must not be nil`)
+	_, err = cluster.Method[int, int]{Name: "add"}.Handle(ctx, cluster.Message{Data: []byte("1")}, nil)
+	check(err, `Method.Handle "add": fn must not be nil`)
+	check(cluster.Topic[string]{Name: "news"}.Publish(ctx, nil, "x"), `Topic.Publish "news": the Client must not be nil`)
+	_, err = c.Subscribe(ctx, "news", nil)
+	check(err, "fn must not be nil")
+
+	_, err = c.Invoke(ctx, "", cluster.Message{})
+	check(err, "invoke: the method name must not be empty")
+	check(c.InvokeOneway(ctx, "", cluster.Message{}), "the method name must not be empty")
+	check(c.Publish(ctx, "", cluster.Message{}), "publish: the topic name must not be empty")
+	_, err = c.Subscribe(ctx, "", func(cluster.Message) {})
+	check(err, "subscribe: the topic name must not be empty")
+	_, err = c.Register(ctx, "", cluster.Message{})
+	check(err, "register: the topic name must not be empty")
+	_, err = cluster.Method[int, int]{}.Invoke(ctx, c, 1)
+	check(err, "the method name must not be empty")
+	_, err = cluster.Topic[string]{}.Subscribe(ctx, c, func(string) {})
+	check(err, "the topic name must not be empty")
+	require.Zero(t, c.Stats().Subscriptions)
+}
