@@ -397,7 +397,7 @@ func TestFilesAreRefusedOverTCP(t *testing.T) {
 	for _, c := range []*cluster.Client{l, f} {
 		_, err := c.Invoke(context.Background(), "write", cluster.Message{Data: []byte("x"), Files: []*os.File{w}})
 		require.ErrorIs(t, err, cluster.ErrFDUnsupported)
-		require.ErrorContains(t, err, "tcp")
+		require.ErrorContains(t, err, "the TCP transport")
 		require.ErrorIs(t, c.Publish(context.Background(), "t", cluster.Message{Files: []*os.File{w}}), cluster.ErrFDUnsupported)
 	}
 }

@@ -320,6 +320,8 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 	}
 }
 
+// checkMessage checks what a call sends, the same way in every role: the limits are
+// those of a Leader with this member's Config, on this member's transport.
 func (c *Client) checkMessage(op, name string, m Message) error {
 	if name == "" {
 		what := "topic"
@@ -329,33 +331,33 @@ func (c *Client) checkMessage(op, name string, m Message) error {
 		return fmt.Errorf("%w: %s: the %s name must not be empty", ErrConfig, op, what)
 	}
 	if len(name) > frame.DefaultMaxMeta {
-		return fmt.Errorf("cluster: %s: name is %d bytes, the limit is %d: %w", op, len(name), frame.DefaultMaxMeta, ErrTooLarge)
-	}
-	if len(m.Data) > c.cfg.MaxBody {
-		return fmt.Errorf("cluster: %s %q: payload is %d bytes, the limit is %d: %w", op, name, len(m.Data), c.cfg.MaxBody, ErrTooLarge)
-	}
-	if m.Blob != nil && m.Blob.Bytes() == nil {
-		return fmt.Errorf("cluster: %s %q: the Message's Blob is closed: %w", op, name, os.ErrClosed)
-	}
-	if len(m.Files) == 0 {
-		return nil
-	}
-	if k := c.trk.Load().kind; k != "unix" || runtime.GOOS != "linux" {
-		return fmt.Errorf("cluster: %s %q: a Message with Files needs file descriptor passing, which only the Unix-socket transport on Linux has (this member uses %s on %s): %w", op, name, k, runtime.GOOS, ErrFDUnsupported)
-	}
-	n := len(m.Files)
-	if m.Blob != nil {
-		n++
-	}
-	if n > frame.MaxFDs {
-		return fmt.Errorf("cluster: %s %q: %d files (a Blob counts as one), a message passes at most %d: %w", op, name, n, frame.MaxFDs, ErrTooLarge)
+		return tooLarge("cluster: %s: the name is %d bytes, over the limit of %d", op, len(name), frame.DefaultMaxMeta)
 	}
 	for i, f := range m.Files {
 		if f == nil {
 			return fmt.Errorf("%w: %s %q: Message.Files[%d] is nil", ErrConfig, op, name, i)
 		}
 	}
-	return nil
+	what := "the message"
+	if op == "invoke" {
+		what = "the request"
+	}
+	return checkWire(m, c.passesFDs(), c.cfg.MaxBody, op, name, what)
+}
+
+// passesFDs reports whether this member's connections pass file descriptors.
+func (c *Client) passesFDs() bool { return c.trk.Load().kind == "unix" && runtime.GOOS == "linux" }
+
+// checkResponse applies to a response the Leader's Service gave its own process the
+// checks a Follower's response goes through (see checkWire), and makes a failure the
+// error a Follower would get.
+func (c *Client) checkResponse(method string, out Message) error {
+	fdOK := c.passesFDs()
+	err := checkWire(out, fdOK, c.cfg.MaxBody, "invoke", method, "the response")
+	if err == nil {
+		err = checkBlobSize(out, fdOK, c.cfg.MaxBlob, "invoke", method, "the response")
+	}
+	return responseErr(err, method)
 }
 
 // Invoke calls method on the Leader's Service and returns its response. It blocks

@@ -168,6 +168,8 @@ func TestOversizedPayloadIsRefusedBeforeSending(t *testing.T) {
 		f := tc.join(nil)
 		_, err := f.Invoke(context.Background(), "echo", cluster.Message{Data: make([]byte, 2048)})
 		require.ErrorIs(t, err, cluster.ErrTooLarge)
+		require.EqualError(t, err, `cluster: invoke "echo": the request is 2048 bytes, over the receiver's limit of 1024 `+
+			`(Config.MaxBody: raise it on every member, or send large payloads as a Message.Blob)`)
 		// The connection is intact.
 		_, err = f.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("ok")})
 		require.NoError(t, err)

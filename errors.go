@@ -20,7 +20,10 @@ var (
 	// ErrTimeout: the call's deadline (its ctx or Config.CallTimeout) passed. Errors that
 	// match it also match context.DeadlineExceeded and report Timeout() == true.
 	ErrTimeout = errors.New("cluster: call timed out")
-	// ErrTooLarge: a method, topic or payload exceeds the protocol's limits.
+	// ErrTooLarge: a method, topic or payload exceeds a limit (Config.MaxBody,
+	// Config.MaxBlob, the protocol's). The same limits apply in every role: the Leader
+	// checks its own calls, and its Service's answers to them, as it checks a
+	// Follower's. The error says the size, the limit and what to change.
 	ErrTooLarge = frame.ErrTooLarge
 	// ErrProtocol: a peer broke the wire protocol.
 	ErrProtocol = frame.ErrProtocol
@@ -84,6 +87,22 @@ func (e *RemoteError) Unwrap() []error { return e.errs }
 
 // panicked reports whether e reports a panic in the Service.
 func (e *RemoteError) panicked() bool { return slices.Contains(e.errs, ErrServicePanic) }
+
+// detailError matches a sentinel without repeating the sentinel's text after its own,
+// which already says what went wrong and what to do.
+type detailError struct {
+	msg string
+	is  error
+}
+
+func (e *detailError) Error() string        { return e.msg }
+func (e *detailError) Is(target error) bool { return target == e.is }
+
+// tooLarge makes an error matching ErrTooLarge; its text says the size, the limit and
+// the remedy, once.
+func tooLarge(format string, args ...any) error {
+	return &detailError{msg: fmt.Sprintf(format, args...), is: ErrTooLarge}
+}
 
 // timeoutError matches ErrTimeout and context.DeadlineExceeded and is a net.Error
 // timeout, so net/http-style callers recognise it.

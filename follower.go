@@ -157,7 +157,7 @@ func timeoutMillis(ctx context.Context) uint32 {
 }
 
 func (f *follower) invoke(ctx context.Context, method string, req Message, oneway bool) (Message, error) {
-	w, err := encodeMessage(f.conn, req, int(f.welcome.MaxBody), "invoke", method)
+	w, err := encodeMessage(f.conn, req, int(f.welcome.MaxBody), "invoke", method, "the request")
 	if err != nil {
 		return Message{}, err
 	}
@@ -177,13 +177,16 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 	}
 	out, err := decodeMessage(fr, files, f.c.cfg.MaxBlob)
 	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return Message{}, tooLarge("cluster: invoke %q: the response: %v", method, err)
+		}
 		return Message{}, fmt.Errorf("cluster: invoke %q: the response: %w", method, err)
 	}
 	return out, nil
 }
 
 func (f *follower) publish(ctx context.Context, topic string, msg Message) error {
-	w, err := encodeMessage(f.conn, msg, int(f.welcome.MaxBody), "publish", topic)
+	w, err := encodeMessage(f.conn, msg, int(f.welcome.MaxBody), "publish", topic, "the message")
 	if err != nil {
 		return err
 	}
@@ -212,8 +215,9 @@ func (f *follower) unsubscribe(ctx context.Context, topic string, shared bool) e
 }
 
 func (f *follower) register(ctx context.Context, r *Registration) error {
-	if len(r.msg.Data) > int(f.welcome.MaxBody)-frame.RegistrationIDSize {
-		return fmt.Errorf("cluster: register %q: payload is %d bytes, the leader accepts %d: %w", r.topic, len(r.msg.Data), int(f.welcome.MaxBody)-frame.RegistrationIDSize, ErrTooLarge)
+	if limit := int(f.welcome.MaxBody) - frame.RegistrationIDSize; len(r.msg.Data) > limit {
+		return tooLarge("cluster: register %q: the payload is %d bytes, over the leader's limit of %d for a registration (Config.MaxBody less %d bytes: raise it on every member)",
+			r.topic, len(r.msg.Data), limit, frame.RegistrationIDSize)
 	}
 	_, err := f.conn.Call(ctx, frame.KindRegister, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, r.msg.Data))
 	return f.mapErr(ctx, "register", r.topic, err)
@@ -257,7 +261,8 @@ func (f *follower) mapErr(ctx context.Context, op, name string, err error) error
 		case frame.CodeTimeout:
 			return errTimeout(op, name)
 		case frame.CodeTooLarge:
-			return fmt.Errorf("cluster: %s %q: %s: %w", op, name, fe.Message, ErrTooLarge)
+			// The Leader's message names the call, the size, the limit and the remedy.
+			return &detailError{msg: fe.Message, is: ErrTooLarge}
 		case frame.CodeClosed:
 			// The Leader is handing over and did not run the request: send it to the next.
 			return fmt.Errorf("%w: %w", errNotSent, fe)

@@ -352,6 +352,10 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 	if err != nil {
 		return Message{}, l.c.cfg.serviceErr(ctx, "invoke", method, err)
 	}
+	if err := l.c.checkResponse(method, out); err != nil {
+		_ = out.Close()
+		return Message{}, err
+	}
 	return out, nil
 }
 
@@ -407,7 +411,21 @@ func (l *leader) withdraw(ctx context.Context, r *Registration) error {
 // localSink delivers to this process's own subscribers.
 type localSink struct{ c *Client }
 
-func (s localSink) deliver(topic string, m Message, shared bool) { s.c.reg.deliver(topic, m, shared) }
+// A message too large for this member's Config is dropped here as a Follower with the
+// same Config drops it on receipt, so that subscribers see the same in every role.
+func (s localSink) deliver(topic string, m Message, shared bool) {
+	fdOK := s.c.passesFDs()
+	err := checkWire(m, fdOK, s.c.cfg.MaxBody, "message on", topic, "the message")
+	if err == nil {
+		err = checkBlobSize(m, fdOK, s.c.cfg.MaxBlob, "message on", topic, "the message")
+	}
+	if err != nil {
+		s.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
+		s.c.reg.dropped.Add(1)
+		return
+	}
+	s.c.reg.deliver(topic, m, shared)
+}
 
 // gate counts calls in progress and refuses new ones once closed.
 type gate struct {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync/atomic"
 
 	"github.com/cluster-client-go/cluster/blob"
@@ -182,46 +183,98 @@ type wire struct {
 
 // encodeMessage encodes m for conn. A Blob goes as a descriptor when conn passes them,
 // else inline; Files need a connection that passes descriptors. maxBody is the
-// receiver's limit; op and name name the operation for errors.
-func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name string) (wire, error) {
-	w := wire{body: m.Data}
+// receiver's limit; op, name and what ("the request") name m for errors.
+func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name, what string) (wire, error) {
 	fdOK := conn.CanPassFiles()
-	if len(m.Files) > 0 && !fdOK {
-		return wire{}, fmt.Errorf("cluster: %s %q: a Message with Files needs a connection that passes file descriptors, and this one cannot (%s): %w", op, name, connKind(conn), ErrFDUnsupported)
+	if err := checkWire(m, fdOK, maxBody, op, name, what); err != nil {
+		return wire{}, err
 	}
-	if m.Blob != nil {
-		data := m.Blob.Bytes()
-		if data == nil {
-			return wire{}, fmt.Errorf("cluster: %s %q: the Message's Blob is closed: %w", op, name, os.ErrClosed)
-		}
-		if fdOK && m.Blob.File() != nil {
-			w.flags = frame.FlagBlob
-			w.files = append(make([]*os.File, 0, 1+len(m.Files)), m.Blob.File())
-			w.files = append(w.files, m.Files...)
-		} else {
-			if n := frame.InlineBlobHeaderSize + len(m.Data) + len(data); n > maxBody {
-				return wire{}, fmt.Errorf("cluster: %s %q: the blob travels inline on this connection (%s) and the frame would be %d bytes, the receiver accepts %d (raise Config.MaxBody on every member, or use Unix sockets on Linux): %w", op, name, connKind(conn), n, maxBody, ErrTooLarge)
-			}
-			// The blob's bytes go as the body's tail, copied only into the
-			// connection's queue: a Blob costs what the same bytes as Data do.
-			w.flags = frame.FlagInlineBlob
-			w.body = frame.AppendInlineBlob(make([]byte, 0, frame.InlineBlobHeaderSize+len(m.Data)), m.Data, nil)
-			w.tail = data
-		}
-	} else {
-		w.files = m.Files
+	w := wire{body: m.Data, files: m.Files}
+	if m.Blob == nil {
+		return w, nil
 	}
-	if n := len(w.body) + len(w.tail); n > maxBody {
-		return wire{}, fmt.Errorf("cluster: %s %q: payload is %d bytes, the receiver accepts %d: %w", op, name, n, maxBody, ErrTooLarge)
+	if fdOK && m.Blob.File() != nil {
+		w.flags = frame.FlagBlob
+		w.files = append(make([]*os.File, 0, 1+len(m.Files)), m.Blob.File())
+		w.files = append(w.files, m.Files...)
+		return w, nil
 	}
+	// The blob's bytes go as the body's tail, copied only into the connection's queue:
+	// a Blob costs what the same bytes as Data do.
+	w.flags = frame.FlagInlineBlob
+	w.body = frame.AppendInlineBlob(make([]byte, 0, frame.InlineBlobHeaderSize+len(m.Data)), m.Data, nil)
+	w.tail = m.Blob.Bytes()
 	return w, nil
 }
 
-func connKind(*ipc.Conn) string {
+// checkWire says whether m can travel to a receiver whose limit is maxBody, on a
+// connection that passes descriptors (fdOK) or not, as encodeMessage would send it. It
+// is the one check of a payload's size: a Leader applies it to its own calls too, so
+// that what works in one process works across processes.
+func checkWire(m Message, fdOK bool, maxBody int, op, name, what string) error {
+	if len(m.Files) > 0 && !fdOK {
+		return &detailError{is: ErrFDUnsupported, msg: fmt.Sprintf(
+			"cluster: %s %q: %s has Files, which need a connection that passes file descriptors (%s; use the Unix transport on Linux, or send the data inline)", op, name, what, noFDsWhy())}
+	}
+	if fds := len(m.Files); fds > 0 && m.Blob != nil && m.Blob.File() != nil {
+		if fds+1 > frame.MaxFDs {
+			return tooLarge("cluster: %s %q: %s passes %d files and a Blob, which count as %d descriptors, over the limit of %d", op, name, what, fds, fds+1, frame.MaxFDs)
+		}
+	} else if fds > frame.MaxFDs {
+		return tooLarge("cluster: %s %q: %s passes %d files, over the limit of %d descriptors", op, name, what, fds, frame.MaxFDs)
+	}
+	n := len(m.Data)
+	if m.Blob != nil {
+		data := m.Blob.Bytes()
+		if data == nil {
+			return fmt.Errorf("cluster: %s %q: the Message's Blob is closed: %w", op, name, os.ErrClosed)
+		}
+		if !fdOK || m.Blob.File() == nil {
+			if n = frame.InlineBlobHeaderSize + len(m.Data) + len(data); n > maxBody {
+				return tooLarge("cluster: %s %q: its Blob travels inline (%s), so %s is %d bytes, over the receiver's limit of %d "+
+					"(Config.MaxBody: raise it on every member, or use the Unix transport on Linux, where a Blob passes as a descriptor)",
+					op, name, blobInlineWhy(fdOK), what, n, maxBody)
+			}
+		}
+	}
+	if n > maxBody {
+		return tooLarge("cluster: %s %q: %s is %d bytes, over the receiver's limit of %d "+
+			"(Config.MaxBody: raise it on every member, or send large payloads as a Message.Blob)", op, name, what, n, maxBody)
+	}
+	return nil
+}
+
+// checkBlobSize is the receiver's bound on a Blob passed as a descriptor.
+func checkBlobSize(m Message, fdOK bool, maxBlob int, op, name, what string) error {
+	if m.Blob == nil || !fdOK || m.Blob.File() == nil || m.Blob.Len() <= maxBlob {
+		return nil
+	}
+	return tooLarge("cluster: %s %q: %s: the Blob is %d bytes, over the receiver's Config.MaxBlob of %d (raise it on every member)", op, name, what, m.Blob.Len(), maxBlob)
+}
+
+// responseErr is what the caller of invoke gets when the Service's response to method
+// cannot travel (err from checkWire or checkBlobSize; nil stays nil): the size errors as
+// they are (ErrTooLarge), any other as a RemoteError, the same in every role.
+func responseErr(err error, method string) error {
+	if err == nil || errors.Is(err, ErrTooLarge) {
+		return err
+	}
+	msg := strings.TrimPrefix(err.Error(), fmt.Sprintf("cluster: invoke %q: ", method))
+	return &RemoteError{Op: "invoke", Name: method, Message: msg}
+}
+
+func noFDsWhy() string {
 	if runtime.GOOS != "linux" {
 		return "descriptors pass only on Linux"
 	}
-	return "it is a TCP connection"
+	return "this one uses the TCP transport"
+}
+
+func blobInlineWhy(fdOK bool) string {
+	if fdOK {
+		return "it is not backed by shared memory"
+	}
+	return noFDsWhy()
 }
 
 // decodeMessage builds the Message a frame carries, taking ownership of files (it
@@ -242,7 +295,7 @@ func decodeMessage(f frame.Frame, files []*os.File, maxBlob int) (Message, error
 			n := b.Len()
 			_ = b.Close()
 			closeFiles(files[1:])
-			return Message{}, fmt.Errorf("cluster: received a blob of %d bytes, Config.MaxBlob is %d: %w", n, maxBlob, ErrTooLarge)
+			return Message{}, tooLarge("the Blob is %d bytes, over the receiver's Config.MaxBlob of %d (raise it on every member)", n, maxBlob)
 		}
 		m.Blob, files = b, files[1:]
 	case f.Flags&frame.FlagInlineBlob != 0:

@@ -249,7 +249,7 @@ type registration struct {
 // deliver queues a message frame; a Follower that does not keep up is dropped by the
 // connection's queue bound, then reconnects and gets the latest message again.
 func (pc *peerConn) deliver(topic string, m Message, shared bool) {
-	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on", topic)
+	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on", topic, "the message")
 	if err != nil {
 		pc.l.c.cfg.Logger.Warn("cluster: message not delivered to a follower", "topic", topic, "peer", pc.conn.Peer(), "err", err)
 		return
@@ -421,7 +421,7 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 		case errors.Is(err, frame.ErrProtocol):
 			pc.conn.Abort(err)
 		case f.Kind != frame.KindOneway:
-			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, err.Error())
+			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("cluster: %s %q: the request: %v", requestOp(f.Kind), f.Meta, err))
 		default:
 			pc.l.c.cfg.Logger.Warn("cluster: oneway invoke refused", "method", string(f.Meta), "peer", pc.conn.Peer(), "err", err)
 		}
@@ -520,13 +520,9 @@ func (pc *peerConn) exec(j job) {
 // it to us, and the Follower got duplicates of its descriptors.
 func (pc *peerConn) respond(id uint64, name string, out Message) {
 	defer out.Close()
-	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "response of", name)
+	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "invoke", name, "the response")
 	if err != nil {
-		code := frame.CodeRemote
-		if errors.Is(err, ErrTooLarge) {
-			code = frame.CodeTooLarge
-		}
-		_ = pc.conn.ReplyError(id, code, err.Error())
+		pc.reply(id, responseErr(err, name))
 		return
 	}
 	_ = pc.conn.SendParts(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.tail, w.files)
@@ -540,7 +536,9 @@ func (pc *peerConn) reply(id uint64, err error) {
 	}
 	code := frame.CodeRemote
 	msg := err.Error()
-	if re, ok := err.(*RemoteError); ok {
+	if errors.Is(err, ErrTooLarge) {
+		code = frame.CodeTooLarge
+	} else if re, ok := err.(*RemoteError); ok {
 		msg = re.Message
 		switch {
 		case re.panicked():
@@ -659,4 +657,12 @@ func subscriptionMode(body []byte) (shared bool, err error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("%w: subscribe body must be empty or 0x01, got %d bytes", frame.ErrProtocol, len(body))
+}
+
+// requestOp names a request kind as errors name operations.
+func requestOp(k frame.Kind) string {
+	if k == frame.KindPublish {
+		return "publish"
+	}
+	return "invoke"
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/frame"
 	"github.com/cluster-client-go/cluster/lock"
 )
 
@@ -444,4 +445,30 @@ func TestArgumentsAreValidatedInEveryLayer(t *testing.T) {
 	_, err = cluster.Topic[string]{}.Subscribe(ctx, c, func(string) {})
 	check(err, "the topic name must not be empty")
 	require.Zero(t, c.Stats().Subscriptions)
+}
+
+// What works in one process works across processes, and what fails fails alike: a
+// response over MaxBody is refused on the Leader's own call as on a Follower's, with the
+// same error, which says the size, the limit and the remedy once.
+func TestProcessLimitsAreTheSameInEveryRole(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		leader := tc.start(memberOpts{})
+		require.Equal(t, "leader", leader.joined().Role)
+		f := tc.start(memberOpts{})
+		f.joined()
+		size := strconv.Itoa(frame.DefaultMaxBody + 1)
+		want := fmt.Sprintf(`cluster: invoke "big": the response is %d bytes, over the receiver's limit of %d `+
+			`(Config.MaxBody: raise it on every member, or send large payloads as a Message.Blob)`, frame.DefaultMaxBody+1, frame.DefaultMaxBody)
+		for _, p := range []*proc{leader, f} {
+			r := p.do(command{Op: "invoke", Name: "big", Data: size})
+			require.Equal(t, "too-large", r.Kind, r.Err)
+			require.Equal(t, want, r.Err)
+		}
+		// At the limit, both are served.
+		for _, p := range []*proc{leader, f} {
+			r := p.do(command{Op: "invoke", Name: "big", Data: strconv.Itoa(frame.DefaultMaxBody)})
+			require.Empty(t, r.Err)
+			require.Equal(t, fmt.Sprintf("<%d bytes>", frame.DefaultMaxBody), r.Data)
+		}
+	})
 }
