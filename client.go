@@ -121,8 +121,11 @@ type epoch struct {
 // Follower over the socket to the Leader.
 type Client struct {
 	cfg *config
-	tr  transport                     // owned by the run goroutine
-	trk atomic.Pointer[transportKind] // what Stats reports
+	tr  transport // owned by the run goroutine
+	// dirChecked: Dir passed lock.PrepareDir; false only for a LeadNever member that
+	// found no Dir at Join, until it appears (see dirReady). Owned by the run goroutine.
+	dirChecked bool
+	trk        atomic.Pointer[transportKind] // what Stats reports
 
 	ep      atomic.Pointer[epoch]
 	epochMu sync.Mutex // serialises epoch replacement (the run loop and Close)
@@ -166,11 +169,12 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		cfg:     vc,
-		closing: make(chan struct{}),
-		runDone: make(chan struct{}),
-		closed:  make(chan struct{}),
-		joined:  make(chan error, 1),
+		cfg:        vc,
+		dirChecked: !vc.dirMissing,
+		closing:    make(chan struct{}),
+		runDone:    make(chan struct{}),
+		closed:     make(chan struct{}),
+		joined:     make(chan error, 1),
 	}
 	c.setTransport(vc.transport, vc.transportWhy)
 	c.life, c.endLife = context.WithCancel(context.Background())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -76,9 +77,11 @@ type Config struct {
 	// file name (no '/', not "." or "..", at most 64 bytes).
 	Name string
 	// Dir holds the lock and the socket. Default: lock.DefaultDir(), a per-user runtime
-	// directory. It is created 0700 if missing, and refused if another user owns it or
-	// others may write it. Members in different containers share a Leader by pointing Dir
-	// at a shared volume.
+	// directory. A member that may lead creates it 0700 if missing; a LeadNever member
+	// creates nothing and waits for a Leader to. It is refused (ErrConfig, naming what
+	// to change) if another user owns it, others may write it, or this member may not
+	// use it: create files in it (a member that may lead) or reach its socket. Members
+	// in different containers share a Leader by pointing Dir at a shared volume.
 	Dir string
 	// NewService builds the real client. It is called only in the Leader, once per
 	// leadership term, with a context that ends when the term ends. Required unless Lead
@@ -184,6 +187,7 @@ type config struct {
 	transport          Transport // the transport chosen at Join (Auto may still fall back)
 	transportWhy       string
 	errCodes           []errCode // Errors, sorted by code
+	dirMissing         bool      // LeadNever only: Dir did not exist at Join
 }
 
 // errCode is one entry of Config.Errors.
@@ -307,7 +311,18 @@ func (c Config) validate() (*config, error) {
 		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
 			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", cfg.Dir, kind)
 	}
-	if err := lock.PrepareDir(cfg.Dir, true, cfg.share()); err != nil {
+	// A member that never leads creates nothing: a Dir that does not exist yet is
+	// waited for (see Client.dirReady), like a Leader that has not started.
+	create := cfg.Lead != LeadNever
+	err = lock.PrepareDir(cfg.Dir, create, cfg.share())
+	if !create && errors.Is(err, fs.ErrNotExist) {
+		cfg.dirMissing = true
+		return cfg, nil
+	}
+	if err == nil {
+		err = lock.CheckAccess(cfg.Dir, create)
+	}
+	if err != nil {
 		hint := ""
 		switch {
 		case errors.Is(err, lock.ErrDirOwner):

@@ -31,7 +31,7 @@ var (
 	// credentials, token or cluster name), or the filesystem did (the Leader's socket or
 	// the lock file is not accessible to this uid or its groups). The error names the
 	// Config setting to change (AllowUIDs, AllowGIDs, SocketMode).
-	ErrUnauthorized = errors.New("cluster: not authorized by the leader")
+	ErrUnauthorized = errors.New("cluster: not authorized")
 	// ErrNoLeader: no Leader could be reached before the context ended. The error says
 	// what was found (who holds the lock, whether the socket exists or refuses).
 	ErrNoLeader = errors.New("cluster: no leader reachable")

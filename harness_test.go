@@ -534,6 +534,15 @@ func (p *proc) joined() event {
 	return e
 }
 
+// joinError waits for p's join-error and returns it.
+func joinError(t testing.TB, p *proc) event {
+	t.Helper()
+	e := p.wait(func(e event) bool { return e.Ev == "joined" || e.Ev == "join-error" })
+	require.Equal(t, "join-error", e.Ev, "member %d joined; it should have been refused", p.pid)
+	t.Logf("refused as it should be: %s", e.Err)
+	return e
+}
+
 // send issues a command and returns its id; result(id) waits for the answer.
 func (p *proc) send(c command) int {
 	p.t.Helper()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -184,7 +185,12 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				lastLead = nil
 			}
 		}
-		if c.cfg.Lead != LeadAlways {
+		if err := c.dirReady(); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			lastFollow = err // not yet: wait for a Leader to create it, as for its socket
+		} else if c.cfg.Lead != LeadAlways {
 			f, err := c.follow(ctx)
 			if err == nil {
 				return f, nil
@@ -265,6 +271,27 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			}
 		}
 	}
+}
+
+// dirReady checks, for a LeadNever member that found no Dir at Join, whether it exists
+// now and passes the checks a Dir passes at Join. An error matching fs.ErrNotExist means
+// not yet; any other is final (ErrConfig).
+func (c *Client) dirReady() error {
+	if c.dirChecked {
+		return nil
+	}
+	err := lock.PrepareDir(c.cfg.Dir, false, c.cfg.share())
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("Dir %s does not exist: no leader has run there yet (a LeadNever member does not create it; check Config.Dir): %w", c.cfg.Dir, fs.ErrNotExist)
+	}
+	if err == nil {
+		err = lock.CheckAccess(c.cfg.Dir, false)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: Dir: %w", ErrConfig, err)
+	}
+	c.dirChecked = true
+	return nil
 }
 
 // serviceRetry is how long a member stays away from the lock after its n-th NewService

@@ -56,15 +56,6 @@ func startAs(tc *testCluster, bin string, cred *syscall.Credential, env ...strin
 	return tc.start(memberOpts{bin: bin, attr: &syscall.SysProcAttr{Credential: cred}, env: env})
 }
 
-// joinError waits for p's join-error and returns it.
-func joinError(t *testing.T, p *proc) event {
-	t.Helper()
-	e := p.wait(func(e event) bool { return e.Ev == "joined" || e.Ev == "join-error" })
-	require.Equal(t, "join-error", e.Ev, "member %d joined; it should have been refused", p.pid)
-	t.Logf("refused as it should be: %s", e.Err)
-	return e
-}
-
 func owner(t *testing.T, path string) (uid, gid uint32, perm fs.FileMode) {
 	t.Helper()
 	fi, err := os.Lstat(path)
@@ -125,10 +116,13 @@ func TestMultiUIDRefusals(t *testing.T) {
 	t.Run("a volume the member cannot write", func(t *testing.T) {
 		// A fresh named volume is root's and 0755 unless the image prepared it.
 		tc, bin := sharedVolume(t, 0o755)
+		// A problem with the Dir, named as one: not a refusal by a Leader.
 		e := joinError(t, startAs(tc, bin, uid1000))
-		require.Equal(t, "unauthorized", e.Kind)
-		require.Contains(t, e.Err, "cannot create the lock file")
-		require.Contains(t, e.Err, "writable by this uid")
+		require.Equal(t, "config", e.Kind, e.Err)
+		require.Contains(t, e.Err, "this process may not create the lock file and the socket in "+tc.dir)
+		require.Contains(t, e.Err, "owner uid 0")
+		require.Contains(t, e.Err, "this process runs as uid 1000")
+		require.NotContains(t, e.Err, "not authorized")
 	})
 	t.Run("the Leader's socket is 0600", func(t *testing.T) {
 		tc, bin := sharedVolume(t, 0o770|fs.ModeSetgid)
@@ -168,4 +162,14 @@ func TestMultiUIDRefusals(t *testing.T) {
 		require.Equal(t, []any{uint32(1000), uint32(sharedGID), fs.FileMode(0o660)}, []any{uid, gid, perm})
 		require.Equal(t, "follower", startAs(tc, bin, uid1001, shared...).joined().Role)
 	})
+}
+
+// A member that never leads needs only to reach the socket: search permission on Dir.
+// Without it, it is told about the Dir.
+func TestProcessDirALeadNeverMemberCannotSearch(t *testing.T) {
+	tc, bin := sharedVolume(t, 0o750)
+	p := tc.start(memberOpts{bin: bin, lead: "never", attr: &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}})
+	e := joinError(t, p)
+	require.Equal(t, "config", e.Kind, e.Err)
+	require.Contains(t, e.Err, "this process may not reach the files in "+tc.dir)
 }

@@ -472,3 +472,81 @@ func TestProcessLimitsAreTheSameInEveryRole(t *testing.T) {
 		}
 	})
 }
+
+// A member that never leads creates nothing: with a mistyped Dir it waits for a Leader,
+// says why it found none, and leaves no directory behind.
+func TestLeadNeverCreatesNoDir(t *testing.T) {
+	tc := newTestCluster(t)
+	dir := filepath.Join(tc.dir, "typo", "cluster")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := cluster.Join(ctx, cluster.Config{Name: tc.name, Dir: dir, Lead: cluster.LeadNever, Logger: slog.New(slog.DiscardHandler)})
+	require.ErrorIs(t, err, cluster.ErrNoLeader)
+	require.ErrorContains(t, err, dir+" does not exist: no leader has run there yet (a LeadNever member does not create it; check Config.Dir)")
+	_, err = os.Stat(filepath.Join(tc.dir, "typo"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	// Started before any Leader created the Dir, it joins the first one.
+	dir = filepath.Join(tc.dir, "later")
+	joined := make(chan error, 1)
+	go func() {
+		c, err := cluster.Join(context.Background(), cluster.Config{Name: tc.name, Dir: dir, Lead: cluster.LeadNever, Logger: slog.New(slog.DiscardHandler)})
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+			if r := c.Role(); r.Role != cluster.RoleFollower {
+				err = fmt.Errorf("joined as %v", r.Role)
+			}
+		}
+		joined <- err
+	}()
+	leader := tc.join(func(cfg *cluster.Config) { cfg.Dir = dir })
+	require.Equal(t, cluster.RoleLeader, leader.Role().Role)
+	select {
+	case err := <-joined:
+		require.NoError(t, err)
+	case <-time.After(waitTimeout):
+		t.Fatal("the LeadNever member did not join the Leader that created Dir")
+	}
+}
+
+// Two programs that share a Name and a Dir by mistake are never served each other's
+// answers when they set Config.Identity: the second is refused, with both identities.
+func TestProcessServiceIdentityMismatchIsRefused(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		leader := tc.start(memberOpts{env: []string{"CT_IDENTITY=billing/v1"}})
+		require.Equal(t, "leader", leader.joined().Role)
+		same := tc.start(memberOpts{env: []string{"CT_IDENTITY=billing/v1"}})
+		require.Equal(t, "follower", same.joined().Role)
+		for _, id := range []string{"users/v1", "billing/v2", ""} {
+			other := tc.start(memberOpts{env: []string{"CT_IDENTITY=" + id}})
+			e := joinError(t, other)
+			require.Equal(t, "identity", e.Kind, e.Err)
+			require.Contains(t, e.Err, fmt.Sprintf(`serves Config.Identity "billing/v1"; this member's is %q`, id))
+		}
+		// The Leader logged the refusals, and still serves its own.
+		r := same.do(command{Op: "invoke", Name: "echo", Data: "x"})
+		require.Empty(t, r.Err)
+		require.Equal(t, 1, tc.upstream.TotalConns())
+	})
+}
+
+// A member that joined and then finds a Leader of another identity after a failover
+// (an incompatible version took over) is not served by it: its calls fail at once.
+func TestProcessIdentityMismatchAfterFailover(t *testing.T) {
+	tc := newTestCluster(t)
+	old := tc.start(memberOpts{env: []string{"CT_IDENTITY=v1"}})
+	require.Equal(t, "leader", old.joined().Role)
+	f := tc.start(memberOpts{lead: "never", env: []string{"CT_IDENTITY=v1"}})
+	require.Equal(t, "follower", f.joined().Role)
+	old.kill()
+	newer := tc.start(memberOpts{env: []string{"CT_IDENTITY=v2"}})
+	require.Equal(t, "leader", newer.joined().Role)
+	for {
+		r := f.do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "30s"})
+		if r.Kind == "identity" {
+			require.Contains(t, r.Err, `serves Config.Identity "v2"; this member's is "v1"`)
+			break
+		}
+		require.Equal(t, "timeout", r.Kind, r.Err) // before it tried the new Leader
+	}
+}

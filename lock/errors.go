@@ -23,6 +23,11 @@ var ErrDirOwner = errors.New("lock: directory owned by an untrusted user")
 // group may write it.
 var ErrDirGroup = errors.New("lock: directory shared with a group that is not allowed")
 
+// ErrDirAccess reports that this process may not use a directory as it needs to: create
+// files in it (a member that may lead), or reach a socket in it (any member). See
+// CheckAccess.
+var ErrDirAccess = errors.New("lock: directory not accessible")
+
 // IsUnsupported reports whether err says that file locking is not available here: flock
 // returned ENOLCK, EOPNOTSUPP, ENOTSUP or ENOSYS, the platform has no locking (an error
 // matching errors.ErrUnsupported), or gofrs/flock's locks on this platform cannot carry the

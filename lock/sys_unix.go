@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -179,4 +180,25 @@ func usableRuntimeDir(dir string) bool {
 		return false
 	}
 	return unix.Access(dir, unix.W_OK|unix.X_OK) == nil
+}
+
+// CheckAccess reports, with an error matching ErrDirAccess that says who owns dir and
+// what to do, whether this process (its effective uid and groups) may search dir and,
+// when write is true, create files in it. It checks dir itself, not its parents: a parent
+// it cannot search makes the stat fail, which is reported the same way.
+func CheckAccess(dir string, write bool) error {
+	mode, verb := uint32(unix.X_OK), "reach the files in (it needs search permission)"
+	if write {
+		mode, verb = unix.W_OK|unix.X_OK, "create the lock file and the socket in (it needs write and search permission)"
+	}
+	err := unix.Faccessat(unix.AT_FDCWD, dir, mode, unix.AT_EACCESS)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("lock: directory %s: %w", dir, fs.ErrNotExist)
+	}
+	verb = strings.Replace(verb, " (", " "+dir+" (", 1)
+	return fmt.Errorf("%w: this process may not %s: %s; %s (%v): run the member as a user who may, or point Dir at a directory this user owns (the default Dir is per user)",
+		ErrDirAccess, verb, fileOwner(dir), whoAmI(), err)
 }
