@@ -147,7 +147,8 @@ type Config struct {
 	Logger *slog.Logger
 	// OnRoleChange is called with every role change, in order, on a goroutine of its
 	// own (never on a connection goroutine); the first call reports the role Join
-	// returned with.
+	// returned with. A panic in it is recovered, logged and counted (Stats.Panics); it
+	// may call Client.Close.
 	OnRoleChange func(RoleInfo)
 	// Transport selects Unix sockets with flock, or loopback TCP with port competition.
 	// Default TransportAuto; the environment variable CLUSTER_TRANSPORT overrides it.

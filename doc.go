@@ -37,6 +37,12 @@
 //     its lock, so no one may take over: flock gives safety (never two Leaders), not
 //     liveness; calls to it wait out their deadlines.
 //
+// The application's code is contained like a peer's: a panic in the Service or in a
+// callback is recovered and reported (ErrServicePanic, Stats.Panics), a NewService
+// that fails is reported by Join (ErrServiceUnavailable), Config.Errors lets errors keep
+// their identity across processes, Config.Identity keeps two programs that share a
+// Name from serving each other, and Close may be called from anywhere.
+//
 // Large payloads travel as a Message.Blob (package blob): sealed shared memory passed
 // as a file descriptor and mapped read-only by every receiver, so neither a Follower's
 // request nor the Leader's fan-out to many subscribers copies it; over TCP it is sent

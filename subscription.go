@@ -13,7 +13,11 @@ import (
 // of its own, one message at a time, in the order the Leader emitted them. If the
 // callback falls more than Config.SubscriptionBuffer messages behind, the oldest queued
 // message is dropped (the newest always survives; Stats.Dropped counts the losses): a
-// slow subscriber never stalls the Leader or the other subscribers.
+// slow subscriber never stalls the Leader or the other subscribers. A panic in the
+// callback is recovered, logged at ERROR with its stack and counted (Stats.Panics), and
+// the next message is delivered: the callback runs on the library's goroutine, and a
+// message that crashed it would crash every process that receives it. The callback may
+// close its Subscription or the Client.
 type Subscription struct {
 	c      *Client
 	topic  string
