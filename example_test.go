@@ -267,3 +267,72 @@ func ExampleMessage_blob() {
 	// Output:
 	// v42: 8388613 bytes, starts with "hello"
 }
+
+// errUserNotFound is a sentinel of the application, returned by its Service.
+var errUserNotFound = errors.New("user not found")
+
+// users is a Service whose "getUser" fails with errUserNotFound.
+type users struct{ broker }
+
+func (u *users) Invoke(_ context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	return cluster.Message{}, fmt.Errorf("getUser %s: %w", req.Data, errUserNotFound)
+}
+
+// Registered errors keep their identity across processes: a Follower's caller matches
+// the Service's sentinel with errors.Is, as the Leader's does.
+func ExampleConfig_errors() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	cfg := cluster.Config{
+		Name:       "users",
+		Dir:        dir,
+		NewService: func(context.Context) (cluster.Service, error) { return &users{}, nil },
+		Errors:     map[string]error{"user-not-found": errUserNotFound},
+		Identity:   "users-api/v1",
+		Logger:     slog.New(slog.DiscardHandler),
+	}
+	leader, _ := cluster.Join(ctx, cfg)
+	defer leader.Close()
+	follower, _ := cluster.Join(ctx, cfg) // in production: another process
+	defer follower.Close()
+
+	_, err := follower.Invoke(ctx, "getUser", cluster.Message{Data: []byte("42")})
+	fmt.Println(follower.Role().Role, errors.Is(err, errUserNotFound))
+	fmt.Println(err)
+	// Output:
+	// follower true
+	// cluster: invoke "getUser": getUser 42: user not found
+}
+
+// A panic in the Service fails the call that caused it, in every role, and nothing
+// else: the Leader recovers and goes on serving.
+func ExampleErrServicePanic() {
+	dir, _ := os.MkdirTemp("", "")
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	c, _ := cluster.Join(ctx, cluster.Config{
+		Name: "fragile",
+		Dir:  dir,
+		NewService: func(context.Context) (cluster.Service, error) {
+			return &panicky{}, nil
+		},
+		Logger: slog.New(slog.DiscardHandler), // the stack is logged at ERROR
+	})
+	defer c.Close()
+	_, err := c.Invoke(ctx, "divide", cluster.Message{})
+	fmt.Println(errors.Is(err, cluster.ErrServicePanic))
+	fmt.Println(err)
+	fmt.Println(c.Stats().Panics, c.Role().Role)
+	// Output:
+	// true
+	// cluster: invoke "divide": Service.Invoke "divide" panicked: runtime error: integer divide by zero (the leader recovered; its log has the stack)
+	// 1 leader
+}
+
+type panicky struct{ broker }
+
+func (*panicky) Invoke(context.Context, string, cluster.Message) (cluster.Message, error) {
+	zero := 0
+	return cluster.Message{Data: []byte{byte(1 / zero)}}, nil
+}
