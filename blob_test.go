@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -492,7 +491,7 @@ func TestBlobsAndFilesLeakNoDescriptors(t *testing.T) {
 func TestAPeerThatNeverReadsIsDroppedNotBuffered(t *testing.T) {
 	tc := newTestCluster(t)
 	var logs syncBuffer
-	tc.joinBlob(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	leader := tc.joinBlob(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	healthy := tc.joinBlob(nil)
 
 	c := tc.rawConn()
@@ -512,7 +511,8 @@ func TestAPeerThatNeverReadsIsDroppedNotBuffered(t *testing.T) {
 		}
 	}
 	require.Less(t, written, total, "the leader absorbed %d bytes of requests whose responses nobody read", written)
-	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "does not read") }, waitTimeout, time.Millisecond, logs.String())
+	require.Eventually(t, func() bool { return leader.Stats().Refused["MaxQueued"] == 1 }, waitTimeout, time.Millisecond, logs.String())
+	require.Contains(t, logs.String(), "peer is not reading: outbound queue full")
 
 	out, err := healthy.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("still served")})
 	require.NoError(t, err)

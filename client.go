@@ -11,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/cluster-client-go/cluster/frame"
 )
 
 // Role is a member's current part in the cluster.
@@ -146,7 +144,8 @@ type Client struct {
 	roles   chan RoleInfo
 	rolesWG sync.WaitGroup
 
-	stats counters
+	stats   counters
+	refused refusals // what this member's Leader terms refused, logged and counted
 }
 
 type counters struct {
@@ -176,6 +175,7 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 		closed:     make(chan struct{}),
 		joined:     make(chan error, 1),
 	}
+	c.refused.log = vc.Logger
 	c.setTransport(vc.transport, vc.transportWhy)
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.reg = registry{c: c, topics: make(map[subKey]*localTopic)}
@@ -334,8 +334,8 @@ func (c *Client) checkMessage(op, name string, m Message) error {
 		}
 		return fmt.Errorf("%w: %s: the %s name must not be empty", ErrConfig, op, what)
 	}
-	if len(name) > frame.DefaultMaxMeta {
-		return tooLarge("cluster: %s: the name is %d bytes, over the limit of %d", op, len(name), frame.DefaultMaxMeta)
+	if max := c.cfg.lim.MaxNameLen; len(name) > max {
+		return tooLarge("cluster: %s: the name is %d bytes, over the limit of %d (Config.Limits.MaxNameLen, on every member)", op, len(name), max)
 	}
 	for i, f := range m.Files {
 		if f == nil {
@@ -505,6 +505,11 @@ type Stats struct {
 	LastFailover time.Duration
 	// Dropped counts messages dropped because a local subscriber fell behind.
 	Dropped uint64
+	// Refused counts, by kind, the peers and requests this member refused while it led:
+	// a Limits field name ("MaxConnsPerUID", "MaxSubscriptions", ...), "unauthorized"
+	// (the peer policy), "handshake" (a failed handshake), "protocol" and "too-large"
+	// (a peer that broke the protocol). Nil when there were none.
+	Refused map[string]uint64
 	// Panics counts panics recovered in this member's application code: its Service,
 	// NewService and Withdrawer while it led, its subscription callbacks and
 	// OnRoleChange. Each was logged at ERROR with its stack.
@@ -566,6 +571,7 @@ func (c *Client) Stats() Stats {
 		LastFailover:    time.Duration(c.stats.lastFailover.Load()),
 		Dropped:         c.reg.dropped.Load(),
 		Panics:          c.stats.panics.Load(),
+		Refused:         c.refused.counts(),
 	}
 }
 

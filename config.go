@@ -26,7 +26,7 @@ const (
 	DefaultMaxBlob            = 1 << 30
 	DefaultSocketMode         = os.FileMode(0o600)
 	SharedSocketMode          = os.FileMode(0o660) // SocketMode's default with AllowGIDs: the group may connect, SO_PEERCRED still decides
-	handshakeTimeout          = 5 * time.Second
+	handshakeTimeout          = 5 * time.Second    // a Follower's wait for the welcome
 	drainTimeout              = 5 * time.Second
 )
 
@@ -155,6 +155,11 @@ type Config struct {
 	Transport Transport
 	// Port is the loopback port of the TCP transport. Default DefaultPort(Name).
 	Port int
+	// Limits bound what each peer can make the Leader hold (connections, requests,
+	// subscriptions, registrations, descriptors, memory, time). Zero fields mean their
+	// defaults (DefaultLimits), which suit a worker pool of thousands of processes;
+	// set them on every member, since any may lead.
+	Limits Limits
 	// Identity names the Service contract this program expects of its Leader: its
 	// methods, topics and payloads, say "users-api/v2". Members exchange it when they
 	// connect, and a Leader refuses a Follower whose Identity differs from its own
@@ -188,6 +193,7 @@ type config struct {
 	transport          Transport // the transport chosen at Join (Auto may still fall back)
 	transportWhy       string
 	errCodes           []errCode // Errors, sorted by code
+	lim                Limits    // Limits with defaults applied
 	dirMissing         bool      // LeadNever only: Dir did not exist at Join
 }
 
@@ -232,13 +238,16 @@ func (c Config) validate() (*config, error) {
 	if c.SocketMode&^os.ModePerm != 0 {
 		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
 	}
+	if err := c.Limits.validate(); err != nil {
+		return nil, bad("Limits", "%v", err)
+	}
 	if len(c.Identity) > frame.MaxIdentity {
 		return nil, bad("Identity", "%d bytes, the limit is %d", len(c.Identity), frame.MaxIdentity)
 	}
 	if len(c.Errors) > frame.MaxCodes {
 		return nil, bad("Errors", "%d entries, the limit is %d", len(c.Errors), frame.MaxCodes)
 	}
-	cfg := &config{Config: c}
+	cfg := &config{Config: c, lim: c.Limits.withDefaults()}
 	for code, err := range c.Errors {
 		switch {
 		case !frame.ValidCode(code):
@@ -360,11 +369,22 @@ func (c *config) share() lock.Share {
 
 func (c *config) limits() frame.Limits { return frame.Limits{MaxBody: uint32(c.MaxBody)} }
 
+// connOptions are the options of a connection to the Leader (a Follower's).
 func (c *config) connOptions() ipc.Options {
 	o := ipc.Options{Limits: c.limits(), Logger: c.Logger, Heartbeat: -1} // dead = EOF only
 	if c.HeartbeatTimeout > 0 {
 		o.Heartbeat, o.HeartbeatTimeout = c.Heartbeat, c.HeartbeatTimeout
 	}
+	return o
+}
+
+// peerOptions are the options of the Leader's connection to a Follower: the same, under
+// the Leader's Limits.
+func (c *config) peerOptions() ipc.Options {
+	o := c.connOptions()
+	o.Limits.MaxMeta = uint32(c.lim.MaxNameLen)
+	o.MaxQueue = c.lim.MaxQueued
+	o.Logger = nil // the Leader logs why a connection ended itself, rate-limited (leader.noteEnd)
 	return o
 }
 

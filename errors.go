@@ -53,6 +53,11 @@ var (
 	// ErrIdentityMismatch: this member's Config.Identity differs from the Leader's. The
 	// Leader refuses such a Follower, which is never served; the error names both.
 	ErrIdentityMismatch = errors.New("cluster: service identity mismatch")
+	// ErrLimit: the Leader refused a request or a connection because it would exceed
+	// one of its Config.Limits; the error names the limit and its value. A refused
+	// request was not run. A refused connection is retried, within their contexts, by
+	// Join and by a member between Leaders; Join's error then names the limit.
+	ErrLimit = errors.New("cluster: over a leader's limit")
 	// ErrFDUnsupported: a Message with Files on a transport that cannot pass file
 	// descriptors: the TCP transport, or any platform but Linux. Send the data inline,
 	// or use the Unix-socket transport on Linux.

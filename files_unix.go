@@ -28,3 +28,12 @@ func dupFile(f *os.File) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
+
+// fdLimit returns this process's soft RLIMIT_NOFILE, or 0 when unknown or unlimited.
+func fdLimit() int64 {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<40 {
+		return 0
+	}
+	return int64(rl.Cur)
+}

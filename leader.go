@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -13,12 +14,6 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 	"github.com/cluster-client-go/cluster/ipc"
 )
-
-// maxInflightPerConn bounds the Service calls one Follower connection may have running.
-// Past it the Leader stops reading that connection (backpressure), so a flooding peer
-// costs bounded memory; its unread responses then hit ipc.Options.MaxQueue and it is
-// dropped.
-const maxInflightPerConn = 512
 
 // leader is the backend of the member that holds the lock.
 type leader struct {
@@ -44,6 +39,9 @@ type leader struct {
 
 	demoted  chan struct{} // closed when the claim no longer holds (see watchClaim)
 	watchEnd chan struct{} // closed when watchClaim returned
+
+	adm          admission     // connections and descriptors against Config.Limits
+	housekeepEnd chan struct{} // closed when housekeep returned
 }
 
 // claimCheckInterval is how often a Leader checks that its claim still holds (that its
@@ -105,16 +103,20 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 	l := &leader{
 		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln, tr: c.tr,
 		// Without peer credentials (TCP, or off Linux) the token or the 0700 Dir is the gate.
-		policy:     ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !c.tr.peerCredsKnown()},
-		conns:      make(map[*ipc.Conn]*peerConn),
-		topics:     make(map[string]*topic),
-		acceptDone: make(chan struct{}),
-		demoted:    make(chan struct{}),
-		watchEnd:   make(chan struct{}),
+		policy:       ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !c.tr.peerCredsKnown()},
+		conns:        make(map[*ipc.Conn]*peerConn),
+		topics:       make(map[string]*topic),
+		acceptDone:   make(chan struct{}),
+		demoted:      make(chan struct{}),
+		watchEnd:     make(chan struct{}),
+		adm:          admission{lim: &c.cfg.lim, self: uint32(os.Geteuid())},
+		housekeepEnd: make(chan struct{}),
 	}
 	l.calls.init()
+	l.adm.fds.calibrate()
 	go l.acceptLoop()
 	go l.watchClaim()
+	go l.housekeep()
 	return l, nil
 }
 
@@ -124,16 +126,36 @@ func (l *leader) info() RoleInfo {
 
 func (l *leader) context() context.Context { return l.ctx }
 
-// acceptLoop accepts Followers until the listener closes, backing off on errors such as
-// EMFILE instead of spinning.
+// acceptLoop accepts Followers until the listener closes. It refuses, with an error
+// frame that says why, the peers the policy does not admit and those over a connection
+// limit, without starting anything for them. When the process is out of descriptors
+// it frees its spare one to refuse the next peer, saying so, instead of leaving it in
+// the backlog; other errors back off instead of spinning.
 func (l *leader) acceptLoop() {
 	defer close(l.acceptDone)
+	spare, _ := os.Open(os.DevNull) // nil where it cannot be had: then accept backs off
+	defer func() {
+		if spare != nil {
+			_ = spare.Close()
+		}
+	}()
+	self := uint32(os.Geteuid())
 	var backoff time.Duration
 	for {
 		nc, peer, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || l.ctx.Err() != nil || l.calls.isClosed() {
 				return
+			}
+			if isFDExhaustion(err) && spare != nil {
+				_ = spare.Close()
+				spare = nil
+				if nc, peer, err := l.ln.Accept(); err == nil {
+					l.refuse(nc, peer, overLimit("FDHeadroom", l.c.cfg.lim.FDHeadroom, "the leader is out of descriptors (%v)", err))
+				}
+				if spare, _ = os.Open(os.DevNull); spare != nil {
+					continue
+				}
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			l.c.cfg.Logger.Warn("cluster: accept failed; backing off", "err", err, "backoff", backoff)
@@ -147,24 +169,79 @@ func (l *leader) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if err := l.policy.Check(peer, self); err != nil {
+			l.c.refused.note(slog.LevelWarn, "unauthorized", peer, err)
+			refuseConn(nc, frame.CodeUnauthorized, err)
+			continue
+		}
+		if err := l.adm.admit(peer); err != nil {
+			l.refuse(nc, peer, err)
+			continue
+		}
 		l.serveWG.Add(1)
 		go l.serve(nc, peer)
 	}
 }
 
-// serve handshakes one Follower and serves it until its connection ends.
-func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
-	defer l.serveWG.Done()
-	log := l.c.cfg.Logger
-	if err := l.policy.Check(peer, uint32(os.Geteuid())); err != nil {
-		log.Warn("cluster: refused a follower", "peer", peer, "reason", err)
-		_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = frame.Write(nc, frame.Header{Kind: frame.KindError}, []byte(frame.CodeUnauthorized), []byte(err.Error()))
-		_ = nc.Close()
+// refuse turns away a connection over a limit, logging and counting it.
+func (l *leader) refuse(nc net.Conn, peer ipc.PeerCred, err error) {
+	kind := "limit"
+	var le *limitError
+	if errors.As(err, &le) {
+		kind = le.limit
+	}
+	l.c.refused.note(slog.LevelWarn, kind, peer, err)
+	refuseConn(nc, frame.CodeLimit, err)
+}
+
+// noteEnd logs why a Follower's connection ended, when that is news: a peer that broke
+// the protocol or a limit is logged and counted as a refusal (rate-limited), so that a
+// flood of them cannot flood the log; one that left, or was closed by the handover, is
+// not logged at all.
+func (l *leader) noteEnd(peer ipc.PeerCred, err error) {
+	kind := ""
+	switch {
+	case err == nil, errors.Is(err, ipc.ErrClosed), errors.Is(err, io.EOF):
+		return
+	case errors.Is(err, ipc.ErrSlowConsumer):
+		kind = "MaxQueued"
+	case errors.Is(err, ipc.ErrHeartbeatTimeout):
+		kind = "HeartbeatTimeout"
+	case errors.Is(err, frame.ErrTooLarge):
+		kind = "too-large"
+	case errors.Is(err, frame.ErrProtocol):
+		kind = "protocol"
+	default:
+		l.c.cfg.Logger.Warn("cluster: connection to a follower failed", "peer", peer, "err", err)
 		return
 	}
+	l.c.refused.note(slog.LevelWarn, kind, peer, err)
+}
+
+// housekeep, once a second until the term ends, counts the process's descriptors again
+// (see fdGauge) and writes the refusal summaries that are due.
+func (l *leader) housekeep() {
+	defer close(l.housekeepEnd)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-t.C:
+			l.adm.fds.calibrate()
+			l.c.refused.flush()
+		}
+	}
+}
+
+// serve handshakes one admitted Follower and serves it until its connection ends.
+func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
+	defer l.serveWG.Done()
+	inHandshake := true
+	defer func() { l.adm.leave(peer, inHandshake) }()
 	stale := false
-	hello, err := ipc.ServerHandshake(nc, time.Now().Add(handshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
+	hello, err := ipc.ServerHandshake(nc, time.Now().Add(l.c.cfg.lim.HandshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
 		if h.Name != l.c.cfg.Name {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
 		}
@@ -185,18 +262,20 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		}
 		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
 	})
+	l.adm.handshook()
+	inHandshake = false
 	if err != nil {
-		level := slog.LevelWarn
-		if stale {
-			level = slog.LevelDebug // expected right after a TCP election
-		}
-		log.Log(l.ctx, level, "cluster: follower handshake failed", "peer", peer, "err", err)
 		_ = nc.Close()
+		if stale {
+			l.c.cfg.Logger.Debug("cluster: follower handshake failed", "peer", peer, "err", err) // expected right after a TCP election
+			return
+		}
+		l.c.refused.note(slog.LevelWarn, "handshake", peer, err)
 		return
 	}
-	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, maxInflightPerConn), acked: make(chan struct{}), work: make(chan job)}
+	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
-	opts := l.c.cfg.connOptions()
+	opts := l.c.cfg.peerOptions()
 	opts.FileHandler = pc.handle
 	conn := ipc.NewConn(nc, peer, opts)
 	pc.conn = conn
@@ -227,6 +306,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	l.c.stats.followers.Add(1)
 
 	<-conn.Done()
+	l.noteEnd(peer, conn.Err())
 	pc.cancel()
 	pc.mu.Lock()
 	topics := pc.topics
@@ -298,6 +378,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	}
 	l.serveWG.Wait()
 	<-l.watchEnd
+	<-l.housekeepEnd
 	stopped := time.Now()
 	l.tr.release()
 	return stopped, closeErr
