@@ -179,6 +179,7 @@ func TestPodman(t *testing.T) {
 // own, and removes what they made when the test ends.
 type podman struct {
 	t       *testing.T
+	dir     string   // the engine's storage, state and configuration
 	global  []string // podman's flags before each command
 	env     []string
 	image   string
@@ -192,27 +193,30 @@ type podman struct {
 	containers []*container
 }
 
-// newPodman prepares an engine that can run the worker image, or skips the test saying
-// why it cannot (fails instead, when requirePodman is set).
-func newPodman(t *testing.T) *podman {
-	unavailable := func(format string, args ...any) {
-		t.Helper()
-		reason := fmt.Sprintf(format, args...)
-		if os.Getenv(requirePodman) != "" {
-			t.Fatalf("%s is set (podman was installed), yet %s", requirePodman, reason)
-		}
-		t.Skip(reason)
+// unavailable skips the test, saying why the engine cannot be used, or fails it when
+// requirePodman is set.
+func unavailable(t *testing.T, format string, args ...any) {
+	t.Helper()
+	reason := fmt.Sprintf(format, args...)
+	if os.Getenv(requirePodman) != "" {
+		t.Fatalf("%s is set (podman was installed), yet %s", requirePodman, reason)
 	}
+	t.Skip(reason)
+}
+
+// newEngine returns a podman whose storage, state and configuration are the test's own,
+// in a temporary directory removed when the test ends, with everything podman made
+// there; or skips the test, saying why podman cannot be used.
+func newEngine(t *testing.T) *podman {
 	if _, err := exec.LookPath("podman"); err != nil {
-		unavailable("no container engine: podman is not installed (%v)", err)
+		unavailable(t, "no container engine: podman is not installed (%v)", err)
 	}
 	if os.Geteuid() != 0 {
-		unavailable("the replicas run as uids 1000, 1001 and 1003 under rootful podman, which needs root; this test runs as uid %d", os.Geteuid())
+		unavailable(t, "the replicas run as uids 1000, 1001 and 1003 under rootful podman, which needs root; this test runs as uid %d", os.Geteuid())
 	}
 	dir, err := os.MkdirTemp("", "cluster-podman-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	suffix := randomSuffix(t)
 
 	// Settings for this machine and any like it, and only for the test's own podman:
 	// runc when it is installed (crun refuses some hosts' hybrid cgroup layouts), cgroups
@@ -235,12 +239,11 @@ events_logger = "none"
 tmp_dir = %q
 `, filepath.Join(dir, "networks"), runtimeSetting, filepath.Join(dir, "tmp"))), 0o600))
 	p := &podman{
-		t: t,
+		t:   t,
+		dir: dir,
 		// vfs: plain directories, which any filesystem holds and nothing has to unmount.
 		global: []string{"--root", filepath.Join(dir, "root"), "--runroot", filepath.Join(dir, "run"), "--storage-driver", "vfs"},
 		env:    append(os.Environ(), "CONTAINERS_CONF="+conf),
-		image:  "localhost/cluster-worker-test:" + suffix,
-		volume: "cluster-test-" + suffix,
 	}
 	t.Cleanup(p.removeAll)
 	t.Cleanup(func() {
@@ -248,27 +251,37 @@ tmp_dir = %q
 			p.dump()
 		}
 	})
+	return p
+}
+
+// newPodman returns an engine that runs the worker image, with a network, a volume and
+// the upstream server for the replicas; or skips the test, saying why it cannot.
+func newPodman(t *testing.T) *podman {
+	p := newEngine(t)
+	suffix := randomSuffix(t)
+	p.image = "localhost/cluster-worker-test:" + suffix
+	p.volume = "cluster-test-" + suffix
 
 	// The image: the worker, built static, and /run/cluster prepared as the Dockerfile
 	// does. It is imported from a tar written here rather than built, because podman
 	// build's COPY drops the directory's set-group-ID bit.
-	bin := filepath.Join(dir, "worker")
+	bin := filepath.Join(p.dir, "worker")
 	build := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "building the worker: %s", out)
-	tarball := filepath.Join(dir, "image.tar")
+	tarball := filepath.Join(p.dir, "image.tar")
 	writeImage(t, tarball, bin)
 	if _, err := p.run("import", "--change", `ENTRYPOINT ["/worker"]`, "--change", "USER 1000:2000", tarball, p.image); err != nil {
-		unavailable("podman cannot import an image on this machine: %v", err)
+		unavailable(t, "podman cannot import an image on this machine: %v", err)
 	}
 	network := "cluster-test-" + suffix
 	if _, err := p.run("network", "create", "--disable-dns", network); err != nil {
-		unavailable("podman cannot create a network on this machine: %v", err)
+		unavailable(t, "podman cannot create a network on this machine: %v", err)
 	}
 	p.network = network
 	if _, err := p.run("run", "--rm", "--network", network, p.image, "-h"); err != nil {
-		unavailable("podman cannot run a container on this machine: %v", err)
+		unavailable(t, "podman cannot run a container on this machine: %v", err)
 	}
 	p.must("volume", "create", p.volume)
 
@@ -423,10 +436,8 @@ func (p *podman) removeAll() {
 	if _, err := p.run("volume", "rm", "--all", "--force"); err != nil {
 		t.Errorf("removing the volumes: %v", err)
 	}
-	if p.network != "" {
-		if _, err := p.run("network", "rm", "--force", p.network); err != nil {
-			t.Errorf("removing the network: %v", err)
-		}
+	if _, err := p.run("network", "prune", "--force"); err != nil {
+		t.Errorf("removing the networks: %v", err)
 	}
 	if _, err := p.run("rmi", "--all", "--force"); err != nil {
 		t.Errorf("removing the image: %v", err)
@@ -435,6 +446,10 @@ func (p *podman) removeAll() {
 		if out, err := p.run(what...); err != nil || out != "" {
 			t.Errorf("left after removal (podman %s): %q %v", strings.Join(what, " "), out, err)
 		}
+	}
+	// Only podman's default network, which is not stored, is left.
+	if out, err := p.run("network", "ls", "--format", "{{.Name}}"); err != nil || out != "podman" {
+		t.Errorf("networks left after removal: %q %v", out, err)
 	}
 }
 
