@@ -77,7 +77,11 @@ func TestPodman(t *testing.T) {
 
 	// One connection upstream, and one subscription for all the replicas, each of which
 	// gets the pushes.
-	conns, _ := p.upstream.last(func(l logLine) bool { return l.Msg == "upstream connections" })
+	var conns logLine
+	waitUntil(t, "the upstream logs the Leader's connection", func() bool {
+		conns, _ = p.upstream.last(func(l logLine) bool { return l.Msg == "upstream connections" })
+		return conns.Ever > 0
+	})
 	require.Equal(t, []int{1, 1}, []int{conns.Open, conns.Ever}, "connections upstream, open and ever: %+v", conns)
 	var push logLine
 	waitUntil(t, "the upstream pushes a config", func() bool {
