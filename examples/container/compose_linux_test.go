@@ -27,6 +27,7 @@ func TestComposeFileUnderPodmanCompose(t *testing.T) {
 	p := newEngine(t)
 	version := podmanComposeVersion(t, p)
 	project := "cluster-compose-" + randomSuffix(t)
+	p.network = project + "_default" // podman-compose creates it, even in a dry run
 	cmd := exec.Command("podman-compose", "--podman-args", strings.Join(p.global, " "), "--project-name", project,
 		"--file", "compose.yaml", "--dry-run", "up", "--no-build", "--detach")
 	cmd.Env = p.env

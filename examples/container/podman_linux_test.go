@@ -52,9 +52,10 @@ const waitLimit = time.Minute
 // The upstream server is a container of the same image on the same network, as in
 // compose.yaml; it logs its connections (open, ever, most at once), which the test reads.
 //
-// Everything podman writes for the test (storage, volumes, network definitions, state)
-// lives in a temporary directory, configured through CONTAINERS_CONF and podman's
-// --root and --runroot, and is removed afterwards, whether the test passes or not.
+// Everything podman writes for the test (storage, volumes, state) lives in a temporary
+// directory, configured through CONTAINERS_CONF and podman's --root and --runroot, and
+// is removed afterwards, whether the test passes or not, with the test's network, whose
+// definition is kept beside those of other runs (see newEngine).
 func TestPodman(t *testing.T) {
 	p := newPodman(t)
 	workers := []*container{
@@ -187,7 +188,7 @@ type podman struct {
 	global  []string // podman's flags before each command
 	env     []string
 	image   string
-	network string
+	network string // the network the test made, removed at its end
 	volume  string
 
 	upstream *container
@@ -225,7 +226,13 @@ func newEngine(t *testing.T) *podman {
 	// Settings for this machine and any like it, and only for the test's own podman:
 	// runc when it is installed (crun refuses some hosts' hybrid cgroup layouts), cgroups
 	// through cgroupfs (no systemd needed), and no default ulimits (a sandbox may not
-	// let a container raise RLIMIT_NOFILE or RLIMIT_NPROC).
+	// let a container raise RLIMIT_NOFILE or RLIMIT_NPROC). The network definitions are
+	// kept in one directory for every run of these tests: a network's bridge and subnet
+	// are chosen among the networks podman knows of (and the bridges that exist), so
+	// that runs at the same time, each with a network of its own, must know of each
+	// other's. Each run removes its own network; the directory keeps podman's lock files.
+	networks := filepath.Join(os.TempDir(), "cluster-podman-networks")
+	require.NoError(t, os.MkdirAll(networks, 0o700))
 	runtimeSetting := ""
 	if _, err := exec.LookPath("runc"); err == nil {
 		runtimeSetting = `runtime = "runc"` + "\n"
@@ -241,7 +248,7 @@ network_config_dir = %q
 %scgroup_manager = "cgroupfs"
 events_logger = "none"
 tmp_dir = %q
-`, filepath.Join(dir, "networks"), runtimeSetting, filepath.Join(dir, "tmp"))), 0o600))
+`, networks, runtimeSetting, filepath.Join(dir, "tmp"))), 0o600))
 	p := &podman{
 		t:   t,
 		dir: dir,
@@ -280,10 +287,10 @@ func newPodman(t *testing.T) *podman {
 		unavailable(t, "podman cannot import an image on this machine: %v", err)
 	}
 	network := "cluster-test-" + suffix
+	p.network = network
 	if _, err := p.run("network", "create", "--disable-dns", network); err != nil {
 		unavailable(t, "podman cannot create a network on this machine: %v", err)
 	}
-	p.network = network
 	if _, err := p.run("run", "--rm", "--network", network, p.image, "-h"); err != nil {
 		unavailable(t, "podman cannot run a container on this machine: %v", err)
 	}
@@ -348,6 +355,12 @@ func (p *podman) run(args ...string) (string, error) {
 		return "", fmt.Errorf("podman %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// exists reports whether podman knows the object ("network", "volume") of that name.
+func (p *podman) exists(object, name string) bool {
+	_, err := p.run(object, "exists", name)
+	return err == nil
 }
 
 func (p *podman) must(args ...string) string {
@@ -440,8 +453,10 @@ func (p *podman) removeAll() {
 	if _, err := p.run("volume", "rm", "--all", "--force"); err != nil {
 		t.Errorf("removing the volumes: %v", err)
 	}
-	if _, err := p.run("network", "prune", "--force"); err != nil {
-		t.Errorf("removing the networks: %v", err)
+	if p.network != "" {
+		if _, err := p.run("network", "rm", "--force", p.network); err != nil && p.exists("network", p.network) {
+			t.Errorf("removing the network: %v", err)
+		}
 	}
 	if _, err := p.run("rmi", "--all", "--force"); err != nil {
 		t.Errorf("removing the image: %v", err)
@@ -451,9 +466,8 @@ func (p *podman) removeAll() {
 			t.Errorf("left after removal (podman %s): %q %v", strings.Join(what, " "), out, err)
 		}
 	}
-	// Only podman's default network, which is not stored, is left.
-	if out, err := p.run("network", "ls", "--format", "{{.Name}}"); err != nil || out != "podman" {
-		t.Errorf("networks left after removal: %q %v", out, err)
+	if p.network != "" && p.exists("network", p.network) {
+		t.Errorf("network %s left after removal", p.network)
 	}
 }
 
