@@ -15,6 +15,9 @@
 //	                    uids (Config.AllowGIDs); empty: every replica runs as one uid
 //	UPSTREAM_ADDR       the upstream server (default upstream:7070)
 //	WORK_INTERVAL       how often each worker calls the upstream (default 1s)
+//	LOG_CALLS           all (default): log every call's outcome; changes: log a call only
+//	                    when its outcome differs from the previous one's (the first call
+//	                    served in each term, the first after a failure, every failure)
 //	LOG_FORMAT          text (default) or json
 //
 // Each worker joins the cluster, subscribes to the topic "config", and calls the
@@ -75,8 +78,15 @@ func env(name, def string) string {
 	return def
 }
 
-// config builds the worker's cluster.Config from the environment.
-func config(log *slog.Logger) (cluster.Config, time.Duration, error) {
+// settings is a worker's configuration, read from the environment.
+type settings struct {
+	cluster  cluster.Config
+	interval time.Duration
+	logAll   bool // LOG_CALLS=all
+}
+
+// config reads the worker's settings from the environment.
+func config(log *slog.Logger) (settings, error) {
 	cfg := cluster.Config{
 		Name:       env("CLUSTER_NAME", "demo"),
 		Dir:        env("CLUSTER_DIR", "/run/cluster"),
@@ -89,23 +99,28 @@ func config(log *slog.Logger) (cluster.Config, time.Duration, error) {
 	for _, f := range strings.FieldsFunc(os.Getenv("CLUSTER_ALLOW_GIDS"), func(r rune) bool { return r == ',' || r == ' ' }) {
 		gid, err := strconv.ParseUint(f, 10, 32)
 		if err != nil {
-			return cfg, 0, fmt.Errorf("CLUSTER_ALLOW_GIDS: %q is not a gid", f)
+			return settings{}, fmt.Errorf("CLUSTER_ALLOW_GIDS: %q is not a gid", f)
 		}
 		cfg.AllowGIDs = append(cfg.AllowGIDs, uint32(gid))
 	}
 	interval, err := time.ParseDuration(env("WORK_INTERVAL", "1s"))
 	if err != nil || interval <= 0 {
-		return cfg, 0, fmt.Errorf("WORK_INTERVAL: %q is not a positive duration", os.Getenv("WORK_INTERVAL"))
+		return settings{}, fmt.Errorf("WORK_INTERVAL: %q is not a positive duration", os.Getenv("WORK_INTERVAL"))
 	}
-	return cfg, interval, nil
+	calls := env("LOG_CALLS", "all")
+	if calls != "all" && calls != "changes" {
+		return settings{}, fmt.Errorf("LOG_CALLS: %q is neither all nor changes", calls)
+	}
+	return settings{cluster: cfg, interval: interval, logAll: calls == "all"}, nil
 }
 
 // work is one replica: join, subscribe, call the upstream until ctx ends, hand over.
 func work(ctx context.Context, log *slog.Logger) error {
-	cfg, interval, err := config(log)
+	set, err := config(log)
 	if err != nil {
 		return err
 	}
+	cfg := set.cluster
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
 	c, err := cluster.Join(jctx, cfg)
 	cancel()
@@ -128,8 +143,10 @@ func work(ctx context.Context, log *slog.Logger) error {
 	}
 	defer sub.Close()
 
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(set.interval)
 	defer tick.Stop()
+	// The previous call's outcome, for LOG_CALLS=changes.
+	servedTerm, served := uint64(0), false
 	for {
 		select {
 		case <-ctx.Done():
@@ -142,19 +159,27 @@ func work(ctx context.Context, log *slog.Logger) error {
 		r := c.Role()
 		switch {
 		case err == nil:
-			log.Info("incr", "n", string(out.Data), "role", r.Role.String(), "term", r.Term)
+			if set.logAll || !served || r.Term != servedTerm {
+				log.Info("incr", "n", string(out.Data), "role", r.Role.String(), "term", r.Term)
+			}
+			servedTerm, served = r.Term, true
 		case errors.Is(err, cluster.ErrLeaderLost):
 			// The Leader's container died mid-call: at-most-once, so we are told, not retried.
 			log.Warn("incr lost with the leader", "err", err)
+			served = false
 		case ctx.Err() != nil:
 			return nil
 		default:
 			log.Warn("incr failed", "err", err)
+			served = false
 		}
 	}
 }
 
-// serveUpstream runs the demo upstream server and pushes a config update every 5 s.
+// serveUpstream runs the demo upstream server: it pushes a config update every 5 s and
+// logs its connections whenever their numbers change ("upstream connections": open now,
+// ever accepted, and the most ever live at once). On SIGTERM it logs the final numbers
+// ("upstream stopped"), the last connections judged first (see upstream.Server.MaxConns).
 func serveUpstream(ctx context.Context, log *slog.Logger, addr string) error {
 	s, err := upstream.Start(addr)
 	if err != nil {
@@ -162,15 +187,33 @@ func serveUpstream(ctx context.Context, log *slog.Logger, addr string) error {
 	}
 	defer s.Close()
 	log.Info("upstream listening", "addr", s.Addr())
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for v := 1; ; v++ {
+	counts := func() []any {
+		c := []any{"open", s.Conns(), "ever", s.TotalConns(), "most_at_once", s.MaxConns()}
+		if o := s.Overlap(); o != "" {
+			c = append(c, "overlap", o)
+		}
+		return c
+	}
+	push := time.NewTicker(5 * time.Second)
+	defer push.Stop()
+	watch := time.NewTicker(10 * time.Millisecond)
+	defer watch.Stop()
+	var seen [3]int
+	for v := 1; ; {
 		select {
 		case <-ctx.Done():
+			s.Judged()
+			log.Info("upstream stopped", counts()...)
 			return nil
-		case <-tick.C:
+		case <-watch.C:
+			if now := [3]int{s.Conns(), s.TotalConns(), s.MaxConns()}; now != seen {
+				seen = now
+				log.Info("upstream connections", counts()...)
+			}
+		case <-push.C:
+			n := s.Push("config", []byte("v"+strconv.Itoa(v)))
+			log.Info("pushed config", "version", v, "subscribed_connections", n)
+			v++
 		}
-		n := s.Push("config", []byte("v"+strconv.Itoa(v)))
-		log.Info("pushed config", "version", v, "subscribed_connections", n, "connections", s.Conns(), "connections_ever", s.TotalConns())
 	}
 }

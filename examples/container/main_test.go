@@ -36,12 +36,22 @@ func TestMain(m *testing.M) {
 
 // logLine is one JSON log line of a replica.
 type logLine struct {
-	Msg  string `json:"msg"`
-	Host string `json:"host"`
-	PID  int    `json:"pid"`
-	Role string `json:"role"`
-	Term uint64 `json:"term"`
-	Err  string `json:"err"`
+	Time time.Time `json:"time"`
+	Msg  string    `json:"msg"`
+	Host string    `json:"host"`
+	PID  int       `json:"pid"`
+	Role string    `json:"role"`
+	Term uint64    `json:"term"`
+	Data string    `json:"data"`
+	Err  string    `json:"err"`
+
+	// The upstream's lines.
+	Version    int    `json:"version"`
+	Subscribed int    `json:"subscribed_connections"`
+	Open       int    `json:"open"`
+	Ever       int    `json:"ever"`
+	MostAtOnce int    `json:"most_at_once"`
+	Overlap    string `json:"overlap"`
 }
 
 type replica struct {
