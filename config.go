@@ -330,7 +330,7 @@ func (c Config) validate() (*config, error) {
 		return cfg, nil
 	}
 	if err == nil {
-		err = lock.CheckAccess(cfg.Dir, create)
+		err = lock.CheckAccess(cfg.Dir, create, cfg.share())
 	}
 	if err != nil {
 		hint := ""

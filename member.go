@@ -285,7 +285,7 @@ func (c *Client) dirReady() error {
 		return fmt.Errorf("Dir %s does not exist: no leader has run there yet (a LeadNever member does not create it; check Config.Dir): %w", c.cfg.Dir, fs.ErrNotExist)
 	}
 	if err == nil {
-		err = lock.CheckAccess(c.cfg.Dir, false)
+		err = lock.CheckAccess(c.cfg.Dir, false, c.cfg.share())
 	}
 	if err != nil {
 		return fmt.Errorf("%w: Dir: %w", ErrConfig, err)

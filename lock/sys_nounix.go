@@ -105,4 +105,4 @@ func userName() string {
 
 // CheckAccess is a no-op here: access control is not expressed in mode bits, and opening
 // the lock file reports a refusal.
-func CheckAccess(dir string, write bool) error { return nil }
+func CheckAccess(dir string, write bool, share Share) error { return nil }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -185,11 +184,14 @@ func usableRuntimeDir(dir string) bool {
 // CheckAccess reports, with an error matching ErrDirAccess that says who owns dir and
 // what to do, whether this process (its effective uid and groups) may search dir and,
 // when write is true, create files in it. It checks dir itself, not its parents: a parent
-// it cannot search makes the stat fail, which is reported the same way.
-func CheckAccess(dir string, write bool) error {
-	mode, verb := uint32(unix.X_OK), "reach the files in (it needs search permission)"
+// it cannot search makes the stat fail, which is reported the same way. share is whom
+// the members share dir with: when dir belongs to one of its groups and this process is
+// not in it, the error says that this is what is missing.
+func CheckAccess(dir string, write bool, share Share) error {
+	mode, verb := uint32(unix.X_OK), "reach the files in"
+	need := "search permission"
 	if write {
-		mode, verb = unix.W_OK|unix.X_OK, "create the lock file and the socket in (it needs write and search permission)"
+		mode, verb, need = unix.W_OK|unix.X_OK, "create the lock file and the socket in", "write and search permission"
 	}
 	err := unix.Faccessat(unix.AT_FDCWD, dir, mode, unix.AT_EACCESS)
 	if err == nil {
@@ -198,7 +200,27 @@ func CheckAccess(dir string, write bool) error {
 	if errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("lock: directory %s: %w", dir, fs.ErrNotExist)
 	}
-	verb = strings.Replace(verb, " (", " "+dir+" (", 1)
-	return fmt.Errorf("%w: this process may not %s: %s; %s (%v): run the member as a user who may, or point Dir at a directory this user owns (the default Dir is per user)",
-		ErrDirAccess, verb, fileOwner(dir), whoAmI(), err)
+	fix := "run the member as a user who may, or point Dir at a directory this user owns (the default Dir is per user)"
+	if fi, serr := os.Stat(dir); serr == nil {
+		if gid, ok := fileGID(fi); ok && share.hasGID(gid) && !inGroup(gid) {
+			fix = fmt.Sprintf("this process must belong to group %d, the group Config.AllowGIDs %v shares Dir with: run it with that group (primary or supplementary)", gid, share.GIDs)
+		}
+	}
+	return fmt.Errorf("%w: this process may not %s %s (it needs %s): %s; %s (%v): %s",
+		ErrDirAccess, verb, dir, need, fileOwner(dir), whoAmI(), err, fix)
+}
+
+// inGroup reports whether gid is this process's effective group or one of its
+// supplementary groups.
+func inGroup(gid uint32) bool {
+	if uint32(os.Getegid()) == gid {
+		return true
+	}
+	groups, _ := os.Getgroups()
+	for _, g := range groups {
+		if uint32(g) == gid {
+			return true
+		}
+	}
+	return false
 }

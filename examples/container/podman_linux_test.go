@@ -163,9 +163,9 @@ func TestPodman(t *testing.T) {
 	require.Equal(t, 1, stranger.exit(t), "the exit status of a replica of uid 1003, gid 3000")
 	l, ok := stranger.find(0, func(l logLine) bool { return l.Msg == "exiting" })
 	require.True(t, ok, "the replica of uid 1003 did not say why it exits")
-	require.Contains(t, l.Err, cluster.ErrUnauthorized.Error())
+	require.Contains(t, l.Err, cluster.ErrConfig.Error())
 	require.Contains(t, l.Err, "this process runs as uid 1003, gid 3000")
-	require.Contains(t, l.Err, "it must belong to one of the shared groups [2000]")
+	require.Contains(t, l.Err, "this process must belong to group 2000, the group Config.AllowGIDs [2000] shares Dir with")
 	_, after := current(t, survivors, term)
 	require.Equal(t, term, after, "the refused replica changed the leadership")
 
