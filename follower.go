@@ -47,6 +47,10 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 		switch {
 		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
 			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
+		case errors.As(err, &fe) && fe.Code == frame.CodeLimit:
+			// Full for now (connections, descriptors): try again, as for a Leader that
+			// is not listening yet; Join's error names the limit if it lasts.
+			return nil, &detailError{msg: fmt.Sprintf("cluster: the leader at %s refused this connection: %s", c.tr.where(), fe.Message), is: ErrLimit}
 		case errors.As(err, &fe) && fe.Code == frame.CodeIdentity:
 			return nil, fmt.Errorf("%w: cluster %q: %s", ErrIdentityMismatch, c.cfg.Name, fe.Message)
 		case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
@@ -260,6 +264,8 @@ func (f *follower) mapErr(ctx context.Context, op, name string, err error) error
 			return &RemoteError{Op: op, Name: name, Message: msg, Codes: codes, errs: f.c.cfg.errorsFor(codes)}
 		case frame.CodeTimeout:
 			return errTimeout(op, name)
+		case frame.CodeLimit:
+			return &detailError{msg: fmt.Sprintf("cluster: %s %q: %s", op, name, fe.Message), is: ErrLimit}
 		case frame.CodeTooLarge:
 			// The Leader's message names the call, the size, the limit and the remedy.
 			return &detailError{msg: fe.Message, is: ErrTooLarge}

@@ -237,6 +237,15 @@ type peerConn struct {
 	topics map[subKey]struct{}     // nil once the connection ended
 	regs   map[uint64]registration // the Follower's live registrations; nil once ended
 	regSeq uint64                  // orders regs
+	// Places taken by requests still running, so that concurrent ones cannot pass a
+	// limit together: subscriptions, registrations and their bytes (see reserve).
+	subsTaken, regsTaken, regBytesTaken int
+	regBytes                            int // the payload bytes of regs
+	// inflight holds the ids of the requests being served: a second request with the
+	// same id breaks the protocol (ids are unique among those in flight).
+	inflight map[uint64]struct{}
+
+	fdsHeld atomic.Int64 // descriptors passed with requests being served (Limits.MaxFDs)
 }
 
 // registration is one the Leader holds for a Follower.
@@ -300,6 +309,21 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	case <-conn.Done():
 		closeFiles(files)
 		pc.l.calls.leave()
+		return
+	}
+	if err := pc.admit(f, len(files)); err != nil {
+		closeFiles(files)
+		<-pc.sem
+		pc.l.calls.leave()
+		var le *limitError
+		if !errors.As(err, &le) {
+			conn.Abort(err) // a protocol violation
+			return
+		}
+		pc.l.c.refused.note(slog.LevelWarn, le.limit, conn.Peer(), err)
+		if f.Kind != frame.KindOneway {
+			_ = conn.ReplyError(f.ID, frame.CodeLimit, le.msg)
+		}
 		return
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
@@ -431,9 +455,81 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 	return m, true
 }
 
+// admit takes what a request holds while it is served: its id among those in flight,
+// and the descriptors passed with it, under Limits.MaxFDs and the process's descriptor
+// headroom. exec gives them back (done). A duplicate id is a protocol violation; the
+// rest are limitErrors.
+func (pc *peerConn) admit(f frame.Frame, fds int) error {
+	if f.ID != 0 {
+		pc.mu.Lock()
+		_, dup := pc.inflight[f.ID]
+		if !dup {
+			if pc.inflight == nil {
+				pc.inflight = make(map[uint64]struct{})
+			}
+			pc.inflight[f.ID] = struct{}{}
+		}
+		pc.mu.Unlock()
+		if dup {
+			return fmt.Errorf("%w: request id %d is already in flight on this connection", frame.ErrProtocol, f.ID)
+		}
+	}
+	if fds == 0 {
+		return nil
+	}
+	lim := &pc.l.c.cfg.lim
+	err := error(nil)
+	if held := pc.fdsHeld.Add(int64(fds)); held > int64(lim.MaxFDs) {
+		err = overLimit("MaxFDs", lim.MaxFDs, "this connection's requests would hold %d descriptors", held)
+	} else if err = pc.l.adm.fds.room(fds, lim.FDHeadroom); err == nil {
+		pc.l.adm.fds.add(fds)
+		return nil
+	}
+	pc.fdsHeld.Add(-int64(fds))
+	pc.forget(f.ID)
+	return err
+}
+
+// reserveSub takes a place for a subscription of key under Limits.MaxSubscriptions (a
+// topic this connection already subscribes to takes none); the caller gives it back
+// (subsTaken--) when addSink returned. ended: the connection ended, nothing to answer.
+func (pc *peerConn) reserveSub(key subKey) (ended bool, err error) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.topics == nil {
+		return true, nil
+	}
+	if _, ok := pc.topics[key]; !ok {
+		max := pc.l.c.cfg.lim.MaxSubscriptions
+		if n := len(pc.topics) + pc.subsTaken; n >= max {
+			return false, overLimit("MaxSubscriptions", max, "this connection subscribes to %d topics", n)
+		}
+	}
+	pc.subsTaken++
+	return false, nil
+}
+
+// done gives back what admit took for a request.
+func (pc *peerConn) done(f frame.Frame, fds int) {
+	if fds > 0 {
+		pc.fdsHeld.Add(-int64(fds))
+		pc.l.adm.fds.add(-fds)
+	}
+	pc.forget(f.ID)
+}
+
+func (pc *peerConn) forget(id uint64) {
+	if id != 0 {
+		pc.mu.Lock()
+		delete(pc.inflight, id)
+		pc.mu.Unlock()
+	}
+}
+
 func (pc *peerConn) exec(j job) {
 	f, files := j.f, j.files
 	defer func() {
+		pc.done(f, len(files))
 		<-pc.sem
 		pc.l.calls.leave()
 	}()
@@ -484,21 +580,23 @@ func (pc *peerConn) exec(j job) {
 		}
 	case frame.KindSubscribe:
 		key := subKey{name, shared}
-		pc.mu.Lock()
-		ended := pc.topics == nil
-		pc.mu.Unlock()
+		ended, rerr := pc.reserveSub(key)
 		if ended {
 			return
 		}
-		if err = l.addSink(ctx, name, pc, key.shared); err == nil {
-			pc.mu.Lock()
-			if pc.topics != nil {
-				pc.topics[key] = struct{}{}
-				pc.mu.Unlock()
-			} else { // the connection ended meanwhile: undo
-				pc.mu.Unlock()
-				l.removeSink(name, pc, key.shared)
-			}
+		if err = rerr; err != nil {
+			break
+		}
+		err = l.addSink(ctx, name, pc, key.shared)
+		pc.mu.Lock()
+		pc.subsTaken--
+		kept := err == nil && pc.topics != nil
+		if kept {
+			pc.topics[key] = struct{}{}
+		}
+		pc.mu.Unlock()
+		if err == nil && !kept { // the connection ended meanwhile: undo
+			l.removeSink(name, pc, key.shared)
 		}
 	case frame.KindUnsubscribe:
 		key := subKey{name, shared}
@@ -536,7 +634,11 @@ func (pc *peerConn) reply(id uint64, err error) {
 	}
 	code := frame.CodeRemote
 	msg := err.Error()
-	if errors.Is(err, ErrTooLarge) {
+	var le *limitError
+	if errors.As(err, &le) {
+		code = frame.CodeLimit
+		pc.l.c.refused.note(slog.LevelWarn, le.limit, pc.conn.Peer(), err)
+	} else if errors.Is(err, ErrTooLarge) {
 		code = frame.CodeTooLarge
 	} else if re, ok := err.(*RemoteError); ok {
 		msg = re.Message
@@ -560,24 +662,43 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 		pc.conn.Abort(err)
 		return err
 	}
+	lim := &pc.l.c.cfg.lim
 	pc.mu.Lock()
 	_, dup := pc.regs[id]
 	ended := pc.regs == nil
-	pc.mu.Unlock()
-	if ended {
-		return fmt.Errorf("the connection ended")
+	n, bytes := len(pc.regs)+pc.regsTaken, pc.regBytes+pc.regBytesTaken+len(payload)
+	switch {
+	case ended || dup:
+	case n >= lim.MaxRegistrations:
+		err = overLimit("MaxRegistrations", lim.MaxRegistrations, "this connection holds %d registrations", n)
+	case bytes > lim.MaxRegisteredBytes:
+		err = overLimit("MaxRegisteredBytes", lim.MaxRegisteredBytes, "this connection's registrations would hold %d bytes", bytes)
+	default:
+		pc.regsTaken++
+		pc.regBytesTaken += len(payload)
 	}
-	if dup {
+	pc.mu.Unlock()
+	switch {
+	case ended:
+		return fmt.Errorf("the connection ended")
+	case dup:
 		return nil // a replay of what we hold: nothing to do
+	case err != nil:
+		return err
 	}
 	msg := Message{Data: slices.Clone(payload)}
-	if err := pc.l.svc.publish(ctx, topic, msg); err != nil {
+	err = pc.l.svc.publish(ctx, topic, msg)
+	pc.mu.Lock()
+	pc.regsTaken--
+	pc.regBytesTaken -= len(payload)
+	if err != nil {
+		pc.mu.Unlock()
 		return pc.l.c.cfg.serviceErr(ctx, "register", topic, err)
 	}
-	pc.mu.Lock()
 	if pc.regs != nil {
 		pc.regSeq++
 		pc.regs[id] = registration{seq: pc.regSeq, topic: topic, msg: msg}
+		pc.regBytes += len(msg.Data)
 		pc.mu.Unlock()
 		return nil
 	}
@@ -596,7 +717,10 @@ func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) err
 	}
 	pc.mu.Lock()
 	r, ok := pc.regs[id]
-	delete(pc.regs, id)
+	if ok {
+		delete(pc.regs, id)
+		pc.regBytes -= len(r.msg.Data)
+	}
 	pc.mu.Unlock()
 	if !ok {
 		return nil // not held: nothing to undo
