@@ -35,7 +35,7 @@ const (
 // published epoch.
 func (c *Client) run(joinCtx context.Context) {
 	defer close(c.runDone)
-	joined := false
+	joined, followed := false, false
 	var lostAt time.Time
 	var draining []*follower // Followers of old Leaders that said goodbye, still answering
 	var closedAt time.Time   // when a Leader stopped leading: just before it released the lock
@@ -61,6 +61,12 @@ func (c *Client) run(joinCtx context.Context) {
 			return
 		}
 		c.setEpoch(b, b.info())
+		if _, ok := b.(*follower); ok {
+			if followed {
+				c.stats.reconnects.Add(1)
+			}
+			followed = true
+		}
 		c.resubscribe(b)
 		c.replay(b)
 		if !lostAt.IsZero() {

@@ -249,6 +249,13 @@ func TestProcessFailoverAfterSIGKILL(t *testing.T) {
 		for _, p := range rest {
 			require.NoError(t, jsonUnmarshal(p.role().Data, &st))
 			t.Logf("member %d: failover took %v", p.pid, st.LastFailover)
+			// A survivor that follows the new Leader connected once more; the new
+			// Leader connected to nobody.
+			want := uint64(1)
+			if st.Role == cluster.RoleLeader {
+				want = 0
+			}
+			require.Equal(t, want, st.Reconnects, "member %d (%v)", p.pid, st.Role)
 		}
 	})
 }

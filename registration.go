@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 )
@@ -37,14 +39,21 @@ func (r *Registration) Topic() string { return r.topic }
 // Data returns the registered payload (do not modify it).
 func (r *Registration) Data() []byte { return r.msg.Data }
 
-// registrations is the member's ordered list of live registrations.
+// registrations is the member's set of live registrations, ordered by id (ids grow in
+// the order Register was called).
 type registrations struct {
 	// op serialises every registration operation on a backend (register, withdraw,
 	// replay), so that a new Leader receives registrations in their order and each
-	// exactly once. Registrations are rare; serialising them is cheap.
-	op     sync.Mutex
-	mu     sync.Mutex // guards list and nextID
-	list   []*Registration
+	// exactly once.
+	op sync.Mutex
+	// heldBy holds every live registration with an id up to heldUpTo (a watermark,
+	// guarded by op): ensure walks only the registrations above it, so that Register
+	// costs the same however many a member holds.
+	heldBy   backend
+	heldUpTo uint64
+
+	mu     sync.Mutex // guards live and nextID
+	live   map[uint64]*Registration
 	nextID uint64
 }
 
@@ -71,7 +80,10 @@ func (c *Client) Register(ctx context.Context, topic string, msg Message) (*Regi
 	c.regs.mu.Lock()
 	c.regs.nextID++
 	r := &Registration{c: c, id: c.regs.nextID, topic: topic, msg: msg}
-	c.regs.list = append(c.regs.list, r)
+	if c.regs.live == nil {
+		c.regs.live = make(map[uint64]*Registration)
+	}
+	c.regs.live[r.id] = r
 	c.regs.mu.Unlock()
 	err := c.do(ctx, "register", topic, func(b backend) error {
 		err := c.regs.ensure(ctx, r, b)
@@ -132,11 +144,16 @@ func (r *Registration) Withdraw(ctx context.Context) error {
 func (rs *registrations) ensure(ctx context.Context, r *Registration, b backend) error {
 	rs.op.Lock()
 	defer rs.op.Unlock()
-	for _, x := range rs.snapshot() {
-		if x == r {
-			break
-		}
+	from := uint64(1)
+	if rs.heldBy == b {
+		from = rs.heldUpTo + 1
+	}
+	upTo, gap := from-1, false // the watermark this walk can set
+	for _, x := range rs.between(from, r.id) {
 		if x.withdrawn || x.activeOn == b {
+			if !gap {
+				upTo = x.id
+			}
 			continue
 		}
 		if err := b.register(ctx, x); err != nil {
@@ -144,37 +161,78 @@ func (rs *registrations) ensure(ctx context.Context, r *Registration, b backend)
 				return err
 			}
 			r.c.cfg.Logger.Warn("cluster: re-registering failed", "topic", x.topic, "err", err)
+			gap = true
 			continue
 		}
 		x.activeOn = b
+		if !gap {
+			upTo = x.id
+		}
 	}
-	if r.withdrawn || r.activeOn == b {
-		return nil
+	if !r.withdrawn && r.activeOn != b {
+		if err := b.register(ctx, r); err != nil {
+			return err
+		}
+		r.activeOn = b
 	}
-	if err := b.register(ctx, r); err != nil {
-		return err
+	if !gap {
+		upTo = max(upTo, r.id)
 	}
-	r.activeOn = b
+	rs.held(b, upTo)
 	return nil
 }
 
-// drop removes r from the list. rs.op must be held.
+// held records that b holds every live registration up to id upTo.
+func (rs *registrations) held(b backend, upTo uint64) {
+	if rs.heldBy != b {
+		rs.heldBy, rs.heldUpTo = b, 0
+	}
+	rs.heldUpTo = max(rs.heldUpTo, upTo)
+}
+
+// between returns the live registrations with ids in [from, to), in order. It looks ids
+// up one by one when the range is narrower than the set (the usual case: empty), and
+// sorts the set otherwise.
+func (rs *registrations) between(from, to uint64) []*Registration {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if from >= to {
+		return nil
+	}
+	var out []*Registration
+	if to-from <= uint64(len(rs.live)) {
+		for id := from; id < to; id++ {
+			if x := rs.live[id]; x != nil {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	for id, x := range rs.live {
+		if id >= from && id < to {
+			out = append(out, x)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Registration) int { return cmp.Compare(a.id, b.id) })
+	return out
+}
+
+// drop removes r from the live set. rs.op must be held.
 func (rs *registrations) drop(r *Registration) {
 	rs.mu.Lock()
-	rs.list = slices.DeleteFunc(rs.list, func(x *Registration) bool { return x == r })
+	delete(rs.live, r.id)
 	rs.mu.Unlock()
 }
 
+// snapshot returns the live registrations, in order.
 func (rs *registrations) snapshot() []*Registration {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	return slices.Clone(rs.list)
+	return rs.between(1, math.MaxUint64)
 }
 
 func (rs *registrations) count() int {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return len(rs.list)
+	return len(rs.live)
 }
 
 // replay registers every live registration on b, in order, until b ends or the Client
@@ -183,8 +241,13 @@ func (rs *registrations) count() int {
 func (c *Client) replay(b backend) {
 	c.regs.op.Lock()
 	defer c.regs.op.Unlock()
+	upTo, gap := uint64(0), false
+	defer func() { c.regs.held(b, upTo) }()
 	for _, r := range c.regs.snapshot() {
 		if r.withdrawn || r.activeOn == b {
+			if !gap {
+				upTo = r.id
+			}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
@@ -194,7 +257,11 @@ func (c *Client) replay(b backend) {
 		cancel()
 		if err == nil {
 			r.activeOn = b
+			if !gap {
+				upTo = r.id
+			}
 		} else {
+			gap = true
 			c.cfg.Logger.Warn("cluster: re-registering failed", "topic", r.topic, "err", err)
 		}
 		if b.context().Err() != nil || c.life.Err() != nil {
