@@ -146,6 +146,9 @@ type Client struct {
 
 	stats   counters
 	refused refusals // what this member's Leader terms refused, logged and counted
+	// inUserCode counts the goroutines inside user code this Client called, by kind
+	// (see usercode.go): Close uses it to tell its own callbacks from another Client's.
+	inUserCode [3]atomic.Int32
 }
 
 type counters struct {
@@ -246,6 +249,18 @@ func (c *Client) setCause(err error) {
 	close(old.changed)
 }
 
+// clearCause ends a cause matching kind (electing only): calls wait for a Leader again.
+func (c *Client) clearCause(kind error) {
+	c.epochMu.Lock()
+	defer c.epochMu.Unlock()
+	old := c.ep.Load()
+	if old.b != nil || old.cause == nil || !errors.Is(old.cause, kind) {
+		return
+	}
+	c.ep.Store(&epoch{role: old.role, changed: make(chan struct{})})
+	close(old.changed)
+}
+
 func (c *Client) dispatchRoles() {
 	defer c.rolesWG.Done()
 	for r := range c.roles {
@@ -312,6 +327,11 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 				return err
 			}
 		} else if ep.cause != nil {
+			select {
+			case <-c.closing:
+				return fmt.Errorf("%s %q: %w", opName, name, ErrClosed)
+			default:
+			}
 			return fmt.Errorf("cluster: %s %q: %w", opName, name, ep.cause)
 		}
 		select {
@@ -328,19 +348,14 @@ func (c *Client) doLoop(ctx context.Context, opName, name string, op func(backen
 // those of a Leader with this member's Config, on this member's transport.
 func (c *Client) checkMessage(op, name string, m Message) error {
 	if name == "" {
-		what := "topic"
+		noun := "topic"
 		if op == "invoke" {
-			what = "method"
+			noun = "method"
 		}
-		return fmt.Errorf("%w: %s: the %s name must not be empty", ErrConfig, op, what)
+		return fmt.Errorf("%w: %s: the %s name must not be empty", ErrConfig, op, noun)
 	}
 	if max := c.cfg.lim.MaxNameLen; len(name) > max {
 		return tooLarge("cluster: %s: the name is %d bytes, over the limit of %d (Config.Limits.MaxNameLen, on every member)", op, len(name), max)
-	}
-	for i, f := range m.Files {
-		if f == nil {
-			return fmt.Errorf("%w: %s %q: Message.Files[%d] is nil", ErrConfig, op, name, i)
-		}
 	}
 	what := "the message"
 	if op == "invoke" {
@@ -503,7 +518,10 @@ type Stats struct {
 	// LastFailover is the time from losing the last Leader to being served again (as
 	// Leader or Follower of the next one).
 	LastFailover time.Duration
-	// Dropped counts messages dropped because a local subscriber fell behind.
+	// Dropped counts messages this member dropped instead of delivering: a local
+	// subscriber fell behind, a shared message arrived after its last subscriber left,
+	// or a message was too large for this member's limits (MaxBody, MaxBlob) or could
+	// not be decoded.
 	Dropped uint64
 	// Refused counts, by kind, the peers and requests this member refused while it led:
 	// a Limits field name ("MaxConnsPerUID", "MaxSubscriptions", ...), "unauthorized"
@@ -579,18 +597,22 @@ func (c *Client) Stats() Stats {
 // its Followers goodbye (they elect the next Leader at once), lets in-flight calls
 // finish (bounded), closes the Service, removes its socket and releases the lock. A
 // Follower closes its connection. Calls still waiting return ErrClosed; subscription
-// callbacks stop. Close returns the Service's Close error, if any (a Leader's), and
-// returns the same every time; it is safe to call concurrently and more than once.
+// callbacks stop, and when Close returns none is running. Close returns the Service's
+// Close error, if any (a Leader's), the same every time; it is safe to call
+// concurrently and more than once.
 //
-// Close may be called from anywhere, including code the library calls:
+// Close may also be called from code the library calls:
 //   - from a subscription callback or OnRoleChange, it returns once the handover is
 //     done, without waiting for callbacks to return (its own cannot, before Close does);
 //   - from a Service method (or NewService, a Withdrawer or Service.Close) on the
 //     Leader, it starts the handover and returns nil at once: the handover lets
 //     in-flight calls finish, the calling one included, so it cannot be waited for
-//     there. A Close from anywhere else waits for it.
+//     there. A later Close from elsewhere waits for it and returns its error.
+//
+// A callback must not wait for another goroutine's Close: that Close waits for the
+// callback to return.
 func (c *Client) Close() error {
-	in := calledFromUserCode()
+	in := calledFromUserCode() & c.running()
 	c.closeOnce.Do(func() {
 		close(c.closing)
 		c.endLife()

@@ -315,22 +315,35 @@ func (c Config) validate() (*config, error) {
 			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
 		}
 	}
-	// Check the filesystem before PrepareDir creates anything: where Dir does not exist
-	// yet, the filesystem it would be created on is its nearest existing ancestor's.
-	if kind, network, err := fsKind(existingAncestor(cfg.Dir)); err == nil && network {
-		return nil, bad("Dir", "%s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
-			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", cfg.Dir, kind)
-	}
 	// A member that never leads creates nothing: a Dir that does not exist yet is
 	// waited for (see Client.dirReady), like a Leader that has not started.
-	create := cfg.Lead != LeadNever
-	err = lock.PrepareDir(cfg.Dir, create, cfg.share())
-	if !create && errors.Is(err, fs.ErrNotExist) {
+	switch err := cfg.checkDir(); {
+	case cfg.Lead == LeadNever && errors.Is(err, fs.ErrNotExist):
 		cfg.dirMissing = true
-		return cfg, nil
+	case err != nil:
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// checkDir checks Dir as Join needs it, creating it for a member that may lead: on a
+// local filesystem, owned and shared as PrepareDir requires, and usable by this process
+// (write and search to lead, search to follow). Its errors match ErrConfig, except that
+// a missing Dir, for a member that never leads, is an error matching fs.ErrNotExist.
+func (c *config) checkDir() error {
+	// Check the filesystem before PrepareDir creates anything: where Dir does not exist
+	// yet, the filesystem it would be created on is its nearest existing ancestor's.
+	if kind, network, err := fsKind(existingAncestor(c.Dir)); err == nil && network {
+		return fmt.Errorf("%w: Dir: %s is on a %s filesystem: the lock may be shared across hosts (or not honoured) while the socket is not; "+
+			"use a directory on a local filesystem: a bind mount of one, or a named volume (on Docker Desktop, a named volume, not a host directory)", ErrConfig, c.Dir, kind)
+	}
+	create := c.Lead != LeadNever
+	err := lock.PrepareDir(c.Dir, create, c.share())
+	if !create && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("Dir %s does not exist: no leader has run there yet (a LeadNever member does not create it; check Config.Dir): %w", c.Dir, fs.ErrNotExist)
 	}
 	if err == nil {
-		err = lock.CheckAccess(cfg.Dir, create, cfg.share())
+		err = lock.CheckAccess(c.Dir, create, c.share())
 	}
 	if err != nil {
 		hint := ""
@@ -340,9 +353,9 @@ func (c Config) validate() (*config, error) {
 		case errors.Is(err, lock.ErrDirGroup):
 			hint = " (allow a group with Config.AllowGIDs, on every member)"
 		}
-		return nil, fmt.Errorf("%w: Dir: %w%s", ErrConfig, err, hint)
+		return fmt.Errorf("%w: Dir: %w%s", ErrConfig, err, hint)
 	}
-	return cfg, nil
+	return nil
 }
 
 // existingAncestor returns dir, or its nearest ancestor that exists.

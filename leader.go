@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -30,7 +31,8 @@ type leader struct {
 	calls gate // Service calls in progress, local and remote
 
 	mu       sync.Mutex
-	stopping bool // set by shutdown before it snapshots conns: no registration after
+	stopping bool      // set by shutdown before it snapshots conns: no registration after
+	drainBy  time.Time // set with stopping: when the handover stops waiting for anyone
 	conns    map[*ipc.Conn]*peerConn
 	topics   map[string]*topic
 
@@ -245,10 +247,6 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		if h.Name != l.c.cfg.Name {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
 		}
-		if h.Identity != l.c.cfg.Identity {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
-				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
-		}
 		if err := l.tr.authorize(h.Token); err != nil {
 			if errors.Is(err, errStaleToken) {
 				// Retryable, as while handing over: the Follower reads the token again.
@@ -256,6 +254,10 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 				return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
 			}
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
+		}
+		if h.Identity != l.c.cfg.Identity { // after the token: it tells nothing to a stranger
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
+				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
 		}
 		if l.calls.isClosed() {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
@@ -288,7 +290,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		l.mu.Unlock()
 		conn.Start()
 		_ = conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
-		ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		ctx, cancel := context.WithDeadline(context.Background(), l.drainBy) // shutdown's
 		select {
 		case <-pc.acked:
 		case <-conn.Done():
@@ -334,6 +336,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	l.calls.close()
 	l.mu.Lock()
 	l.stopping = true
+	l.drainBy = time.Now().Add(drainTimeout)
 	peers := make([]*peerConn, 0, len(l.conns))
 	for _, pc := range l.conns {
 		peers = append(peers, pc)
@@ -345,7 +348,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	// Wait (bounded) for in-flight calls to finish and for every Follower to
 	// acknowledge the goodbye: after its ack a Follower sends nothing more, so closing
 	// its connection cannot lose a request.
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), l.drainBy)
 	defer cancel()
 	if err := l.calls.wait(ctx); err != nil {
 		l.c.cfg.Logger.Warn("cluster: in-flight calls did not finish before handover; cancelling them", "timeout", drainTimeout)
@@ -370,7 +373,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	}
 	closeErr := l.svc.close()
 	if closeErr != nil {
-		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", closeErr)
+		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", errText(closeErr))
 		closeErr = fmt.Errorf("cluster %q: Service.Close (term %d): %w", l.c.cfg.Name, l.term, closeErr)
 	}
 	for _, pc := range peers {
@@ -386,8 +389,19 @@ func (l *leader) shutdown() (time.Time, error) {
 
 // serviceErr maps a Service error to what the caller sees, the same on the Leader and,
 // through the error frame, on a Follower: the caller's own deadline is a timeout,
-// anything else a RemoteError (see RemoteError for what it unwraps to).
-func (c *config) serviceErr(ctx context.Context, op, name string, err error) error {
+// anything else a RemoteError (see RemoteError for what it unwraps to). Reading err runs
+// the application's code (its Error, Is and Unwrap methods), so a panic there is
+// recovered like one in the Service.
+func (c *Client) serviceErr(ctx context.Context, op, name string, err error) (out error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.stats.panics.Add(1)
+			c.cfg.Logger.Error("cluster: recovered a panic in application code; the member goes on",
+				"name", c.cfg.Name, "in", "the Service's error", "what", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			pe := &panicError{in: "the error of Service." + serviceMethod(op), name: name, value: v}
+			out = &RemoteError{Op: op, Name: name, Message: pe.Error(), errs: []error{ErrServicePanic}}
+		}
+	}()
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return ctxErr(ctx, op, name)
 	}
@@ -396,9 +410,22 @@ func (c *config) serviceErr(ctx context.Context, op, name string, err error) err
 		re.Message = pe.Error() + " (the leader recovered; its log has the stack)"
 		re.errs = []error{ErrServicePanic}
 	} else {
-		re.Codes, re.errs = c.codesOf(err)
+		re.Codes, re.errs = c.cfg.codesOf(err)
 	}
 	return re
+}
+
+// serviceMethod names the Service method behind an operation.
+func serviceMethod(op string) string {
+	switch op {
+	case "invoke":
+		return "Invoke"
+	case "subscribe":
+		return "Subscribe"
+	case "withdraw":
+		return "Withdraw"
+	}
+	return "Publish" // publish, register
 }
 
 // The local fast path: the Leader's own calls go straight to the Service.
@@ -423,7 +450,7 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 			out, err := l.svc.invoke(octx, method, req)
 			_ = out.Close()
 			if err != nil {
-				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", method, "err", err)
+				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", method, "err", errText(err))
 			}
 		}()
 		return Message{}, nil
@@ -431,7 +458,7 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 	defer l.calls.leave()
 	out, err := l.svc.invoke(ctx, method, lend(req))
 	if err != nil {
-		return Message{}, l.c.cfg.serviceErr(ctx, "invoke", method, err)
+		return Message{}, l.c.serviceErr(ctx, "invoke", method, err)
 	}
 	if err := l.c.checkResponse(method, out); err != nil {
 		_ = out.Close()
@@ -446,7 +473,7 @@ func (l *leader) publish(ctx context.Context, topic string, msg Message) error {
 	}
 	defer l.calls.leave()
 	if err := l.svc.publish(ctx, topic, lend(msg)); err != nil {
-		return l.c.cfg.serviceErr(ctx, "publish", topic, err)
+		return l.c.serviceErr(ctx, "publish", topic, err)
 	}
 	return nil
 }
@@ -470,7 +497,7 @@ func (l *leader) register(ctx context.Context, r *Registration) error {
 	}
 	defer l.calls.leave()
 	if err := l.svc.publish(ctx, r.topic, r.msg); err != nil {
-		return l.c.cfg.serviceErr(ctx, "register", r.topic, err)
+		return l.c.serviceErr(ctx, "register", r.topic, err)
 	}
 	return nil
 }
@@ -484,7 +511,7 @@ func (l *leader) withdraw(ctx context.Context, r *Registration) error {
 	}
 	defer l.calls.leave()
 	if err := l.svc.withdraw(ctx, r.topic, r.msg); err != nil {
-		return l.c.cfg.serviceErr(ctx, "withdraw", r.topic, err)
+		return l.c.serviceErr(ctx, "withdraw", r.topic, err)
 	}
 	return nil
 }

@@ -141,7 +141,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 	var lastLead, lastFollow error
 	var avoidLockUntil time.Time
 	refusals, hungUp, serviceFailures := 0, 0, 0
-	var pause time.Duration // when set, the next wait (instead of the backoff's)
+	var avoidFollowUntil time.Time // a Leader of another identity leads: ask it again then
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -186,7 +186,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				d := serviceRetry(serviceFailures)
 				avoidLockUntil = time.Now().Add(d)
 				c.setCause(err)
-				c.cfg.Logger.Error("cluster: could not build the Service; calls fail until a leader serves", "name", c.cfg.Name, "err", err, "retry_in", d.Round(time.Millisecond))
+				c.cfg.Logger.Error("cluster: could not build the Service; calls fail until a leader serves", "name", c.cfg.Name, "err", errText(err), "retry_in", d.Round(time.Millisecond))
 			default:
 				lastLead = nil
 			}
@@ -196,7 +196,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				return nil, err
 			}
 			lastFollow = err // not yet: wait for a Leader to create it, as for its socket
-		} else if c.cfg.Lead != LeadAlways {
+		} else if c.cfg.Lead != LeadAlways && !time.Now().Before(avoidFollowUntil) {
 			f, err := c.follow(ctx)
 			if err == nil {
 				return f, nil
@@ -228,8 +228,9 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				if refusals == 1 {
 					c.cfg.Logger.Error("cluster: the leader serves another service identity; calls fail until one that matches leads", "name", c.cfg.Name, "err", err)
 				}
-				pause = serviceRetry(refusals)
+				avoidFollowUntil = time.Now().Add(serviceRetry(refusals))
 			case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrProtocol):
+				c.clearCause(ErrIdentityMismatch) // another Leader now
 				// A Leader that refuses us will refuse again: fail Join at once (on TCP
 				// after a few tries: a token read just before a new Leader replaced it is
 				// only asked to retry, but one two quick terms old is refused). After
@@ -245,10 +246,11 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				}
 			default:
 				refusals = 0
+				c.clearCause(ErrIdentityMismatch) // the Leader that refused us is gone
 			}
 		}
 		// The first couple of attempts are immediate; then back off with jitter.
-		if attempt >= 2 || pause > 0 {
+		if attempt >= 2 {
 			if backoff == 0 {
 				backoff = minBackoff
 			} else if backoff < maxBackoff {
@@ -257,9 +259,6 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			d := backoff/2 + rand.N(backoff/2+1)
 			if d > fastBackoff && time.Now().Before(fastUntil) {
 				d = fastBackoff
-			}
-			if pause > 0 {
-				d, pause = pause, 0
 			}
 			if d < time.Millisecond {
 				shortSleep(d) // the closing and ctx checks above come round again at once
@@ -280,21 +279,14 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 }
 
 // dirReady checks, for a LeadNever member that found no Dir at Join, whether it exists
-// now and passes the checks a Dir passes at Join. An error matching fs.ErrNotExist means
-// not yet; any other is final (ErrConfig).
+// now and passes the checks a Dir passes at Join (config.checkDir). An error matching
+// fs.ErrNotExist means not yet; any other is final (ErrConfig).
 func (c *Client) dirReady() error {
 	if c.dirChecked {
 		return nil
 	}
-	err := lock.PrepareDir(c.cfg.Dir, false, c.cfg.share())
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("Dir %s does not exist: no leader has run there yet (a LeadNever member does not create it; check Config.Dir): %w", c.cfg.Dir, fs.ErrNotExist)
-	}
-	if err == nil {
-		err = lock.CheckAccess(c.cfg.Dir, false, c.cfg.share())
-	}
-	if err != nil {
-		return fmt.Errorf("%w: Dir: %w", ErrConfig, err)
+	if err := c.cfg.checkDir(); err != nil {
+		return err
 	}
 	c.dirChecked = true
 	return nil

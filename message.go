@@ -212,6 +212,11 @@ func encodeMessage(conn *ipc.Conn, m Message, maxBody int, op, name, what string
 // is the one check of a payload's size: a Leader applies it to its own calls too, so
 // that what works in one process works across processes.
 func checkWire(m Message, fdOK bool, maxBody int, op, name, what string) error {
+	for i, f := range m.Files {
+		if f == nil {
+			return fmt.Errorf("%w: %s %q: %s's Message.Files[%d] is nil", ErrConfig, op, name, what, i)
+		}
+	}
 	if len(m.Files) > 0 && !fdOK {
 		return &detailError{is: ErrFDUnsupported, msg: fmt.Sprintf(
 			"cluster: %s %q: %s has Files, which need a connection that passes file descriptors (%s; use the Unix transport on Linux, or send the data inline)", op, name, what, noFDsWhy())}

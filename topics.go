@@ -136,7 +136,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 					l.dropTopic(t)
 				}
 				t.sub.Unlock()
-				return l.c.cfg.serviceErr(ctx, "subscribe", name, err)
+				return l.c.serviceErr(ctx, "subscribe", name, err)
 			}
 			t.fan.Lock()
 			t.cancel, t.active = cancel, true
@@ -560,7 +560,7 @@ func (pc *peerConn) exec(j job) {
 		if f.Kind == frame.KindOneway {
 			_ = out.Close()
 			if err != nil {
-				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", err)
+				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", errText(err))
 			}
 			return
 		}
@@ -568,7 +568,7 @@ func (pc *peerConn) exec(j job) {
 			pc.respond(f.ID, name, out)
 			return
 		}
-		err = l.c.cfg.serviceErr(ctx, "invoke", name, err)
+		err = l.c.serviceErr(ctx, "invoke", name, err)
 	case frame.KindPublish:
 		msg, ok := pc.request(f, files)
 		if !ok {
@@ -576,7 +576,7 @@ func (pc *peerConn) exec(j job) {
 		}
 		defer release(msg)
 		if err = l.svc.publish(ctx, name, msg); err != nil {
-			err = l.c.cfg.serviceErr(ctx, "publish", name, err)
+			err = l.c.serviceErr(ctx, "publish", name, err)
 		}
 	case frame.KindSubscribe:
 		key := subKey{name, shared}
@@ -693,7 +693,7 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 	pc.regBytesTaken -= len(payload)
 	if err != nil {
 		pc.mu.Unlock()
-		return pc.l.c.cfg.serviceErr(ctx, "register", topic, err)
+		return pc.l.c.serviceErr(ctx, "register", topic, err)
 	}
 	if pc.regs != nil {
 		pc.regSeq++
@@ -726,7 +726,7 @@ func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) err
 		return nil // not held: nothing to undo
 	}
 	if err := pc.l.svc.withdraw(ctx, r.topic, r.msg); err != nil {
-		return pc.l.c.cfg.serviceErr(ctx, "withdraw", topic, err)
+		return pc.l.c.serviceErr(ctx, "withdraw", topic, err)
 	}
 	return nil
 }
@@ -768,7 +768,7 @@ func (l *leader) withdrawFromService(topic string, msg Message) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
 	defer cancel()
 	if err := l.svc.withdraw(ctx, topic, msg); err != nil {
-		l.c.cfg.Logger.Warn("cluster: withdrawing a departed member's registration failed", "topic", topic, "err", err)
+		l.c.cfg.Logger.Warn("cluster: withdrawing a departed member's registration failed", "topic", topic, "err", errText(err))
 	}
 }
 

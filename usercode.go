@@ -37,10 +37,26 @@ func (e *panicError) Error() string {
 // Is makes a panic in the Service match ErrServicePanic.
 func (e *panicError) Is(target error) bool { return target == ErrServicePanic }
 
-// recovered is deferred around a call into user code: it recovers a panic, logs and
-// counts it and, when err is not nil, makes it the call's error. It must be the deferred
-// function itself (recover works only there).
-func (c *Client) recovered(in, name string, err *error) {
+// enter marks that a goroutine of this Client runs user code of kind k; the deferred
+// recovered unmarks it (see Client.Close).
+func (c *Client) enter(k userCode) { c.inUserCode[k.index()].Add(1) }
+
+// running returns the kinds of user code some goroutine of this Client runs now.
+func (c *Client) running() userCode {
+	var in userCode
+	for k := inService; k <= inRoleChange; k <<= 1 {
+		if c.inUserCode[k.index()].Load() > 0 {
+			in |= k
+		}
+	}
+	return in
+}
+
+// recovered is deferred around a call into user code of kind k, entered with enter: it
+// unmarks it, recovers a panic, logs and counts it and, when err is not nil, makes it the
+// call's error. It must be the deferred function itself (recover works only there).
+func (c *Client) recovered(k userCode, in, name string, err *error) {
+	c.inUserCode[k.index()].Add(-1)
 	v := recover()
 	if v == nil {
 		return
@@ -54,6 +70,10 @@ func (c *Client) recovered(in, name string, err *error) {
 	}
 }
 
+// errText is an error of the application's as text, for a log line: fmt recovers a
+// panic in its Error method (a typed nil, say) and says so in the text.
+func errText(err error) string { return fmt.Sprint(err) }
+
 // service is the Leader's Service seen through the guards.
 type service struct {
 	c   *Client
@@ -62,7 +82,8 @@ type service struct {
 
 // newService calls Config.NewService. A nil Service is an error.
 func (c *Client) newService(ctx context.Context) (s service, err error) {
-	defer c.recovered("NewService", "", &err)
+	c.enter(inService)
+	defer c.recovered(inService, "NewService", "", &err)
 	svc, err := c.cfg.NewService(ctx)
 	if err == nil && svc == nil {
 		err = fmt.Errorf("NewService returned a nil Service and no error")
@@ -71,25 +92,29 @@ func (c *Client) newService(ctx context.Context) (s service, err error) {
 }
 
 func (s service) invoke(ctx context.Context, method string, req Message) (out Message, err error) {
-	defer s.c.recovered("Service.Invoke", method, &err)
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "Service.Invoke", method, &err)
 	return s.svc.Invoke(ctx, method, req)
 }
 
 func (s service) publish(ctx context.Context, topic string, msg Message) (err error) {
-	defer s.c.recovered("Service.Publish", topic, &err)
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "Service.Publish", topic, &err)
 	return s.svc.Publish(ctx, topic, msg)
 }
 
 // subscribe calls Service.Subscribe; the cancel function it returns is guarded too (nil
 // when the Service returned none).
 func (s service) subscribe(ctx context.Context, topic string, emit func(Message)) (cancel func(), err error) {
-	defer s.c.recovered("Service.Subscribe", topic, &err)
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "Service.Subscribe", topic, &err)
 	stop, err := s.svc.Subscribe(ctx, topic, emit)
 	if err != nil || stop == nil {
 		return nil, err
 	}
 	return func() {
-		defer s.c.recovered("the cancel function of Service.Subscribe", topic, nil)
+		s.c.enter(inService)
+		defer s.c.recovered(inService, "the cancel function of Service.Subscribe", topic, nil)
 		stop()
 	}, nil
 }
@@ -106,24 +131,28 @@ func (s service) withdraw(ctx context.Context, topic string, msg Message) (err e
 	if !ok {
 		return nil
 	}
-	defer s.c.recovered("Withdrawer.Withdraw", topic, &err)
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "Withdrawer.Withdraw", topic, &err)
 	return w.Withdraw(ctx, topic, msg)
 }
 
 func (s service) close() (err error) {
-	defer s.c.recovered("Service.Close", "", &err)
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "Service.Close", "", &err)
 	return s.svc.Close()
 }
 
 // callback runs a subscription's callback with m.
 func (c *Client) callback(topic string, fn func(Message), m Message) {
-	defer c.recovered("subscription callback", topic, nil)
+	c.enter(inCallback)
+	defer c.recovered(inCallback, "subscription callback", topic, nil)
 	fn(m)
 }
 
 // roleChanged runs OnRoleChange with r.
 func (c *Client) roleChanged(r RoleInfo) {
-	defer c.recovered("OnRoleChange", "", nil)
+	c.enter(inRoleChange)
+	defer c.recovered(inRoleChange, "OnRoleChange", "", nil)
 	c.cfg.OnRoleChange(r)
 }
 
@@ -153,9 +182,22 @@ const (
 	inRoleChange                      // OnRoleChange
 )
 
+// index is k's place in Client.inUserCode.
+func (k userCode) index() int {
+	switch k {
+	case inService:
+		return 0
+	case inCallback:
+		return 1
+	}
+	return 2
+}
+
 // calledFromUserCode reports whether the calling goroutine is inside user code that
 // this package called, and which. It walks the goroutine's stack, so it is for rare
-// calls only (Close).
+// calls only (Close). The frames it looks for are every Client's: the caller keeps only
+// the kinds its own Client runs (Client.running), so that a Client closed from another
+// Client's callback is not mistaken for its own.
 func calledFromUserCode() userCode {
 	pcs := make([]uintptr, 256)
 	n := runtime.Callers(2, pcs)

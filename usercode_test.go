@@ -550,3 +550,150 @@ func TestProcessIdentityMismatchAfterFailover(t *testing.T) {
 		require.Equal(t, "timeout", r.Kind, r.Err) // before it tried the new Leader
 	}
 }
+
+// nilErr is an error type whose Error method fails on a nil receiver, as many do.
+type nilErr struct{ what string }
+
+func (e *nilErr) Error() string { return "failed: " + e.what }
+
+// trapService panics, or fails in ways that panic, in every Service method but Close.
+type trapService struct {
+	broker
+	closed chan error // Close's result, for the tests that close from inside
+}
+
+func (s *trapService) Invoke(_ context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	switch method {
+	case "typed-nil":
+		var e *nilErr
+		return cluster.Message{}, e // a typed nil: its Error method panics
+	case "nil-file":
+		return cluster.Message{Data: []byte("x"), Files: []*os.File{nil}}, nil
+	}
+	panic("Invoke: boom")
+}
+
+func (s *trapService) Publish(_ context.Context, topic string, _ cluster.Message) error {
+	if topic == "ok" {
+		return nil
+	}
+	panic("Publish: boom")
+}
+
+func (s *trapService) Subscribe(_ context.Context, topic string, _ func(cluster.Message)) (func(), error) {
+	if topic == "bad-cancel" {
+		return func() { panic("cancel: boom") }, nil
+	}
+	panic("Subscribe: boom")
+}
+
+func (s *trapService) Withdraw(context.Context, string, cluster.Message) error {
+	panic("Withdraw: boom")
+}
+
+// Every Service method is guarded, and so is reading the error a Service returns: on the
+// Leader and on a Follower alike the caller gets ErrServicePanic, and the Leader serves on.
+func TestEveryServiceMethodIsGuarded(t *testing.T) {
+	tc := newTestCluster(t)
+	trap := func(cfg *cluster.Config) {
+		cfg.NewService = func(context.Context) (cluster.Service, error) { return &trapService{}, nil }
+	}
+	leader := tc.join(trap)
+	follower := tc.join(trap)
+	ctx := context.Background()
+	for _, c := range []*cluster.Client{leader, follower} {
+		_, err := c.Invoke(ctx, "typed-nil", cluster.Message{})
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+		require.ErrorContains(t, err, `the error of Service.Invoke "typed-nil" panicked`)
+		require.ErrorIs(t, c.Publish(ctx, "t", cluster.Message{}), cluster.ErrServicePanic)
+		_, err = c.Subscribe(ctx, "t", func(cluster.Message) {})
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+		require.ErrorContains(t, err, `Service.Subscribe "t" panicked: Subscribe: boom`)
+		r, err := c.Register(ctx, "workers", cluster.Message{Data: []byte("me")})
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+		require.Nil(t, r)
+		r, err = c.Register(ctx, "ok", cluster.Message{Data: []byte("me")})
+		require.NoError(t, err)
+		err = r.Withdraw(ctx)
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+		require.ErrorContains(t, err, `Withdrawer.Withdraw "ok" panicked: Withdraw: boom`)
+		// A response with a nil file fails alike in both roles, and at once.
+		_, err = c.Invoke(ctx, "nil-file", cluster.Message{})
+		var re *cluster.RemoteError
+		require.ErrorAs(t, err, &re, "%v", err)
+		require.Contains(t, re.Message, "the response's Message.Files[0] is nil")
+	}
+	// The cancel function's panic is recovered where the Leader calls it: on the last
+	// unsubscribe.
+	sub, err := follower.Subscribe(ctx, "bad-cancel", func(cluster.Message) {})
+	require.NoError(t, err)
+	require.NoError(t, sub.Close())
+	require.Eventually(t, func() bool { return leader.Stats().Panics == 11 }, waitTimeout, time.Millisecond,
+		"panics counted: %d", leader.Stats().Panics)
+	out, err := follower.Invoke(ctx, "typed-nil", cluster.Message{})
+	require.Error(t, err)
+	require.Empty(t, out.Data)
+	require.Equal(t, cluster.RoleLeader, leader.Role().Role)
+}
+
+// closingService closes a Client from Service.Close, NewService or a Withdrawer.
+type closingService struct {
+	broker
+	target func() *cluster.Client
+	done   chan error
+}
+
+func (s *closingService) Close() error {
+	if c := s.target(); c != nil {
+		s.done <- c.Close()
+	}
+	return nil
+}
+
+// Close from the Service's own Close (a Service that owns another Client) and from
+// NewService returns; closing another Client from a callback waits for that Client, not
+// for this one.
+func TestCloseFromServiceCloseAndNewService(t *testing.T) {
+	t.Run("another Client, from Service.Close", func(t *testing.T) {
+		tc := newTestCluster(t)
+		other := newTestCluster(t)
+		b := other.join(nil)
+		done := make(chan error, 1)
+		a := tc.join(func(cfg *cluster.Config) {
+			cfg.NewService = func(context.Context) (cluster.Service, error) {
+				return &closingService{target: func() *cluster.Client { return b }, done: done}, nil
+			}
+		})
+		require.NoError(t, a.Close())
+		require.NoError(t, <-done)
+		// b's Close waited for b's own handover: it is closed, not closing.
+		require.Equal(t, cluster.RoleClosed, b.Role().Role)
+	})
+	t.Run("itself, from NewService", func(t *testing.T) {
+		// NewService can reach its own Client only in a later term: B is promoted when
+		// A leaves, and its NewService closes B.
+		tc := newTestCluster(t)
+		a := tc.join(nil)
+		var b atomic.Pointer[cluster.Client]
+		closed := make(chan error, 1)
+		bc := tc.join(func(cfg *cluster.Config) {
+			cfg.NewService = func(ctx context.Context) (cluster.Service, error) {
+				if c := b.Load(); c != nil {
+					closed <- c.Close()
+				}
+				return newBroker(ctx)
+			}
+		})
+		b.Store(bc)
+		require.Equal(t, cluster.RoleFollower, bc.Role().Role)
+		require.NoError(t, a.Close())
+		select {
+		case err := <-closed:
+			require.NoError(t, err)
+		case <-time.After(waitTimeout):
+			t.Fatal("Close inside NewService did not return")
+		}
+		require.NoError(t, bc.Close())
+		require.Equal(t, cluster.RoleClosed, bc.Role().Role)
+	})
+}

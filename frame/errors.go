@@ -34,7 +34,7 @@ const (
 	CodeTimeout      = "timeout"      // the request's timeout passed before the Service answered
 	CodeTooLarge     = "too-large"    // a meta or body exceeded the receiver's limits
 	CodeProtocol     = "protocol"     // the peer broke the wire protocol; the connection closes
-	CodeUnauthorized = "unauthorized" // the Leader refused the peer (credentials, token or cluster name)
+	CodeUnauthorized = "unauthorized" // the Leader refused the peer (credentials or token)
 	CodeIdentity     = "identity"     // the Leader refused the peer: its service identity differs
 	CodeVersion      = "version"      // no common protocol version; the body lists the versions spoken
 	CodeClosed       = "closed"       // the Leader is shutting down; to a hello: try again
