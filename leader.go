@@ -264,7 +264,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		}
 		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
 	})
-	l.adm.handshook()
+	l.adm.handshook(peer)
 	inHandshake = false
 	if err != nil {
 		_ = nc.Close()

@@ -34,7 +34,9 @@ type Limits struct {
 	// what the Leader's own uid needs. Default 256 (D-Bus: max_connections_per_user).
 	MaxConnsPerUID int
 	// MaxHandshaking bounds the connections accepted and not yet through the
-	// handshake. Default 64 (D-Bus: max_incomplete_connections).
+	// handshake; one uid other than the Leader's may hold at most half of them, so that
+	// it cannot keep members of the Leader's uid from joining. Default 64 (D-Bus:
+	// max_incomplete_connections).
 	MaxHandshaking int
 	// HandshakeTimeout is how long a connection has to complete the handshake. Default
 	// 5 s; a handshake is always bounded.
@@ -60,9 +62,11 @@ type Limits struct {
 	// served (a Blob counts as one). Default 64 (D-Bus: max_incoming_unix_fds).
 	MaxFDs int
 	// FDHeadroom is how many descriptors the Leader keeps free: it refuses new
-	// connections, saying why, when fewer than this are left under its RLIMIT_NOFILE,
-	// so that accept never fails with EMFILE and the Service can still open files.
-	// Default 64.
+	// connections, and requests that pass descriptors, saying why, when fewer than this
+	// would be left under its RLIMIT_NOFILE, so that accept never fails with EMFILE and
+	// the Service can still open files. Peers of other uids may take at most three
+	// quarters of what is left above the headroom, so that they cannot keep the
+	// Leader's own uid from joining. Default 64.
 	FDHeadroom int
 	// MaxPartialBytes bounds the memory that incomplete frames hold across all
 	// connections (frames over 64 KiB only: smaller ones are bounded by MaxConns).
@@ -277,7 +281,8 @@ type admission struct {
 	mu          sync.Mutex
 	conns       int
 	handshaking int
-	byUID       map[uint32]int
+	byUID       map[uint32]int // connections of uids other than self
+	hsByUID     map[uint32]int // of those, the ones in handshake
 
 	fds fdGauge
 }
@@ -295,53 +300,70 @@ func (a *admission) admit(peer ipc.PeerCred) error {
 		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "%d connections are in their handshake", a.handshaking)
 	case foreign && a.byUID[peer.UID] >= a.lim.MaxConnsPerUID:
 		return overLimit("MaxConnsPerUID", a.lim.MaxConnsPerUID, "uid %d holds %d connections", peer.UID, a.byUID[peer.UID])
+	case foreign && a.hsByUID[peer.UID] >= max(1, a.lim.MaxHandshaking/2):
+		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "uid %d has %d connections in their handshake, half the limit", peer.UID, a.hsByUID[peer.UID])
 	}
-	if err := a.fds.room(1, a.lim.FDHeadroom); err != nil {
+	if err := a.fds.room(1, a.lim.FDHeadroom, foreign); err != nil {
 		return err
 	}
 	a.conns++
 	a.handshaking++
 	if foreign {
 		if a.byUID == nil {
-			a.byUID = make(map[uint32]int)
+			a.byUID, a.hsByUID = make(map[uint32]int), make(map[uint32]int)
 		}
 		a.byUID[peer.UID]++
+		a.hsByUID[peer.UID]++
 	}
-	a.fds.add(1)
+	a.fds.add(1, foreign)
 	return nil
 }
 
 // handshook moves an admitted connection out of the handshake.
-func (a *admission) handshook() {
+func (a *admission) handshook(peer ipc.PeerCred) {
 	a.mu.Lock()
 	a.handshaking--
+	if peer.Known && peer.UID != a.self {
+		dec(a.hsByUID, peer.UID)
+	}
 	a.mu.Unlock()
+}
+
+// dec decrements m[k], deleting it at zero.
+func dec(m map[uint32]int, k uint32) {
+	if m[k]--; m[k] <= 0 {
+		delete(m, k)
+	}
 }
 
 // leave gives back an admitted connection's place; inHandshake says it never got
 // through the handshake.
 func (a *admission) leave(peer ipc.PeerCred, inHandshake bool) {
+	foreign := peer.Known && peer.UID != a.self
 	a.mu.Lock()
 	a.conns--
 	if inHandshake {
 		a.handshaking--
-	}
-	if peer.Known && peer.UID != a.self {
-		if a.byUID[peer.UID]--; a.byUID[peer.UID] <= 0 {
-			delete(a.byUID, peer.UID)
+		if foreign {
+			dec(a.hsByUID, peer.UID)
 		}
 	}
+	if foreign {
+		dec(a.byUID, peer.UID)
+	}
 	a.mu.Unlock()
-	a.fds.add(-1)
+	a.fds.add(-1, foreign)
 }
 
 // fdGauge estimates the descriptors this process has open: what was counted at the last
 // calibration, plus what the Leader opened or took from peers since (connections,
-// descriptors passed with requests being served). Where neither the count nor the limit
-// can be read, it never refuses.
+// descriptors passed with requests being served). It also counts what peers of other
+// uids hold, which may not pass three quarters of the room above the headroom. Where
+// neither the count nor the limit can be read, it never refuses.
 type fdGauge struct {
-	limit atomic.Int64 // RLIMIT_NOFILE's soft limit; 0 when unknown
-	used  atomic.Int64 // the estimate
+	limit   atomic.Int64 // RLIMIT_NOFILE's soft limit; 0 when unknown
+	used    atomic.Int64 // the estimate
+	foreign atomic.Int64 // held for peers of other uids
 }
 
 // calibrate reads the limit and the number of descriptors open now.
@@ -355,17 +377,28 @@ func (g *fdGauge) calibrate() {
 	g.used.Store(open)
 }
 
-func (g *fdGauge) add(n int) { g.used.Add(int64(n)) }
+// add counts n more descriptors (n < 0: fewer), held for a peer of another uid if
+// foreign.
+func (g *fdGauge) add(n int, foreign bool) {
+	g.used.Add(int64(n))
+	if foreign {
+		g.foreign.Add(int64(n))
+	}
+}
 
-// room returns nil if n more descriptors leave at least headroom free, else the
-// limitError that refuses them.
-func (g *fdGauge) room(n, headroom int) error {
+// room returns nil if n more descriptors, for a peer of another uid if foreign, leave at
+// least headroom free, else the limitError that refuses them.
+func (g *fdGauge) room(n, headroom int, foreign bool) error {
 	limit := g.limit.Load()
 	if limit == 0 {
 		return nil
 	}
-	if used := g.used.Load(); used+int64(n) > limit-int64(headroom) {
+	used := g.used.Load()
+	if used+int64(n) > limit-int64(headroom) {
 		return overLimit("FDHeadroom", headroom, "the leader has about %d of its %d descriptors (RLIMIT_NOFILE) in use, which would leave fewer than FDHeadroom free", used, limit)
+	}
+	if share := (limit - int64(headroom)) * 3 / 4; foreign && g.foreign.Load()+int64(n) > share {
+		return overLimit("FDHeadroom", headroom, "peers of other uids hold %d descriptors, the most they may: three quarters of the %d above FDHeadroom", g.foreign.Load(), limit-int64(headroom))
 	}
 	return nil
 }

@@ -481,13 +481,19 @@ func (pc *peerConn) admit(f frame.Frame, fds int) error {
 	err := error(nil)
 	if held := pc.fdsHeld.Add(int64(fds)); held > int64(lim.MaxFDs) {
 		err = overLimit("MaxFDs", lim.MaxFDs, "this connection's requests would hold %d descriptors", held)
-	} else if err = pc.l.adm.fds.room(fds, lim.FDHeadroom); err == nil {
-		pc.l.adm.fds.add(fds)
+	} else if err = pc.l.adm.fds.room(fds, lim.FDHeadroom, pc.foreign()); err == nil {
+		pc.l.adm.fds.add(fds, pc.foreign())
 		return nil
 	}
 	pc.fdsHeld.Add(-int64(fds))
 	pc.forget(f.ID)
 	return err
+}
+
+// foreign reports whether the peer runs as another uid than the Leader.
+func (pc *peerConn) foreign() bool {
+	p := pc.conn.Peer()
+	return p.Known && p.UID != pc.l.adm.self
 }
 
 // reserveSub takes a place for a subscription of key under Limits.MaxSubscriptions (a
@@ -513,7 +519,7 @@ func (pc *peerConn) reserveSub(key subKey) (ended bool, err error) {
 func (pc *peerConn) done(f frame.Frame, fds int) {
 	if fds > 0 {
 		pc.fdsHeld.Add(-int64(fds))
-		pc.l.adm.fds.add(-fds)
+		pc.l.adm.fds.add(-fds, pc.foreign())
 	}
 	pc.forget(f.ID)
 }

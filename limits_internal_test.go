@@ -1,0 +1,71 @@
+package cluster
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/ipc"
+)
+
+// The admission's counts: in all, in handshake, by foreign uid, and descriptors.
+func TestAdmissionCountsAgainstTheLimits(t *testing.T) {
+	lim := Limits{MaxConns: 6, MaxConnsPerUID: 3, MaxHandshaking: 4, FDHeadroom: 10}.withDefaults()
+	a := admission{lim: &lim, self: 1000}
+	own := ipc.PeerCred{Known: true, UID: 1000}
+	other := ipc.PeerCred{Known: true, UID: 2000}
+	unknown := ipc.PeerCred{} // TCP: counts in all, never as a foreign uid
+	limitOf := func(err error) string {
+		t.Helper()
+		var le *limitError
+		require.True(t, errors.As(err, &le), "%v", err)
+		require.ErrorIs(t, err, ErrLimit)
+		return le.limit
+	}
+
+	// A foreign uid may hold half the handshake places.
+	require.NoError(t, a.admit(other))
+	require.NoError(t, a.admit(other))
+	require.Equal(t, "MaxHandshaking", limitOf(a.admit(other)))
+	a.handshook(other)
+	require.NoError(t, a.admit(other)) // one left the handshake: a place is free again
+	// Three connections of uid 2000 in all: its limit.
+	a.handshook(other)
+	a.handshook(other)
+	require.Equal(t, "MaxConnsPerUID", limitOf(a.admit(other)))
+	// The Leader's own uid and unknown peers are not held by it, only by the totals.
+	require.NoError(t, a.admit(own))
+	require.NoError(t, a.admit(unknown))
+	require.NoError(t, a.admit(own))
+	require.Equal(t, "MaxConns", limitOf(a.admit(own)))
+	a.leave(own, true)
+	a.leave(other, false)
+	require.NoError(t, a.admit(other))
+	require.Equal(t, 5, a.conns)
+
+	// Descriptors: with a limit of 110 and a headroom of 10, 100 may be used, and peers
+	// of other uids may hold three quarters of them.
+	a.fds.limit.Store(110)
+	a.fds.used.Store(90)
+	a.fds.foreign.Store(70)
+	require.NoError(t, a.fds.room(5, 10, true))
+	require.Equal(t, "FDHeadroom", limitOf(a.fds.room(6, 10, true)))
+	require.NoError(t, a.fds.room(10, 10, false))
+	require.Equal(t, "FDHeadroom", limitOf(a.fds.room(11, 10, false)))
+	a.fds.add(-20, true)
+	require.NoError(t, a.fds.room(6, 10, true))
+}
+
+// Zero means the default; a negative value means none; some bounds always hold.
+func TestLimitsDefaults(t *testing.T) {
+	l := Limits{MaxConns: -1, FrameTimeout: -1, HandshakeTimeout: -1, MaxNameLen: -1, MaxPartialBytes: -1}.withDefaults()
+	require.Equal(t, maxInt, l.MaxConns)
+	require.Zero(t, l.FrameTimeout, "no frame timeout")
+	require.Zero(t, l.MaxPartialBytes, "no budget")
+	require.Equal(t, DefaultLimits().HandshakeTimeout, l.HandshakeTimeout, "a handshake is always bounded")
+	require.Equal(t, DefaultLimits().MaxNameLen, l.MaxNameLen, "a name is always bounded")
+	require.Equal(t, DefaultLimits().MaxSubscriptions, l.MaxSubscriptions)
+	require.Error(t, Limits{MaxNameLen: 1 << 20}.validate())
+	require.Error(t, Limits{MaxFDs: 3}.validate())
+}
