@@ -35,6 +35,7 @@ const roleEnv = "CLUSTER_TEST_ROLE"
 var roles = map[string]func() int{
 	"member": memberMain,
 	"hello":  helloMain,
+	"attack": attackMain,
 }
 
 // helloMain dials the socket in CT_SOCK, sends a hello for cluster CT_NAME and prints
@@ -152,6 +153,8 @@ func errKind(err error) string {
 		return "not-found"
 	case errors.Is(err, cluster.ErrTooLarge):
 		return "too-large"
+	case errors.Is(err, cluster.ErrLimit):
+		return "limit"
 	case errors.Is(err, cluster.ErrConfig):
 		return "config"
 	case errors.As(err, &re):
@@ -203,6 +206,18 @@ func memberMain() int {
 	if hb := os.Getenv("CT_HEARTBEAT"); hb != "" {
 		cfg.Heartbeat, _ = time.ParseDuration(hb)
 		cfg.HeartbeatTimeout = 3 * cfg.Heartbeat
+	}
+	if l := os.Getenv("CT_LIMITS"); l != "" { // a cluster.Limits as JSON; durations in ns
+		if err := json.Unmarshal([]byte(l), &cfg.Limits); err != nil {
+			fmt.Fprintf(os.Stderr, "CT_LIMITS: %v\n", err)
+			return 2
+		}
+	}
+	if n := os.Getenv("CT_NOFILE"); n != "" { // a lower RLIMIT_NOFILE for this member
+		if err := setNoFile(n); err != nil {
+			fmt.Fprintf(os.Stderr, "CT_NOFILE: %v\n", err)
+			return 2
+		}
 	}
 	joinTimeout := 30 * time.Second
 	if jt := os.Getenv("CT_JOIN_TIMEOUT"); jt != "" {

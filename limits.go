@@ -303,7 +303,7 @@ func (a *admission) admit(peer ipc.PeerCred) error {
 	case foreign && a.hsByUID[peer.UID] >= max(1, a.lim.MaxHandshaking/2):
 		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "uid %d has %d connections in their handshake, half the limit", peer.UID, a.hsByUID[peer.UID])
 	}
-	if err := a.fds.room(1, a.lim.FDHeadroom, foreign); err != nil {
+	if err := a.fds.room(connFDs(foreign), a.lim.FDHeadroom, foreign); err != nil {
 		return err
 	}
 	a.conns++
@@ -315,8 +315,19 @@ func (a *admission) admit(peer ipc.PeerCred) error {
 		a.byUID[peer.UID]++
 		a.hsByUID[peer.UID]++
 	}
-	a.fds.add(1, foreign)
+	a.fds.add(connFDs(foreign), foreign)
 	return nil
+}
+
+// connFDs is what a connection counts in the descriptor gauge: itself, and for a peer of
+// another uid also the descriptors of a frame it may leave half sent (which the
+// calibration sees only later), so that such peers cannot pass their share between two
+// calibrations.
+func connFDs(foreign bool) int {
+	if foreign {
+		return 1 + frame.MaxFDs
+	}
+	return 1
 }
 
 // handshook moves an admitted connection out of the handshake.
@@ -352,7 +363,7 @@ func (a *admission) leave(peer ipc.PeerCred, inHandshake bool) {
 		dec(a.byUID, peer.UID)
 	}
 	a.mu.Unlock()
-	a.fds.add(-1, foreign)
+	a.fds.add(-connFDs(foreign), foreign)
 }
 
 // fdGauge estimates the descriptors this process has open: what was counted at the last
@@ -364,17 +375,38 @@ type fdGauge struct {
 	limit   atomic.Int64 // RLIMIT_NOFILE's soft limit; 0 when unknown
 	used    atomic.Int64 // the estimate
 	foreign atomic.Int64 // held for peers of other uids
+	counted atomic.Int64 // unix nanos of the last recount
+	open    func() int64 // counts the open descriptors: openFDs, or a test's
+}
+
+func (g *fdGauge) openNow() int64 {
+	if g.open != nil {
+		return g.open()
+	}
+	return openFDs()
 }
 
 // calibrate reads the limit and the number of descriptors open now.
 func (g *fdGauge) calibrate() {
-	limit, open := fdLimit(), openFDs()
+	limit, open := fdLimit(), g.openNow()
 	if limit <= 0 || open < 0 {
 		g.limit.Store(0)
 		return
 	}
 	g.limit.Store(limit)
 	g.used.Store(open)
+}
+
+// recount counts the open descriptors again, at most once per 10 ms, and returns the
+// estimate.
+func (g *fdGauge) recount() int64 {
+	now := time.Now().UnixNano()
+	if last := g.counted.Load(); now-last > int64(10*time.Millisecond) && g.counted.CompareAndSwap(last, now) {
+		if open := g.openNow(); open >= 0 {
+			g.used.Store(open)
+		}
+	}
+	return g.used.Load()
 }
 
 // add counts n more descriptors (n < 0: fewer), held for a peer of another uid if
@@ -394,6 +426,9 @@ func (g *fdGauge) room(n, headroom int, foreign bool) error {
 		return nil
 	}
 	used := g.used.Load()
+	if used+int64(n) > limit-4*int64(headroom) {
+		used = g.recount() // near the limit: count instead of estimating
+	}
 	if used+int64(n) > limit-int64(headroom) {
 		return overLimit("FDHeadroom", headroom, "the leader has about %d of its %d descriptors (RLIMIT_NOFILE) in use, which would leave fewer than FDHeadroom free", used, limit)
 	}

@@ -1,0 +1,194 @@
+package cluster_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster"
+)
+
+// Hostile peers, as processes: while each attack runs, the Leader's resources stay under
+// its limits, a Follower it already serves keeps being served, a fresh member can join
+// (when the attacker is another uid: one of the Leader's own uid can do anything its
+// uid can), and everything is given back once the attacker is gone.
+
+// attack starts a hostile peer (see attackMain) against tc's Leader, as cred (nil: as
+// this process), doing mode n times.
+func (tc *testCluster) attack(bin string, cred *syscall.Credential, mode string, n int, env ...string) *proc {
+	tc.t.Helper()
+	o := memberOpts{role: "attack", bin: bin, env: append([]string{
+		"ATTACK=" + mode, fmt.Sprintf("ATTACK_N=%d", n), "CT_SOCK=" + filepath.Join(tc.dir, tc.name+".sock"),
+	}, env...)}
+	if cred != nil {
+		o.attr = &syscall.SysProcAttr{Credential: cred}
+	}
+	return tc.start(o)
+}
+
+// attackReportOf returns the attacker's latest report that satisfies pred, waiting for
+// one.
+func attackReportOf(p *proc, pred func(r attackReport) bool) attackReport {
+	p.t.Helper()
+	var last attackReport
+	p.wait(func(e event) bool {
+		if e.Ev != "attack" {
+			return false
+		}
+		var r attackReport
+		if json.Unmarshal([]byte(e.Data), &r) != nil {
+			return false
+		}
+		last = r
+		return pred(r)
+	})
+	return last
+}
+
+// stats asks a member for its Stats.
+func stats(p *proc) cluster.Stats {
+	p.t.Helper()
+	var st cluster.Stats
+	require.NoError(p.t, jsonUnmarshal(p.do(command{Op: "stats"}).Data, &st))
+	return st
+}
+
+// openFDsOf counts process pid's open descriptors.
+func openFDsOf(t testing.TB, pid int) int {
+	t.Helper()
+	names, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	require.NoError(t, err)
+	return len(names)
+}
+
+// rssOf returns process pid's resident memory, in bytes.
+func rssOf(t testing.TB, pid int) int64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if kb, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")), 10, 64)
+			require.NoError(t, err)
+			return n << 10
+		}
+	}
+	t.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
+
+func limitsEnv(t testing.TB, l cluster.Limits) string {
+	b, err := json.Marshal(l)
+	require.NoError(t, err)
+	return "CT_LIMITS=" + string(b)
+}
+
+// stillServed checks that a Follower the Leader served before the attack is served now.
+func stillServed(t *testing.T, f *proc) {
+	t.Helper()
+	r := f.do(command{Op: "invoke", Name: "echo", Data: "still here", Timeout: "20s"})
+	require.Empty(t, r.Err)
+	require.Equal(t, "still here", r.Data)
+}
+
+// stopAttack ends the attacker and waits for it to exit.
+func stopAttack(t *testing.T, atk *proc) attackReport {
+	t.Helper()
+	_ = atk.in.Close()
+	select {
+	case <-atk.exited:
+	case <-time.After(waitTimeout):
+		t.Fatalf("the attacker %d did not exit", atk.pid)
+	}
+	var last attackReport
+	for _, e := range atk.snapshot() {
+		if e.Ev == "attack" {
+			require.NoError(t, json.Unmarshal([]byte(e.Data), &last))
+		}
+	}
+	return last
+}
+
+// reclaimed waits until the Leader holds no more descriptors than before the attack
+// (a few for goroutines' timers and the like may come and go).
+func reclaimed(t *testing.T, leader *proc, base int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return openFDsOf(t, leader.pid) <= base+2 }, waitTimeout, 10*time.Millisecond,
+		"the leader still holds %d descriptors, %d before the attack", openFDsOf(t, leader.pid), base)
+}
+
+// A peer of the Leader's own uid that floods the handshake: the Leader refuses past
+// MaxHandshaking with an error frame, closes the idle ones at HandshakeTimeout, logs a
+// few lines instead of one per connection, and serves its Followers throughout.
+func TestProcessHostileHandshakeFlood(t *testing.T) {
+	tc := newTestCluster(t)
+	lim := cluster.Limits{MaxHandshaking: 8, HandshakeTimeout: 300 * time.Millisecond}
+	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	require.Equal(t, "leader", leader.joined().Role)
+	f := tc.start(memberOpts{})
+	f.joined()
+	base := openFDsOf(t, leader.pid)
+
+	atk := tc.attack("", nil, "handshake-idle", 40)
+	attackReportOf(atk, func(r attackReport) bool { return r.Codes["limit"] >= 100 && r.Closed >= 20 })
+	stillServed(t, f)
+	require.LessOrEqual(t, openFDsOf(t, leader.pid), base+8+2, "the leader holds more than MaxHandshaking connections in handshake")
+	r := stopAttack(t, atk)
+	t.Logf("attacker: %+v", r)
+	reclaimed(t, leader, base)
+
+	st := stats(leader)
+	require.GreaterOrEqual(t, st.Refused["MaxHandshaking"], uint64(100))
+	require.GreaterOrEqual(t, st.Refused["handshake"], uint64(20))
+	// One line per kind, then summaries every 10 s: not one per connection.
+	logs := leader.stderrString()
+	require.LessOrEqual(t, strings.Count(logs, "cluster: refused"), 6, logs)
+	require.Contains(t, logs, "limit=MaxHandshaking")
+}
+
+// A Follower that subscribes to topic after topic, or registers again and again, is
+// refused past MaxSubscriptions and MaxRegistrations with an error frame naming the
+// limit; its connection stays and is served.
+func TestProcessHostileSubscriptionAndRegistrationFloods(t *testing.T) {
+	tc := newTestCluster(t)
+	lim := cluster.Limits{MaxSubscriptions: 100, MaxRegistrations: 50}
+	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	require.Equal(t, "leader", leader.joined().Role)
+
+	atk := tc.attack("", nil, "subscribe", 1000)
+	r := attackReportOf(atk, func(r attackReport) bool { return r.Answered+r.Codes["limit"] == 1000 })
+	require.Equal(t, 100, r.Answered)
+	require.Equal(t, 900, r.Codes["limit"])
+	require.Zero(t, r.Closed)
+	stopAttack(t, atk)
+
+	atk = tc.attack("", nil, "register", 500)
+	r = attackReportOf(atk, func(r attackReport) bool { return r.Answered+r.Codes["limit"] == 500 })
+	require.Equal(t, 50, r.Answered)
+	require.Equal(t, 450, r.Codes["limit"])
+	stopAttack(t, atk)
+
+	st := stats(leader)
+	require.EqualValues(t, 900, st.Refused["MaxSubscriptions"])
+	require.EqualValues(t, 450, st.Refused["MaxRegistrations"])
+	// The member's own API says the same, with the limit's name.
+	f := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	f.joined()
+	for i := 0; i < 100; i++ {
+		require.Empty(t, f.do(command{Op: "subscribe", Name: fmt.Sprintf("t%d", i)}).Err)
+	}
+	res := f.do(command{Op: "subscribe", Name: "one-too-many"})
+	require.Equal(t, "limit", res.Kind, res.Err)
+	require.Contains(t, res.Err, "over the leader's limit of 100 (Config.Limits.MaxSubscriptions)")
+}
