@@ -192,3 +192,80 @@ func TestProcessHostileSubscriptionAndRegistrationFloods(t *testing.T) {
 	require.Equal(t, "limit", res.Kind, res.Err)
 	require.Contains(t, res.Err, "over the leader's limit of 100 (Config.Limits.MaxSubscriptions)")
 }
+
+// foreignAttack sets up a Leader of uid 1000 sharing its Dir with group 2000, a Follower
+// of the same uid, and returns them with the test binary other uids may run; the attacks
+// come from uid 1001, in group 2000: admitted by AllowGIDs, but another user.
+func foreignAttack(t *testing.T, lim cluster.Limits, leaderEnv ...string) (tc *testCluster, bin string, leader, f *proc) {
+	t.Helper()
+	tc, bin = sharedVolume(t, 0o770|os.ModeSetgid)
+	env := append(append([]string{limitsEnv(t, lim)}, shared...), leaderEnv...)
+	leader = startAs(tc, bin, uid1000, env...)
+	require.Equal(t, "leader", leader.joined().Role)
+	f = startAs(tc, bin, uid1000, shared...)
+	require.Equal(t, "follower", f.joined().Role)
+	return tc, bin, leader, f
+}
+
+// joinsDuring checks that a fresh member of the Leader's uid joins and is served.
+func joinsDuring(t *testing.T, tc *testCluster, bin string) {
+	t.Helper()
+	fresh := startAs(tc, bin, uid1000, shared...)
+	require.Equal(t, "follower", fresh.joined().Role)
+	stillServed(t, fresh)
+}
+
+// Another uid floods the handshake: it gets at most half the places, so members of the
+// Leader's uid still join.
+func TestProcessHostileForeignHandshakeFlood(t *testing.T) {
+	lim := cluster.Limits{MaxHandshaking: 8, HandshakeTimeout: 2 * time.Second}
+	tc, bin, leader, f := foreignAttack(t, lim)
+	atk := tc.attack(bin, uid1001, "handshake-idle", 40)
+	attackReportOf(atk, func(r attackReport) bool { return r.Codes["limit"] >= 100 })
+	joinsDuring(t, tc, bin)
+	stillServed(t, f)
+	stopAttack(t, atk)
+	require.Greater(t, stats(leader).Refused["MaxHandshaking"], uint64(0))
+}
+
+// Another uid opens connection after connection and holds them idle: past
+// MaxConnsPerUID they are refused; the Leader's own uid joins; all is given back.
+func TestProcessHostileForeignIdleConnections(t *testing.T) {
+	lim := cluster.Limits{MaxConnsPerUID: 16}
+	tc, bin, leader, f := foreignAttack(t, lim)
+	base := openFDsOf(t, leader.pid)
+	atk := tc.attack(bin, uid1001, "idle", 100)
+	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused == 100 })
+	require.Equal(t, 16, r.Welcomed)
+	require.Equal(t, 84, r.Codes["limit"])
+	require.LessOrEqual(t, openFDsOf(t, leader.pid), base+16+2)
+	joinsDuring(t, tc, bin)
+	stillServed(t, f)
+	st := stats(leader)
+	require.EqualValues(t, 84, st.Refused["MaxConnsPerUID"])
+	require.Equal(t, 1+1+16, st.Followers) // f, the fresh member, the attacker's 16
+	stopAttack(t, atk)
+	reclaimed(t, leader, base+2) // the fresh member's connection stays
+}
+
+// Another uid sends frames that pass descriptors and never finish them: the Leader's
+// descriptors stay under its RLIMIT_NOFILE less the headroom, peers of other uids get at
+// most their share, and the Leader's own uid still joins.
+func TestProcessHostileForeignDescriptorHoarding(t *testing.T) {
+	const nofile = 400
+	lim := cluster.Limits{FDHeadroom: 32}
+	tc, bin, leader, f := foreignAttack(t, lim, fmt.Sprintf("CT_NOFILE=%d", nofile))
+	base := openFDsOf(t, leader.pid)
+	atk := tc.attack(bin, uid1001, "fds", 40, "ATTACK_BODY=1048576", "ATTACK_SENT=100")
+	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused == 40 })
+	require.Greater(t, r.Codes["limit"], 0, "%+v", r)
+	// Each admitted connection holds itself and 16 descriptors: peers of other uids
+	// may hold three quarters of what is above the headroom.
+	share := (nofile - 32) * 3 / 4
+	require.LessOrEqual(t, r.Welcomed*(1+16), share, "%+v", r)
+	require.Less(t, openFDsOf(t, leader.pid), nofile-32+1)
+	joinsDuring(t, tc, bin)
+	stillServed(t, f)
+	stopAttack(t, atk)
+	reclaimed(t, leader, base+2)
+}
