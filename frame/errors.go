@@ -39,6 +39,4 @@ const (
 	CodeVersion      = "version"      // no common protocol version; the body lists the versions spoken
 	CodeClosed       = "closed"       // the Leader is shutting down; to a hello: try again
 	CodeLimit        = "limit"        // the peer exceeded one of the receiver's limits; the body names it
-	CodeNotFound     = "not-found"    // unknown request id, method or topic
-	CodeBusy         = "busy"         // the Leader is overloaded; the request was not run
 )

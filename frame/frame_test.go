@@ -64,13 +64,15 @@ func TestConstants(t *testing.T) {
 		frame.CodeUnauthorized: "unauthorized",
 		frame.CodeVersion:      "version",
 		frame.CodeClosed:       "closed",
-		frame.CodeNotFound:     "not-found",
-		frame.CodeBusy:         "busy",
+		frame.CodeRemoteCodes:  "remote-codes",
+		frame.CodePanic:        "panic",
+		frame.CodeIdentity:     "identity",
+		frame.CodeLimit:        "limit",
 	}
 	for got, want := range codes {
 		require.Equal(t, want, got)
 	}
-	require.Len(t, codes, 9, "codes must be distinct")
+	require.Len(t, codes, 11, "codes must be distinct")
 }
 
 // TestHeaderLayout pins the byte offset of every header field.
