@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -511,8 +512,10 @@ func TestAPeerThatNeverReadsIsDroppedNotBuffered(t *testing.T) {
 		}
 	}
 	require.Less(t, written, total, "the leader absorbed %d bytes of requests whose responses nobody read", written)
-	require.Eventually(t, func() bool { return leader.Stats().Refused["MaxQueued"] == 1 }, waitTimeout, time.Millisecond, logs.String())
-	require.Contains(t, logs.String(), "peer is not reading: outbound queue full")
+	// Counted, and logged (just after it is counted).
+	require.Eventually(t, func() bool {
+		return leader.Stats().Refused["MaxQueued"] == 1 && strings.Contains(logs.String(), "peer is not reading: outbound queue full")
+	}, waitTimeout, time.Millisecond, logs.String())
 
 	out, err := healthy.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("still served")})
 	require.NoError(t, err)

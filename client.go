@@ -128,7 +128,7 @@ type Client struct {
 	ep      atomic.Pointer[epoch]
 	epochMu sync.Mutex // serialises epoch replacement (the run loop and Close)
 
-	reg    registry
+	subs   localSubs // this process's subscriptions, by topic
 	regs   registrations
 	subsWG sync.WaitGroup
 
@@ -181,7 +181,7 @@ func Join(ctx context.Context, cfg Config) (*Client, error) {
 	c.refused.log = vc.Logger
 	c.setTransport(vc.transport, vc.transportWhy)
 	c.life, c.endLife = context.WithCancel(context.Background())
-	c.reg = registry{c: c, topics: make(map[subKey]*localTopic)}
+	c.subs = localSubs{c: c, topics: make(map[subKey]*localTopic)}
 	c.ep.Store(&epoch{changed: make(chan struct{}), role: RoleInfo{Role: RoleElecting, At: time.Now()}})
 	if vc.OnRoleChange != nil {
 		c.roles = make(chan RoleInfo, 64)
@@ -476,9 +476,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
 	s := newSubscription(c, topic, o.shared, fn, c.cfg.SubscriptionBuffer)
-	lt := c.reg.add(s)
+	lt := c.subs.add(s)
 	err := c.do(ctx, "subscribe", topic, func(b backend) error {
-		err := c.reg.ensure(ctx, lt, b)
+		err := c.subs.ensure(ctx, lt, b)
 		if errors.Is(err, ErrLeaderLost) {
 			// The subscription stays registered and the next Leader gets it anyway;
 			// wait for that one to acknowledge.
@@ -489,7 +489,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	if err != nil {
 		s.stop()
 		rctx, rcancel := c.callContext(context.Background())
-		_ = c.reg.remove(rctx, s)
+		_ = c.subs.remove(rctx, s)
 		rcancel()
 		return nil, err
 	}
@@ -500,9 +500,11 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 type Stats struct {
 	RoleInfo
 	Name, Dir string
-	// Transport is "unix" or "tcp", TransportReason why it was chosen, and Address
-	// where the Leader is reached (socket path, or 127.0.0.1:port).
-	Transport, TransportReason, Address string
+	// Transport is the transport in use (TransportUnix or TransportTCP, never
+	// TransportAuto), TransportReason why it was chosen, and Address where the Leader
+	// is reached (socket path, or 127.0.0.1:port).
+	Transport                Transport
+	TransportReason, Address string
 	// Followers is the number of connected Followers (on the Leader).
 	Followers int
 	// Subscriptions is the number of live local Subscriptions.
@@ -574,11 +576,11 @@ func (c *Client) Stats() Stats {
 		RoleInfo:        c.Role(),
 		Name:            c.cfg.Name,
 		Dir:             c.cfg.Dir,
-		Transport:       c.trk.Load().kind,
+		Transport:       c.trk.Load().transport(),
 		TransportReason: c.trk.Load().why,
 		Address:         c.trk.Load().where,
 		Followers:       int(c.stats.followers.Load()),
-		Subscriptions:   c.reg.count(),
+		Subscriptions:   c.subs.count(),
 		Registrations:   c.regs.count(),
 		Calls:           c.stats.calls.Load(),
 		Errors:          c.stats.errors.Load(),
@@ -587,7 +589,7 @@ func (c *Client) Stats() Stats {
 		Reconnects:      c.stats.reconnects.Load(),
 		Failovers:       c.stats.failovers.Load(),
 		LastFailover:    time.Duration(c.stats.lastFailover.Load()),
-		Dropped:         c.reg.dropped.Load(),
+		Dropped:         c.subs.dropped.Load(),
 		Panics:          c.stats.panics.Load(),
 		Refused:         c.refused.counts(),
 	}
@@ -634,15 +636,15 @@ func (c *Client) Close() error {
 func (c *Client) finishClose() {
 	defer close(c.closed)
 	<-c.runDone
-	for _, lt := range c.reg.snapshot() {
-		c.reg.mu.Lock()
+	for _, lt := range c.subs.snapshot() {
+		c.subs.mu.Lock()
 		for _, s := range lt.subs {
 			s.stop()
 		}
-		c.reg.mu.Unlock()
+		c.subs.mu.Unlock()
 	}
 	c.subsWG.Wait()
-	c.reg.releaseLatest()
+	c.subs.releaseLatest()
 	if c.roles != nil {
 		close(c.roles)
 		c.rolesWG.Wait()
@@ -652,6 +654,13 @@ func (c *Client) finishClose() {
 func pid() int { return os.Getpid() }
 
 type transportKind struct{ kind, why, where string }
+
+func (k *transportKind) transport() Transport {
+	if k.kind == "tcp" {
+		return TransportTCP
+	}
+	return TransportUnix
+}
 
 // setTransport installs the transport (run goroutine only, or Join before it starts)
 // and logs the choice once.

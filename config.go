@@ -25,7 +25,7 @@ const (
 	DefaultMaxBody            = frame.DefaultMaxBody
 	DefaultMaxBlob            = 1 << 30
 	DefaultSocketMode         = os.FileMode(0o600)
-	SharedSocketMode          = os.FileMode(0o660) // SocketMode's default with AllowGIDs: the group may connect, SO_PEERCRED still decides
+	DefaultGroupSocketMode    = os.FileMode(0o660) // SocketMode's default with AllowGIDs: the group may connect, SO_PEERCRED still decides
 	handshakeTimeout          = 5 * time.Second    // a Follower's wait for the welcome
 	drainTimeout              = 5 * time.Second
 )
@@ -129,7 +129,7 @@ type Config struct {
 	// DefaultSubscriptionBuffer.
 	SubscriptionBuffer int
 	// SocketMode is the Leader's socket permission. Default DefaultSocketMode (0600,
-	// owner only), or SharedSocketMode (0660) when AllowGIDs is set, so that members of
+	// owner only), or DefaultGroupSocketMode (0660) when AllowGIDs is set, so that members of
 	// other uids in a shared group can connect (connecting needs write permission).
 	SocketMode os.FileMode
 	// AllowUIDs admits Followers running as these uids besides the Leader's own (checked
@@ -295,7 +295,7 @@ func (c Config) validate() (*config, error) {
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = DefaultSocketMode
 		if len(cfg.AllowGIDs) > 0 {
-			cfg.SocketMode = SharedSocketMode
+			cfg.SocketMode = DefaultGroupSocketMode
 		}
 	}
 	if cfg.Logger == nil {

@@ -103,11 +103,11 @@ func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 				return
 			}
 			f.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
-			f.c.reg.dropped.Add(1)
+			f.c.subs.dropped.Add(1)
 			return
 		}
 		m, _ = own(m) // a fresh Message: own cannot fail
-		f.c.reg.deliver(topic, m, fr.Flags&frame.FlagShared != 0)
+		f.c.subs.deliver(topic, m, fr.Flags&frame.FlagShared != 0)
 		release(m)
 		return
 	}
@@ -203,7 +203,7 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 
 func subscribeBody(shared bool) []byte {
 	if shared {
-		return frame.SubscribeShared
+		return []byte{frame.SubscribeShared}
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ func FuzzLeaderConn(f *testing.F) {
 	}
 	invoke := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("greet"), []byte("fuzz"))
 	sub := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, ID: 2}, []byte("t"), nil)
-	shared := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, ID: 3}, []byte("t"), frame.SubscribeShared)
+	shared := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, ID: 3}, []byte("t"), []byte{frame.SubscribeShared})
 	pub := frame.AppendFrame(nil, frame.Header{Kind: frame.KindPublish, ID: 4}, []byte("t"), []byte("x"))
 	reg := frame.AppendFrame(nil, frame.Header{Kind: frame.KindRegister, ID: 5}, []byte("r"), frame.AppendRegister(nil, 9, []byte("addr")))
 	inline := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 6, Flags: frame.FlagInlineBlob}, []byte("greet"), frame.AppendInlineBlob(nil, []byte("d"), []byte("blob")))

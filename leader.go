@@ -529,10 +529,10 @@ func (s localSink) deliver(topic string, m Message, shared bool) {
 	}
 	if err != nil {
 		s.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
-		s.c.reg.dropped.Add(1)
+		s.c.subs.dropped.Add(1)
 		return
 	}
-	s.c.reg.deliver(topic, m, shared)
+	s.c.subs.deliver(topic, m, shared)
 }
 
 // gate counts calls in progress and refuses new ones once closed.

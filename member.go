@@ -119,10 +119,10 @@ func (c *Client) run(joinCtx context.Context) {
 // resubscribe establishes every live local subscription on b, until b's connection
 // ends (the next backend will do it) or the Client closes.
 func (c *Client) resubscribe(b backend) {
-	for _, lt := range c.reg.snapshot() {
+	for _, lt := range c.subs.snapshot() {
 		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
 		stop := context.AfterFunc(c.life, cancel)
-		err := c.reg.ensure(ctx, lt, b)
+		err := c.subs.ensure(ctx, lt, b)
 		stop()
 		cancel()
 		if err != nil {

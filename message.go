@@ -50,9 +50,11 @@ type Message struct {
 	Blob  *blob.Blob
 	Files []*os.File
 
-	// lent is set on a Message the library lends: its Close does nothing. For one whose
-	// resources the library shares between holders, it counts the holders.
-	lent *lease
+	// lease is set on a Message the library lends out, whose Close therefore does
+	// nothing. Either the library shares the Message's resources between holders and
+	// the lease counts them (lease.msg set: the last release closes them), or the
+	// owner lent it for a call (lease.msg nil: nothing is freed). See lend and own.
+	lease *lease
 }
 
 // lease counts the library's holders of a Message's Blob and Files. The resources are
@@ -69,7 +71,7 @@ func (m Message) hasResources() bool { return m.Blob != nil || len(m.Files) > 0 
 // Close releases the Message's Blob and Files when it owns them (see Message for who
 // owns what); on a Message the library lent it does nothing. It returns the first error.
 func (m Message) Close() error {
-	if m.lent != nil {
+	if m.lease != nil {
 		return nil
 	}
 	return m.closeResources()
@@ -132,8 +134,8 @@ func cloneBlob(b *blob.Blob) (*blob.Blob, error) {
 
 // lend marks m as lent by its owner: holders' Close does nothing and nothing is freed.
 func lend(m Message) Message {
-	if m.hasResources() && m.lent == nil {
-		m.lent = &lease{}
+	if m.hasResources() && m.lease == nil {
+		m.lease = &lease{}
 	}
 	return m
 }
@@ -145,7 +147,7 @@ func own(m Message) (Message, error) {
 	if !m.hasResources() {
 		return m, nil
 	}
-	if m.lent != nil {
+	if m.lease != nil {
 		c, err := m.Clone()
 		if err != nil {
 			return Message{}, err
@@ -154,22 +156,22 @@ func own(m Message) (Message, error) {
 	}
 	l := &lease{}
 	l.n.Store(1)
-	m.lent = l
+	m.lease = l
 	l.msg = &Message{Blob: m.Blob, Files: m.Files}
 	return m, nil
 }
 
 // retain adds a holder to m's lease, if it has one that frees.
 func retain(m Message) {
-	if m.lent != nil && m.lent.msg != nil {
-		m.lent.n.Add(1)
+	if m.lease != nil && m.lease.msg != nil {
+		m.lease.n.Add(1)
 	}
 }
 
 // release drops a holder of m's lease; the last one frees the resources.
 func release(m Message) {
-	if m.lent != nil && m.lent.msg != nil && m.lent.n.Add(-1) == 0 {
-		_ = m.lent.msg.closeResources()
+	if m.lease != nil && m.lease.msg != nil && m.lease.n.Add(-1) == 0 {
+		_ = m.lease.msg.closeResources()
 	}
 }
 

@@ -59,7 +59,7 @@ func TestSharedSubscriptionDeliversEachMessageOnce(t *testing.T) {
 		}{{"f1a", f1}, {"f1b", f1}, {"f2", f2}} {
 			sub, err := s.c.Subscribe(ctx, "jobs", col.fn(s.name), cluster.Shared())
 			require.NoError(t, err)
-			require.True(t, sub.Shared())
+			require.True(t, sub.IsShared())
 		}
 		// A broadcast subscriber of the same topic still sees everything.
 		_, err := l.Subscribe(ctx, "jobs", col.fn("all"))

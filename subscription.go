@@ -24,10 +24,10 @@ type Subscription struct {
 	shared bool
 	fn     func(Message)
 
-	first     chan struct{} // closed when the first message arrived
-	firstMsg  Message       // written once before first is closed
-	gotFirst  bool          // guarded by mu
-	closedErr chan struct{} // closed by stop
+	first    chan struct{} // closed when the first message arrived
+	firstMsg Message       // written once before first is closed
+	gotFirst bool          // guarded by mu
+	stopped  chan struct{} // closed by stop
 
 	mu      sync.Mutex
 	queue   []Message // ring buffer
@@ -43,8 +43,8 @@ type Subscription struct {
 // Topic returns the subscribed topic.
 func (s *Subscription) Topic() string { return s.topic }
 
-// Shared reports whether this is a shared subscription (see Shared).
-func (s *Subscription) Shared() bool { return s.shared }
+// IsShared reports whether this is a shared subscription (made with the Shared option).
+func (s *Subscription) IsShared() bool { return s.shared }
 
 // First returns the first message this subscription received (for a broadcast
 // subscription, usually the topic's latest value, replayed at once), waiting for it
@@ -63,7 +63,7 @@ func (s *Subscription) First(ctx context.Context) (Message, error) {
 	select {
 	case <-s.first:
 		return s.firstMsg, nil
-	case <-s.closedErr:
+	case <-s.stopped:
 		return Message{}, fmt.Errorf("first message of %q: subscription closed: %w", s.topic, ErrClosed)
 	case <-ctx.Done():
 		return Message{}, ctxErr(ctx, "first message of", s.topic)
@@ -80,7 +80,7 @@ func (s *Subscription) Close() error {
 		s.stop()
 		ctx, cancel := s.c.callContext(context.Background())
 		defer cancel()
-		s.closeErr = s.c.reg.remove(ctx, s)
+		s.closeErr = s.c.subs.remove(ctx, s)
 	})
 	return s.closeErr
 }
@@ -89,7 +89,7 @@ func newSubscription(c *Client, topic string, shared bool, fn func(Message), siz
 	s := &Subscription{
 		c: c, topic: topic, shared: shared, fn: fn, queue: make([]Message, size),
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
-		first: make(chan struct{}), closedErr: make(chan struct{}),
+		first: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	c.subsWG.Add(1)
 	go s.dispatch()
@@ -130,7 +130,7 @@ func (s *Subscription) stop() {
 	s.mu.Lock()
 	var first Message
 	if !s.closed {
-		close(s.closedErr)
+		close(s.stopped)
 		first = s.firstMsg // First's hold ends with the subscription
 	}
 	s.closed = true
@@ -178,10 +178,10 @@ func (s *Subscription) dispatch() {
 	}
 }
 
-// registry is the process's table of local subscriptions: one entry per topic and
+// localSubs is the process's table of local subscriptions: one entry per topic and
 // mode (broadcast or shared), however many callbacks, so the Leader sees at most one
 // subscription of each per process.
-type registry struct {
+type localSubs struct {
 	c       *Client
 	mu      sync.Mutex
 	topics  map[subKey]*localTopic
@@ -190,7 +190,7 @@ type registry struct {
 
 type localTopic struct {
 	key  subKey
-	subs []*Subscription // guarded by registry.mu, in subscription order
+	subs []*Subscription // guarded by localSubs.mu, in subscription order
 	next int             // shared: the subscriber the next message goes to
 	// latest is the last broadcast message seen on the topic, replayed to late local
 	// subscribers.
@@ -202,7 +202,7 @@ type localTopic struct {
 }
 
 // add registers s and replays the topic's latest message to a broadcast subscriber.
-func (r *registry) add(s *Subscription) *localTopic {
+func (r *localSubs) add(s *Subscription) *localTopic {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := subKey{s.topic, s.shared}
@@ -220,7 +220,7 @@ func (r *registry) add(s *Subscription) *localTopic {
 
 // deliver hands m to every local broadcast subscriber of topic, or, when shared, to
 // one shared subscriber (in turn), without blocking.
-func (r *registry) deliver(topic string, m Message, shared bool) {
+func (r *localSubs) deliver(topic string, m Message, shared bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lt := r.topics[subKey{topic, shared}]
@@ -250,7 +250,7 @@ func (r *registry) deliver(topic string, m Message, shared bool) {
 }
 
 // ensure makes sure topic is subscribed on b (once per backend).
-func (r *registry) ensure(ctx context.Context, lt *localTopic, b backend) error {
+func (r *localSubs) ensure(ctx context.Context, lt *localTopic, b backend) error {
 	lt.opMu.Lock()
 	defer lt.opMu.Unlock()
 	r.mu.Lock()
@@ -267,7 +267,7 @@ func (r *registry) ensure(ctx context.Context, lt *localTopic, b backend) error 
 }
 
 // remove unregisters s; the last local subscriber of a topic unsubscribes it upstream.
-func (r *registry) remove(ctx context.Context, s *Subscription) error {
+func (r *localSubs) remove(ctx context.Context, s *Subscription) error {
 	r.mu.Lock()
 	lt := r.topics[subKey{s.topic, s.shared}]
 	if lt == nil {
@@ -313,8 +313,8 @@ func (r *registry) remove(ctx context.Context, s *Subscription) error {
 	return err
 }
 
-// releaseLatest drops the registry's holds on the topics' latest messages (at Close).
-func (r *registry) releaseLatest() {
+// releaseLatest drops the table's holds on the topics' latest messages (at Close).
+func (r *localSubs) releaseLatest() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, lt := range r.topics {
@@ -324,7 +324,7 @@ func (r *registry) releaseLatest() {
 }
 
 // snapshot returns the topics that have subscribers.
-func (r *registry) snapshot() []*localTopic {
+func (r *localSubs) snapshot() []*localTopic {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]*localTopic, 0, len(r.topics))
@@ -336,7 +336,7 @@ func (r *registry) snapshot() []*localTopic {
 	return out
 }
 
-func (r *registry) count() int {
+func (r *localSubs) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0

@@ -40,7 +40,7 @@ func TestTCPFollowersMustPresentTheToken(t *testing.T) {
 	var logs syncBuffer
 	tc.join(func(c *cluster.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	healthy := tc.join(nil)
-	require.Equal(t, "tcp", healthy.Stats().Transport)
+	require.Equal(t, cluster.TransportTCP, healthy.Stats().Transport)
 
 	for _, tt := range []struct{ name, token, want string }{
 		{"missing token", "", "no token"},
@@ -213,7 +213,7 @@ func TestTransportFromTheEnvironment(t *testing.T) {
 	t.Setenv(cluster.TransportEnv, "tcp")
 	c := tc.join(func(c *cluster.Config) { c.Port = port })
 	st := c.Stats()
-	require.Equal(t, "tcp", st.Transport)
+	require.Equal(t, cluster.TransportTCP, st.Transport)
 	require.Contains(t, st.TransportReason, cluster.TransportEnv)
 	require.Contains(t, st.Address, fmt.Sprint(port))
 

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -783,7 +782,7 @@ func subscriptionMode(body []byte) (shared bool, err error) {
 	switch {
 	case len(body) == 0:
 		return false, nil
-	case bytes.Equal(body, frame.SubscribeShared):
+	case len(body) == 1 && body[0] == frame.SubscribeShared:
 		return true, nil
 	}
 	return false, fmt.Errorf("%w: subscribe body must be empty or 0x01, got %d bytes", frame.ErrProtocol, len(body))

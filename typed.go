@@ -12,17 +12,18 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSON is the default Codec (encoding/json).
-var JSON Codec = jsonCodec{}
+// JSON is the default Codec (encoding/json): a Method or Topic with a nil Codec uses it.
+type JSON struct{}
 
-type jsonCodec struct{}
+// Marshal encodes v with json.Marshal.
+func (JSON) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 
-func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
-func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// Unmarshal decodes data into v with json.Unmarshal.
+func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
 func codecOr(c Codec) Codec {
 	if c == nil {
-		return JSON
+		return JSON{}
 	}
 	return c
 }

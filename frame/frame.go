@@ -126,9 +126,10 @@ func AllowedFlags(k Kind) Flags {
 	return 0
 }
 
-// SubscribeShared is the body of a subscribe or unsubscribe frame that names the
-// process's shared subscription of the topic; an empty body names the broadcast one.
-var SubscribeShared = []byte{1}
+// SubscribeShared is the one byte of the body of a subscribe or unsubscribe frame that
+// names the process's shared subscription of the topic (an empty body names its
+// broadcast one).
+const SubscribeShared byte = 1
 
 // Header is the fixed 24-byte header that starts every frame. All integers are
 // big-endian.
