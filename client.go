@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -151,13 +150,6 @@ type Client struct {
 	inUserCode [3]atomic.Int32
 }
 
-type counters struct {
-	calls, errors, timeouts, leaderLost atomic.Uint64
-	reconnects, failovers               atomic.Uint64
-	lastFailover                        atomic.Int64
-	followers                           atomic.Int64
-	panics                              atomic.Uint64
-}
 
 // Join elects, then returns a Client ready to serve calls as Leader or Follower. It
 // returns an error if cfg is invalid (ErrConfig), if this member won the election and
@@ -297,19 +289,24 @@ func (c *Client) callTimeoutOr(d time.Duration) time.Duration {
 }
 
 // do runs op on the current backend, waiting (within ctx) for one while electing, and
-// retrying on the next backend when the request provably never left this process.
-func (c *Client) do(ctx context.Context, opName, name string, op func(backend) error) error {
+// retrying on the next backend when the request provably never left this process. It
+// counts the call in Stats.
+func (c *Client) do(ctx context.Context, kind opKind, name string, op func(backend) error) error {
+	start := time.Now()
 	c.stats.calls.Add(1)
-	err := c.doLoop(ctx, opName, name, op)
+	err := c.doLoop(ctx, kind.String(), name, op)
+	timeout := false
 	if err != nil {
 		c.stats.errors.Add(1)
 		switch {
 		case errors.Is(err, ErrTimeout):
 			c.stats.timeouts.Add(1)
+			timeout = true
 		case errors.Is(err, ErrLeaderLost):
 			c.stats.leaderLost.Add(1)
 		}
 	}
+	c.stats.ops[kind].done(time.Since(start), err, timeout)
 	return err
 }
 
@@ -393,7 +390,7 @@ func (c *Client) Invoke(ctx context.Context, method string, req Message) (Messag
 		defer cc.end()
 	}
 	var out Message
-	err := c.do(ctx, "invoke", method, func(b backend) error {
+	err := c.do(ctx, opInvoke, method, func(b backend) error {
 		var err error
 		out, err = b.invoke(ctx, method, req, false)
 		return err
@@ -413,7 +410,7 @@ func (c *Client) InvokeOneway(ctx context.Context, method string, req Message) e
 	if cc != nil {
 		defer cc.end()
 	}
-	return c.do(ctx, "invoke-oneway", method, func(b backend) error {
+	return c.do(ctx, opOneway, method, func(b backend) error {
 		_, err := b.invoke(ctx, method, req, true)
 		return err
 	})
@@ -430,7 +427,7 @@ func (c *Client) Publish(ctx context.Context, topic string, msg Message) error {
 	if cc != nil {
 		defer cc.end()
 	}
-	return c.do(ctx, "publish", topic, func(b backend) error { return b.publish(ctx, topic, msg) })
+	return c.do(ctx, opPublish, topic, func(b backend) error { return b.publish(ctx, topic, msg) })
 }
 
 // SubscribeOption changes how Subscribe delivers.
@@ -477,7 +474,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	defer cancel()
 	s := newSubscription(c, topic, o.shared, fn, c.cfg.SubscriptionBuffer)
 	lt := c.subs.add(s)
-	err := c.do(ctx, "subscribe", topic, func(b backend) error {
+	err := c.do(ctx, opSubscribe, topic, func(b backend) error {
 		err := c.subs.ensure(ctx, lt, b)
 		if errors.Is(err, ErrLeaderLost) {
 			// The subscription stays registered and the next Leader gets it anyway;
@@ -496,104 +493,6 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	return s, nil
 }
 
-// Stats is a snapshot of a member's state and counters.
-type Stats struct {
-	RoleInfo
-	Name, Dir string
-	// Transport is the transport in use (TransportUnix or TransportTCP, never
-	// TransportAuto), TransportReason why it was chosen, and Address where the Leader
-	// is reached (socket path, or 127.0.0.1:port).
-	Transport                Transport
-	TransportReason, Address string
-	// Followers is the number of connected Followers (on the Leader).
-	Followers int
-	// Subscriptions is the number of live local Subscriptions.
-	Subscriptions int
-	// Registrations is the number of live Registrations this member made.
-	Registrations int
-	// Calls counts Invoke, InvokeOneway, Publish and Subscribe calls; Errors those that
-	// failed, of which Timeouts with ErrTimeout and LeaderLost with ErrLeaderLost.
-	Calls, Errors, Timeouts, LeaderLost uint64
-	// Reconnects counts connections made to a Leader after the first; Failovers the
-	// Leaders lost (connection ended or handed over).
-	Reconnects, Failovers uint64
-	// LastFailover is the time from losing the last Leader to being served again (as
-	// Leader or Follower of the next one).
-	LastFailover time.Duration
-	// Dropped counts messages this member dropped instead of delivering: a local
-	// subscriber fell behind, a shared message arrived after its last subscriber left,
-	// or a message was too large for this member's limits (MaxBody, MaxBlob) or could
-	// not be decoded.
-	Dropped uint64
-	// Refused counts, by kind, the peers and requests this member refused while it led:
-	// a Limits field name ("MaxConnsPerUID", "MaxSubscriptions", ...), "unauthorized"
-	// (the peer policy), "handshake" (a failed handshake), "protocol" and "too-large"
-	// (a peer that broke the protocol). Nil when there were none.
-	Refused map[string]uint64
-	// Panics counts panics recovered in this member's application code: its Service,
-	// NewService and Withdrawer while it led, its subscription callbacks and
-	// OnRoleChange. Each was logged at ERROR with its stack.
-	Panics uint64
-}
-
-// MarshalJSON writes Stats as a JSON object with the field names above. Role is its
-// name ("leader"), At is RFC 3339, and LastFailover is a Go duration string ("4.43ms",
-// "0s" when there was none), so that the output reads without a decoder. UnmarshalJSON
-// reads it back.
-func (s Stats) MarshalJSON() ([]byte, error) {
-	type plain Stats // without this method
-	return json.Marshal(struct {
-		plain
-		LastFailover string
-	}{plain(s), s.LastFailover.String()})
-}
-
-// UnmarshalJSON reads what MarshalJSON writes.
-func (s *Stats) UnmarshalJSON(b []byte) error {
-	type plain Stats
-	var v struct {
-		*plain
-		LastFailover string
-	}
-	v.plain = (*plain)(s)
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	s.LastFailover = 0
-	if v.LastFailover != "" {
-		d, err := time.ParseDuration(v.LastFailover)
-		if err != nil {
-			return fmt.Errorf("cluster: Stats.LastFailover: %w", err)
-		}
-		s.LastFailover = d
-	}
-	return nil
-}
-
-// Stats returns a snapshot of the member's role and counters.
-func (c *Client) Stats() Stats {
-	return Stats{
-		RoleInfo:        c.Role(),
-		Name:            c.cfg.Name,
-		Dir:             c.cfg.Dir,
-		Transport:       c.trk.Load().transport(),
-		TransportReason: c.trk.Load().why,
-		Address:         c.trk.Load().where,
-		Followers:       int(c.stats.followers.Load()),
-		Subscriptions:   c.subs.count(),
-		Registrations:   c.regs.count(),
-		Calls:           c.stats.calls.Load(),
-		Errors:          c.stats.errors.Load(),
-		Timeouts:        c.stats.timeouts.Load(),
-		LeaderLost:      c.stats.leaderLost.Load(),
-		Reconnects:      c.stats.reconnects.Load(),
-		Failovers:       c.stats.failovers.Load(),
-		LastFailover:    time.Duration(c.stats.lastFailover.Load()),
-		Dropped:         c.subs.dropped.Load(),
-		Panics:          c.stats.panics.Load(),
-		Refused:         c.refused.counts(),
-	}
-}
 
 // Close leaves the cluster. A Leader hands over gracefully: it stops accepting, tells
 // its Followers goodbye (they elect the next Leader at once), lets in-flight calls

@@ -1,0 +1,60 @@
+package cluster_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster"
+)
+
+// Stats.Ops counts each kind of call, its errors and timeouts, and a histogram of
+// latencies that accounts for every call.
+func TestStatsCountCallsByKind(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.join(nil)
+	f := tc.join(nil)
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		_, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
+		require.NoError(t, err)
+	}
+	_, err := f.Invoke(ctx, "no-such-method", cluster.Message{})
+	require.Error(t, err)
+	short, cancel := context.WithTimeout(ctx, time.Nanosecond)
+	defer cancel()
+	<-short.Done()
+	_, err = f.Invoke(short, "echo", cluster.Message{})
+	require.ErrorIs(t, err, cluster.ErrTimeout)
+	require.NoError(t, f.Publish(ctx, "t", cluster.Message{Data: []byte("x")}))
+	_, err = f.Subscribe(ctx, "t", func(cluster.Message) {})
+	require.NoError(t, err)
+
+	st := f.Stats()
+	require.Len(t, st.Ops, 5)
+	inv := st.Ops["invoke"]
+	require.EqualValues(t, 5, inv.Calls)
+	require.EqualValues(t, 2, inv.Errors)
+	require.EqualValues(t, 1, inv.Timeouts)
+	require.Len(t, inv.Latency, len(cluster.LatencyBuckets())+1)
+	var sum uint64
+	for _, n := range inv.Latency {
+		sum += n
+	}
+	require.Equal(t, inv.Calls, sum, "every call is in one latency bucket")
+	require.EqualValues(t, 1, st.Ops["publish"].Calls)
+	require.EqualValues(t, 1, st.Ops["subscribe"].Calls)
+	require.Zero(t, st.Ops["register"].Calls)
+	require.Equal(t, st.Calls, inv.Calls+st.Ops["publish"].Calls+st.Ops["subscribe"].Calls)
+
+	// The bounds are fixed and increasing; the caller's copy is its own.
+	b := cluster.LatencyBuckets()
+	require.Equal(t, 100*time.Microsecond, b[0])
+	for i := 1; i < len(b); i++ {
+		require.Greater(t, b[i], b[i-1])
+	}
+	b[0] = 0
+	require.Equal(t, 100*time.Microsecond, cluster.LatencyBuckets()[0])
+}
