@@ -150,7 +150,6 @@ type Client struct {
 	inUserCode [3]atomic.Int32
 }
 
-
 // Join elects, then returns a Client ready to serve calls as Leader or Follower. It
 // returns an error if cfg is invalid (ErrConfig), if this member won the election and
 // NewService failed (ErrServiceUnavailable, wrapping NewService's error), if the Leader
@@ -492,7 +491,6 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fn func(Message), 
 	}
 	return s, nil
 }
-
 
 // Close leaves the cluster. A Leader hands over gracefully: it stops accepting, tells
 // its Followers goodbye (they elect the next Leader at once), lets in-flight calls
