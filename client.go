@@ -95,6 +95,8 @@ type backend interface {
 	register(ctx context.Context, r *Registration) error
 	withdraw(ctx context.Context, r *Registration) error
 	info() RoleInfo
+	// status is the Leader's Status (see Client.LeaderStatus).
+	status(ctx context.Context) (*Status, error)
 	// context ends when the backend can no longer serve (connection lost, term over).
 	context() context.Context
 }

@@ -142,6 +142,14 @@ func (f *follower) info() RoleInfo {
 
 func (f *follower) context() context.Context { return f.conn.Context() }
 
+func (f *follower) status(ctx context.Context) (*Status, error) {
+	fr, err := f.conn.Call(ctx, frame.KindStatus, timeoutMillis(ctx), nil, nil)
+	if err != nil {
+		return nil, f.mapErr(ctx, "status", f.c.cfg.Name, err)
+	}
+	return decodeStatus(fr.Body)
+}
+
 func (f *follower) cause() error { return f.conn.Err() }
 
 // timeoutMillis is the time left before ctx's deadline, for the Leader's Service call.

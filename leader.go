@@ -30,11 +30,12 @@ type leader struct {
 
 	calls gate // Service calls in progress, local and remote
 
-	mu       sync.Mutex
-	stopping bool      // set by shutdown before it snapshots conns: no registration after
-	drainBy  time.Time // set with stopping: when the handover stops waiting for anyone
-	conns    map[*ipc.Conn]*peerConn
-	topics   map[string]*topic
+	mu        sync.Mutex
+	stopping  bool      // set by shutdown before it snapshots conns: no registration after
+	drainBy   time.Time // set with stopping: when the handover stops waiting for anyone
+	conns     map[*ipc.Conn]*peerConn
+	observers map[*ipc.Conn]bool // observers' connections (see observe.go); true: watching
+	topics    map[string]*topic
 
 	acceptDone chan struct{}
 	serveWG    sync.WaitGroup // one per accepted connection; Add only from acceptLoop
@@ -107,6 +108,7 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		// Without peer credentials (TCP, or off Linux) the token or the 0700 Dir is the gate.
 		policy:       ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !c.tr.peerCredsKnown()},
 		conns:        make(map[*ipc.Conn]*peerConn),
+		observers:    make(map[*ipc.Conn]bool),
 		topics:       make(map[string]*topic),
 		acceptDone:   make(chan struct{}),
 		demoted:      make(chan struct{}),
@@ -127,6 +129,8 @@ func (l *leader) info() RoleInfo {
 }
 
 func (l *leader) context() context.Context { return l.ctx }
+
+func (l *leader) status(context.Context) (*Status, error) { return l.report(), nil }
 
 // acceptLoop accepts Followers until the listener closes. It refuses, with an error
 // frame that says why, the peers the policy does not admit and those over a connection
@@ -255,7 +259,10 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 			}
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
 		}
-		if h.Identity != l.c.cfg.Identity { // after the token: it tells nothing to a stranger
+		if h.Role != "" && h.Role != frame.RoleObserver {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}
+		}
+		if h.Identity != l.c.cfg.Identity && h.Role != frame.RoleObserver { // after the token: it tells nothing to a stranger
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
 				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
 		}
@@ -275,7 +282,11 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		l.c.refused.note(slog.LevelWarn, "handshake", peer, err)
 		return
 	}
-	pc := &peerConn{l: l, hello: hello, topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
+	if hello.Role == frame.RoleObserver {
+		l.serveObserver(nc, peer)
+		return
+	}
+	pc := &peerConn{l: l, hello: hello, at: time.Now(), topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.peerOptions()
 	opts.FileHandler = pc.handle
@@ -306,6 +317,8 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	l.mu.Unlock()
 	conn.Start()
 	l.c.stats.followers.Add(1)
+	joined := pc.info()
+	l.event(Event{Type: "follower-joined", Follower: &joined})
 
 	<-conn.Done()
 	l.noteEnd(peer, conn.Err())
@@ -319,10 +332,12 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	}
 	pc.endRegistrations()
 	conn.Close()
+	left := pc.info()
 	l.mu.Lock()
 	delete(l.conns, conn)
 	l.mu.Unlock()
 	l.c.stats.followers.Add(-1)
+	l.event(Event{Type: "follower-left", Follower: &left, Err: errText(conn.Err())})
 }
 
 // shutdown hands leadership over: stop accepting, say goodbye, drain in-flight calls
@@ -331,6 +346,8 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 // lock was released (no later Leader's term can start before it), and Service.Close's
 // error.
 func (l *leader) shutdown() (time.Time, error) {
+	info := l.report().Leader
+	l.event(Event{Type: "leader-stopping", Leader: &info})
 	_ = l.ln.Close()
 	<-l.acceptDone
 	l.calls.close()
@@ -379,6 +396,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	for _, pc := range peers {
 		_ = pc.conn.Drain(ctx)
 	}
+	l.closeObservers()
 	l.serveWG.Wait()
 	<-l.watchEnd
 	<-l.housekeepEnd

@@ -40,15 +40,16 @@ type topic struct {
 	// by emit, so a Service may emit from inside Subscribe.
 	sub sync.Mutex
 
-	fan    sync.Mutex // guards everything below
-	cancel func()
-	active bool // Service.Subscribe succeeded
-	dead   bool // removed from the table; emits are ignored
-	latest Message
-	has    bool
-	sinks  map[sink]struct{} // broadcast
-	shared []sink            // shared, in subscription order
-	next   int               // the shared sink the next message goes to
+	fan      sync.Mutex // guards everything below
+	cancel   func()
+	active   bool // Service.Subscribe succeeded
+	dead     bool // removed from the table; emits are ignored
+	latest   Message
+	has      bool
+	latestAt time.Time         // when latest arrived
+	sinks    map[sink]struct{} // broadcast
+	shared   []sink            // shared, in subscription order
+	next     int               // the shared sink the next message goes to
 }
 
 func (t *topic) empty() bool { return len(t.sinks) == 0 && len(t.shared) == 0 }
@@ -73,7 +74,7 @@ func (t *topic) emit(m Message) {
 	}
 	retain(m)
 	release(t.latest)
-	t.latest, t.has = m, true
+	t.latest, t.has, t.latestAt = m, true, time.Now()
 	for s := range t.sinks {
 		s.deliver(t.name, m, false)
 	}
@@ -245,6 +246,9 @@ type peerConn struct {
 	inflight map[uint64]struct{}
 
 	fdsHeld atomic.Int64 // descriptors passed with requests being served (Limits.MaxFDs)
+
+	at             time.Time     // when the Follower was welcomed
+	served, failed atomic.Uint64 // requests served, and of them answered with an error (Status)
 }
 
 // registration is one the Leader holds for a Follower.
@@ -285,6 +289,10 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
 		closeFiles(files)
 		pc.ackOnce.Do(func() { close(pc.acked) })
+		return
+	case frame.KindStatus: // a member asks for the Leader's view (Client.LeaderStatus)
+		closeFiles(files)
+		pc.l.answerStatus(conn, f)
 		return
 	default:
 		closeFiles(files)
@@ -535,6 +543,7 @@ func (pc *peerConn) exec(j job) {
 	f, files := j.f, j.files
 	defer func() {
 		pc.done(f, len(files))
+		pc.served.Add(1)
 		<-pc.sem
 		pc.l.calls.leave()
 	}()
@@ -565,6 +574,7 @@ func (pc *peerConn) exec(j job) {
 		if f.Kind == frame.KindOneway {
 			_ = out.Close()
 			if err != nil {
+				pc.failed.Add(1)
 				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", errText(err))
 			}
 			return
@@ -637,6 +647,7 @@ func (pc *peerConn) reply(id uint64, err error) {
 		_ = pc.conn.Reply(id, nil)
 		return
 	}
+	pc.failed.Add(1)
 	code := frame.CodeRemote
 	msg := err.Error()
 	var le *limitError

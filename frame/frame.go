@@ -65,6 +65,9 @@ const (
 	KindGoodbye     Kind = 13 // leader → follower: handing over, send no new requests
 	KindRegister    Kind = 14 // follower → leader: a remembered publish; body is a RegisterBody
 	KindWithdraw    Kind = 15 // follower → leader: take back a registration; body is its 8-byte id
+	KindStatus      Kind = 16 // follower or observer → leader: answered by a response whose body is the status document (JSON)
+	KindWatch       Kind = 17 // observer → leader: answered by a response, then event frames until the connection ends
+	KindEvent       Kind = 18 // leader → observer: meta is the event's type, body its JSON
 )
 
 var kindNames = [...]string{
@@ -83,6 +86,9 @@ var kindNames = [...]string{
 	KindGoodbye:     "goodbye",
 	KindRegister:    "register",
 	KindWithdraw:    "withdraw",
+	KindStatus:      "status",
+	KindWatch:       "watch",
+	KindEvent:       "event",
 }
 
 // String returns the kind's lower-case name, or "kind(N)" for an unknown kind.
@@ -94,7 +100,7 @@ func (k Kind) String() string {
 }
 
 // Valid reports whether k is a kind defined by this protocol version.
-func (k Kind) Valid() bool { return k >= KindHello && k <= KindWithdraw }
+func (k Kind) Valid() bool { return k >= KindHello && k <= KindEvent }
 
 // Flags is the third byte of the header. Each flag is defined for some kinds only; a
 // frame with a bit set that its kind does not define is a protocol violation.

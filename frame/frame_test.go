@@ -44,13 +44,16 @@ func TestConstants(t *testing.T) {
 		{frame.KindGoodbye, 13, "goodbye"},
 		{frame.KindRegister, 14, "register"},
 		{frame.KindWithdraw, 15, "withdraw"},
+		{frame.KindStatus, 16, "status"},
+		{frame.KindWatch, 17, "watch"},
+		{frame.KindEvent, 18, "event"},
 	}
 	for _, c := range kinds {
 		require.Equal(t, c.v, uint8(c.k), c.name)
 		require.Equal(t, c.name, c.k.String())
 		require.True(t, c.k.Valid(), c.name)
 	}
-	for _, k := range []frame.Kind{0, 16, 99, 255} {
+	for _, k := range []frame.Kind{0, 19, 99, 255} {
 		require.False(t, k.Valid(), k)
 	}
 	require.Equal(t, "kind(0)", frame.Kind(0).String())
@@ -217,7 +220,7 @@ var rejections = []struct {
 	{"version 2", set(0, 2), frame.Limits{}, frame.ErrVersion, []string{"version 2", "version 1"}},
 	{"version 255", set(0, 255), frame.Limits{}, frame.ErrVersion, []string{"version 255", "version 1"}},
 	{"kind 0", set(1, 0), frame.Limits{}, frame.ErrProtocol, []string{"kind 0"}},
-	{"kind 16", set(1, 16), frame.Limits{}, frame.ErrProtocol, []string{"kind 16"}},
+	{"kind 19", set(1, 19), frame.Limits{}, frame.ErrProtocol, []string{"kind 19"}},
 	{"kind 255", set(1, 255), frame.Limits{}, frame.ErrProtocol, []string{"kind 255"}},
 	{"flag 0x01", set(2, 0x01), frame.Limits{}, frame.ErrProtocol, []string{"invoke frame has flags 0x01", "only 0x06"}},
 	{"shared message with an undefined flag", func(b []byte) { b[1], b[2] = byte(frame.KindMessage), 0x09 }, frame.Limits{}, frame.ErrProtocol, []string{"flags 0x09", "only 0x07"}},
@@ -285,7 +288,7 @@ func TestParseHeaderAcceptsLimits(t *testing.T) {
 	require.Equal(t, frame.FlagShared, h.Flags)
 	_, err = frame.ParseHeader(header(func(b []byte) { b[1], b[2] = byte(frame.KindSubscribe), byte(frame.FlagShared) }), frame.Limits{})
 	require.ErrorIs(t, err, frame.ErrProtocol, "the shared subscription is named in the body, not by a flag")
-	for k := frame.KindHello; k <= frame.KindWithdraw; k++ {
+	for k := frame.KindHello; k <= frame.KindEvent; k++ {
 		h, err := frame.ParseHeader(header(set(1, byte(k))), frame.Limits{})
 		require.NoError(t, err, k)
 		require.Equal(t, k, h.Kind)
@@ -459,7 +462,7 @@ func TestInlineBlobBodies(t *testing.T) {
 }
 
 func TestFlagsPerKind(t *testing.T) {
-	for k := frame.KindHello; k <= frame.KindWithdraw; k++ {
+	for k := frame.KindHello; k <= frame.KindEvent; k++ {
 		allowed := frame.AllowedFlags(k)
 		for bit := range 8 {
 			f := frame.Flags(1 << bit)

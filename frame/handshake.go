@@ -19,7 +19,12 @@ const (
 // earlier versions byte for byte.
 const (
 	extIdentity uint16 = 1 // the service identity (Config.Identity)
+	extRole     uint16 = 2 // hello only: the peer's role, RoleObserver or absent (a member)
 )
+
+// RoleObserver is the Hello.Role of a peer that only observes (a status tool): the Leader
+// serves it status and watch requests only and does not count it as a Follower.
+const RoleObserver = "observer"
 
 // Hello is the body of the KindHello frame, the first frame a follower sends. Encoded
 // big-endian: MinVersion u8, MaxVersion u8, PID u32, MaxBody u32, then Name and Token,
@@ -31,6 +36,7 @@ type Hello struct {
 	Name                   string // the cluster Name the follower joined; the leader rejects a mismatch
 	Token                  []byte // auth token for the TCP transport; empty on Unix sockets
 	Identity               string // the service identity (extension 1); the leader rejects a mismatch
+	Role                   string // "" for a member, RoleObserver for an observer (extension 2)
 }
 
 // Append appends the encoded hello to dst and returns the extended slice. It panics if
@@ -40,12 +46,14 @@ func (h *Hello) Append(dst []byte) []byte {
 	mustFit("Hello.Name", len(h.Name), MaxName)
 	mustFit("Hello.Token", len(h.Token), MaxToken)
 	mustFit("Hello.Identity", len(h.Identity), MaxIdentity)
+	mustFit("Hello.Role", len(h.Role), MaxIdentity)
 	dst = append(dst, h.MinVersion, h.MaxVersion)
 	dst = binary.BigEndian.AppendUint32(dst, h.PID)
 	dst = binary.BigEndian.AppendUint32(dst, h.MaxBody)
 	dst = appendField(dst, h.Name)
 	dst = appendField(dst, h.Token)
-	return appendExtension(dst, extIdentity, h.Identity)
+	dst = appendExtension(dst, extIdentity, h.Identity)
+	return appendExtension(dst, extRole, h.Role)
 }
 
 // ParseHello decodes a hello body. A truncated body or extension, an overlong Name,
@@ -65,7 +73,8 @@ func ParseHello(b []byte) (Hello, error) {
 	if tok := p.field("token", MaxToken); len(tok) > 0 {
 		h.Token = append([]byte(nil), tok...)
 	}
-	h.Identity = string(p.extensions()[extIdentity])
+	ext := p.extensions()
+	h.Identity, h.Role = string(ext[extIdentity]), string(ext[extRole])
 	if err := p.done(); err != nil {
 		return Hello{}, err
 	}
@@ -207,11 +216,14 @@ func (p *parser) extensions() map[uint16][]byte {
 		tag := p.u16("extension tag")
 		limit := 1<<16 - 1
 		name := fmt.Sprintf("extension %d", tag)
-		if tag == extIdentity {
+		switch tag {
+		case extIdentity:
 			limit, name = MaxIdentity, "identity"
+		case extRole:
+			limit, name = MaxIdentity, "role"
 		}
 		v := p.field(name, limit)
-		if p.err != nil || tag != extIdentity {
+		if p.err != nil || (tag != extIdentity && tag != extRole) {
 			continue
 		}
 		if _, dup := known[tag]; dup {
@@ -219,7 +231,7 @@ func (p *parser) extensions() map[uint16][]byte {
 			return nil
 		}
 		if known == nil {
-			known = make(map[uint16][]byte, 1)
+			known = make(map[uint16][]byte, 2)
 		}
 		known[tag] = v
 	}

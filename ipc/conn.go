@@ -144,6 +144,8 @@ type Conn struct {
 	lastRecv atomic.Int64 // unix nanos of the last frame read
 	lastSend atomic.Int64 // unix nanos of the last write
 
+	bytesIn, bytesOut atomic.Uint64 // read from and written to the socket (see Bytes)
+
 	closeOnce  sync.Once
 	ctx        context.Context
 	cancel     context.CancelFunc
@@ -474,6 +476,7 @@ const maxDirectRounds = 4
 func (c *Conn) writeDirect(buf []byte) {
 	for round := 1; ; round++ {
 		n, err := c.dw.write(buf)
+		c.bytesOut.Add(uint64(max(n, 0)))
 		if err != nil {
 			c.wmu.Lock()
 			c.writing = false
@@ -892,7 +895,7 @@ func (c *Conn) Buffered() bool { return c.readerMore.Load() }
 func (c *Conn) newReader() *frameReader {
 	src := newFDSource(c)
 	if src == nil {
-		src = &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
+		src = &plainReader{c: c, br: bufio.NewReaderSize(countingReader{c}, initialReadBufferSize)}
 	}
 	return &frameReader{c: c, src: src}
 }
@@ -1111,6 +1114,7 @@ func (c *Conn) writeOut(out []byte, marks []fdFrame) (err error) {
 		if err := writeWithFDs(c.nc, out[m.off:m.end], m.fds); err != nil {
 			return err
 		}
+		c.bytesOut.Add(uint64(m.end - m.off))
 		pos = m.end
 	}
 	if pos < len(out) {
@@ -1121,8 +1125,21 @@ func (c *Conn) writeOut(out []byte, marks []fdFrame) (err error) {
 
 func (c *Conn) write(b []byte) error {
 	c.setWriteDeadline()
-	_, err := c.nc.Write(b)
+	n, err := c.nc.Write(b)
+	c.bytesOut.Add(uint64(n))
 	return err
+}
+
+// Bytes returns how many bytes the Conn has read from the peer and written to it.
+func (c *Conn) Bytes() (in, out uint64) { return c.bytesIn.Load(), c.bytesOut.Load() }
+
+// countingReader reads c's socket for a bufio.Reader, counting what it reads.
+type countingReader struct{ c *Conn }
+
+func (r countingReader) Read(b []byte) (int, error) {
+	n, err := r.c.nc.Read(b)
+	r.c.bytesIn.Add(uint64(n))
+	return n, err
 }
 
 // setWriteDeadline arms the write deadline: a peer that stops reading must not park the

@@ -128,6 +128,7 @@ func (r *fdReader) recv(dst []byte) (int, error) {
 		return 0, err
 	}
 	n := r.n
+	r.c.bytesIn.Add(uint64(n))
 	start := r.next
 	r.next += uint64(n)
 	if r.oobn > 0 || r.flags&unix.MSG_CTRUNC != 0 {

@@ -103,3 +103,36 @@ func WaitExited(o Owner, limit time.Duration) error {
 		}
 	}
 }
+
+// State describes the process o records, as /proc says: "running", "sleeping",
+// "stopped" (SIGSTOP, a debugger), "zombie", "exited" (no such process, or its pid now
+// belongs to another), or "" when it cannot be told from here (another pid namespace,
+// no identity recorded). It is for messages, like o.
+func (o Owner) State() string {
+	me := self()
+	if o.PID <= 0 || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(o.PID) + "/stat")
+	if err != nil {
+		return "exited"
+	}
+	if start, err := startTime(o.PID); err != nil || start != o.Start {
+		return "exited"
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return ""
+	}
+	switch b[i+2] {
+	case 'R':
+		return "running"
+	case 'S', 'D', 'I':
+		return "sleeping"
+	case 'T', 't':
+		return "stopped"
+	case 'Z':
+		return "zombie"
+	}
+	return ""
+}

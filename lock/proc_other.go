@@ -14,3 +14,6 @@ func self() Owner { return Owner{PID: os.Getpid()} }
 // WaitExited returns at once off Linux: there is no pidfd to wait on. See the Linux
 // documentation.
 func WaitExited(Owner, time.Duration) error { return nil }
+
+// State cannot be told here: it is "".
+func (o Owner) State() string { return "" }

@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
+)
+
+// Observers are peers that only look: status tools (Inspect, Watch, clusterctl). They
+// say so in their hello (frame.RoleObserver) and are admitted like Followers (peer
+// policy, token, Limits), but they are not Followers: they are not counted as such,
+// never get a goodbye, and may send only status and watch requests. The Leader answers
+// a status request with its Status as JSON, and after a watch request sends the
+// observer an event frame for each Follower that joins or leaves and when it begins to
+// hand over. Members may send status requests too (Client.LeaderStatus).
+
+// Event is a change a Leader reports to its watchers (see Watch).
+type Event struct {
+	// Type is what happened: "leader" (a Leader answers: Leader is set),
+	// "follower-joined" and "follower-left" (Follower is set), "leader-stopping" (the
+	// Leader began to hand over), "no-leader" (the watcher lost its Leader, or found
+	// none: Err says why).
+	Type     string        `json:"type"`
+	At       time.Time     `json:"at"`
+	Name     string        `json:"name"` // the cluster
+	Leader   *LeaderInfo   `json:"leader,omitempty"`
+	Follower *FollowerInfo `json:"follower,omitempty"`
+	Err      string        `json:"error,omitempty"`
+}
+
+// serveObserver serves an observer's connection until it ends.
+func (l *leader) serveObserver(nc net.Conn, peer ipc.PeerCred) {
+	opts := l.c.cfg.peerOptions()
+	opts.Handler = l.observerFrame
+	conn := ipc.NewConn(nc, peer, opts)
+	l.mu.Lock()
+	if l.stopping {
+		l.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	l.observers[conn] = false
+	l.mu.Unlock()
+	conn.Start()
+	<-conn.Done()
+	conn.Close()
+	l.mu.Lock()
+	delete(l.observers, conn)
+	l.mu.Unlock()
+}
+
+// observerFrame handles a frame from an observer, on its connection's reader.
+func (l *leader) observerFrame(conn *ipc.Conn, f frame.Frame) {
+	switch f.Kind {
+	case frame.KindStatus:
+		l.answerStatus(conn, f)
+	case frame.KindWatch:
+		l.mu.Lock()
+		if _, ok := l.observers[conn]; ok {
+			l.observers[conn] = true
+		}
+		l.mu.Unlock()
+		_ = conn.Reply(f.ID, nil)
+	default:
+		conn.Abort(fmt.Errorf("%w: an observer sent a %s frame; it may send status and watch only", frame.ErrProtocol, f.Kind))
+	}
+}
+
+// answerStatus answers a status request with the Leader's Status.
+func (l *leader) answerStatus(conn *ipc.Conn, f frame.Frame) {
+	b, err := json.Marshal(l.report())
+	if err != nil {
+		_ = conn.ReplyError(f.ID, frame.CodeRemote, err.Error())
+		return
+	}
+	_ = conn.Reply(f.ID, b)
+}
+
+// event tells every watching observer what happened. It never blocks: an observer
+// that does not read is dropped by its queue's bound, like a Follower.
+func (l *leader) event(e Event) {
+	e.At, e.Name = time.Now(), l.c.cfg.Name
+	l.mu.Lock()
+	var watchers []*ipc.Conn
+	for conn, watching := range l.observers {
+		if watching {
+			watchers = append(watchers, conn)
+		}
+	}
+	l.mu.Unlock()
+	if len(watchers) == 0 {
+		return
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return
+	}
+	for _, conn := range watchers {
+		_ = conn.Send(frame.Header{Kind: frame.KindEvent}, []byte(e.Type), b)
+	}
+}
+
+// closeObservers ends every observer's connection (the term is over).
+func (l *leader) closeObservers() {
+	l.mu.Lock()
+	conns := make([]*ipc.Conn, 0, len(l.observers))
+	for conn := range l.observers {
+		conns = append(conns, conn)
+	}
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	for _, conn := range conns {
+		_ = conn.Drain(ctx) // the last events, then closed
+	}
+}
