@@ -97,6 +97,8 @@ type backend interface {
 	info() RoleInfo
 	// status is the Leader's Status (see Client.LeaderStatus).
 	status(ctx context.Context) (*Status, error)
+	// bytes counts what the backend's live connections read and wrote.
+	bytes() (in, out uint64)
 	// context ends when the backend can no longer serve (connection lost, term over).
 	context() context.Context
 }

@@ -27,6 +27,7 @@ type follower struct {
 	at          time.Time
 	goodbye     chan struct{} // closed when the Leader announces its handover
 	goodbyeOnce sync.Once
+	accounted   bool // its bytes are in the Client's counters; guarded by counters.bytesMu
 }
 
 // follow dials the Leader's socket and handshakes.
@@ -141,6 +142,15 @@ func (f *follower) info() RoleInfo {
 }
 
 func (f *follower) context() context.Context { return f.conn.Context() }
+
+// bytes are the connection's, until the run loop accounted them as ended (under
+// counters.bytesMu, as this is called).
+func (f *follower) bytes() (in, out uint64) {
+	if f.accounted {
+		return 0, 0
+	}
+	return f.conn.Bytes()
+}
 
 func (f *follower) status(ctx context.Context) (*Status, error) {
 	fr, err := f.conn.Call(ctx, frame.KindStatus, timeoutMillis(ctx), nil, nil)

@@ -132,6 +132,16 @@ func (l *leader) context() context.Context { return l.ctx }
 
 func (l *leader) status(context.Context) (*Status, error) { return l.report(), nil }
 
+func (l *leader) bytes() (in, out uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for conn := range l.conns {
+		i, o := conn.Bytes()
+		in, out = in+i, out+o
+	}
+	return in, out
+}
+
 // acceptLoop accepts Followers until the listener closes. It refuses, with an error
 // frame that says why, the peers the policy does not admit and those over a connection
 // limit, without starting anything for them. When the process is out of descriptors
@@ -333,9 +343,12 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	pc.endRegistrations()
 	conn.Close()
 	left := pc.info()
+	l.c.stats.bytesMu.Lock()
 	l.mu.Lock()
 	delete(l.conns, conn)
 	l.mu.Unlock()
+	l.c.stats.endedBytes(left.BytesIn, left.BytesOut)
+	l.c.stats.bytesMu.Unlock()
 	l.c.stats.followers.Add(-1)
 	l.event(Event{Type: "follower-left", Follower: &left, Err: errText(conn.Err())})
 }

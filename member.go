@@ -42,6 +42,7 @@ func (c *Client) run(joinCtx context.Context) {
 	defer func() {
 		for _, f := range draining {
 			f.conn.Close()
+			c.accountBytes(f)
 		}
 		if closedAt.IsZero() {
 			closedAt = time.Now()
@@ -95,11 +96,14 @@ func (c *Client) run(joinCtx context.Context) {
 			select {
 			case <-c.closing:
 				b.conn.Close()
+				c.accountBytes(b)
 				return
 			case <-b.conn.Done():
 				b.conn.Close()
+				c.accountBytes(b)
 			case <-b.goodbye:
 				draining = append(draining, b)
+				c.accountBytes(b) // what it carries while it drains is not counted
 			}
 			lostAt = time.Now()
 			c.stats.failovers.Add(1)
@@ -108,6 +112,7 @@ func (c *Client) run(joinCtx context.Context) {
 			draining = slices.DeleteFunc(draining, func(f *follower) bool {
 				if f.conn.Err() != nil {
 					f.conn.Close()
+					c.accountBytes(f)
 					return true
 				}
 				return false
@@ -275,6 +280,16 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				return nil, c.diagnose(ctx.Err(), lastLead, lastFollow)
 			}
 		}
+	}
+}
+
+// accountBytes adds a closed Follower connection's bytes to the counters, once.
+func (c *Client) accountBytes(f *follower) {
+	c.stats.bytesMu.Lock()
+	defer c.stats.bytesMu.Unlock()
+	if !f.accounted {
+		f.accounted = true
+		c.stats.endedBytes(f.conn.Bytes())
 	}
 }
 

@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -15,7 +16,15 @@ type counters struct {
 	followers                           atomic.Int64
 	panics                              atomic.Uint64
 	ops                                 [numOps]opCounters
+	// bytes of the connections that ended; with the live ones' (backend.bytes), under
+	// bytesMu, so that a connection that ends is counted once, and counters never go
+	// back. Lock order: bytesMu, then epochMu or leader.mu.
+	bytesMu           sync.Mutex
+	bytesIn, bytesOut uint64
 }
+
+// endedBytes adds a connection that ended to the byte counters. Call it under bytesMu.
+func (c *counters) endedBytes(in, out uint64) { c.bytesIn, c.bytesOut = c.bytesIn+in, c.bytesOut+out }
 
 // opKind is a kind of call, for Stats.Ops.
 type opKind uint8
@@ -118,6 +127,9 @@ type Stats struct {
 	// (the peer policy), "handshake" (a failed handshake), "protocol" and "too-large"
 	// (a peer that broke the protocol). Nil when there were none.
 	Refused map[string]uint64
+	// BytesIn and BytesOut count the bytes this member read from and wrote to its
+	// connections: a Follower's to its Leaders, a Leader's to its Followers.
+	BytesIn, BytesOut uint64
 	// Panics counts panics recovered in this member's application code: its Service,
 	// NewService and Withdrawer while it led, its subscription callbacks and
 	// OnRoleChange. Each was logged at ERROR with its stack.
@@ -160,6 +172,19 @@ func (s *Stats) UnmarshalJSON(b []byte) error {
 
 // Stats returns a snapshot of the member's role and counters.
 func (c *Client) Stats() Stats {
+	st := c.stats0()
+	c.stats.bytesMu.Lock()
+	st.BytesIn, st.BytesOut = c.stats.bytesIn, c.stats.bytesOut
+	if b := c.currentBackend(); b != nil {
+		in, out := b.bytes()
+		st.BytesIn += in
+		st.BytesOut += out
+	}
+	c.stats.bytesMu.Unlock()
+	return st
+}
+
+func (c *Client) stats0() Stats {
 	return Stats{
 		RoleInfo:        c.Role(),
 		Name:            c.cfg.Name,

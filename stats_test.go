@@ -58,3 +58,27 @@ func TestStatsCountCallsByKind(t *testing.T) {
 	b[0] = 0
 	require.Equal(t, 100*time.Microsecond, cluster.LatencyBuckets()[0])
 }
+
+// Stats count the bytes a member's connections carried, and never count back: a
+// connection that ends stays counted.
+func TestStatsCountBytes(t *testing.T) {
+	tc := newTestCluster(t)
+	leader := tc.join(nil)
+	f := tc.join(nil)
+	_, err := f.Invoke(context.Background(), "echo", cluster.Message{Data: make([]byte, 1000)})
+	require.NoError(t, err)
+	st := f.Stats()
+	require.Greater(t, st.BytesOut, uint64(1000))
+	require.Greater(t, st.BytesIn, uint64(1000))
+	ls := leader.Stats()
+	require.Equal(t, st.BytesOut, ls.BytesIn, "what the Follower wrote, the Leader read")
+	require.Equal(t, st.BytesIn, ls.BytesOut)
+	// The Leader leaves; the Follower's bytes stay counted and grow again.
+	require.NoError(t, leader.Close())
+	_, err = f.Invoke(context.Background(), "echo", cluster.Message{}) // f leads now
+	require.NoError(t, err)
+	after := f.Stats()
+	require.GreaterOrEqual(t, after.BytesIn, st.BytesIn)
+	require.GreaterOrEqual(t, after.BytesOut, st.BytesOut)
+	require.GreaterOrEqual(t, leader.Stats().BytesIn, ls.BytesIn, "a closed Leader's counters stay")
+}
