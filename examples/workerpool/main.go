@@ -17,7 +17,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -134,7 +133,7 @@ func (d *demo) joined() error {
 	}
 	fmt.Printf("\n%d workers joined; roles:\n", d.n)
 	d.st.printRoles()
-	fmt.Printf("every worker invoked the upstream (incr counter now %s)\n", d.st.lastIncr)
+	fmt.Printf("every worker invoked the upstream (incr counter now %d)\n", d.st.incr)
 	fmt.Printf("upstream connections: now %d, most at once %d, total %d  <- one shared connection\n", d.up.Conns(), d.up.MaxConns(), d.up.TotalConns())
 	if d.up.MaxConns() != 1 {
 		return fmt.Errorf("the upstream saw %d connections at once, want 1", d.up.MaxConns())
@@ -143,7 +142,7 @@ func (d *demo) joined() error {
 }
 
 func (d *demo) subscribed() error {
-	if err := d.push("v1", nil); err != nil {
+	if err := d.push("v1", 1, nil); err != nil {
 		return err
 	}
 	fmt.Printf("upstream subscriptions to \"config\": %d (for %d subscribers)\n", d.up.Subscribers("config"), d.n)
@@ -151,13 +150,17 @@ func (d *demo) subscribed() error {
 	return nil
 }
 
-// push waits for the Leader's upstream subscription, pushes version v of the config
-// and waits until every worker but the dead has received it.
-func (d *demo) push(v string, dead map[int]bool) error {
-	ctx, cancel := context.WithDeadline(context.Background(), d.deadline)
-	defer cancel()
-	if err := d.up.WaitSubscribers(ctx, "config", 1); err != nil {
-		return err
+// push waits until the upstream's one connection is the one of the Leader of term and
+// subscribes to "config" (just after a failover, the dead Leader's may not be closed
+// yet), pushes version v of the config and waits until every worker but the dead has
+// received it.
+func (d *demo) push(v string, term int, dead map[int]bool) error {
+	for d.up.TotalConns() != term || d.up.Conns() != 1 || d.up.Subscribers("config") != 1 {
+		if time.Now().After(d.deadline) {
+			return fmt.Errorf("timed out waiting for the leader of term %d to subscribe upstream: %d connections open, %d in all, %d subscribed",
+				term, d.up.Conns(), d.up.TotalConns(), d.up.Subscribers("config"))
+		}
+		time.Sleep(time.Millisecond)
 	}
 	d.up.Push("config", []byte(v))
 	return d.wait("every worker to receive config "+v, func() bool { return d.st.allGot(v, dead) })
@@ -187,7 +190,7 @@ func (d *demo) killLeader() error {
 func (d *demo) dead() map[int]bool { return map[int]bool{d.killed.pid(): true} }
 
 func (d *demo) resubscribed() error {
-	if err := d.push("v2", d.dead()); err != nil {
+	if err := d.push("v2", 2, d.dead()); err != nil {
 		return err
 	}
 	fmt.Println("pushed config v2: every surviving worker received it (subscriptions re-established)")
@@ -200,7 +203,7 @@ func (d *demo) invokedAgain() error {
 	}); err != nil {
 		return err
 	}
-	fmt.Printf("every survivor invoked through the new leader (incr counter now %s)\n", d.st.lastIncr)
+	fmt.Printf("every survivor invoked through the new leader (incr counter now %d)\n", d.st.incr)
 	return nil
 }
 

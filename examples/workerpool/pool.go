@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -107,13 +108,13 @@ func (p *pool) except(not *proc) []*proc {
 
 // state is what the coordinator learned from the workers' log lines, by pid.
 type state struct {
-	role     map[int]string // latest role
-	term     map[int]uint64
-	roleAt   map[int]time.Time
-	invoked  map[int]time.Time // the last successful invoke
-	got      map[int]map[string]bool
-	closed   map[int]bool
-	lastIncr string
+	role    map[int]string // latest role
+	term    map[int]uint64
+	roleAt  map[int]time.Time
+	invoked map[int]time.Time // the last successful invoke
+	got     map[int]map[string]bool
+	closed  map[int]bool
+	incr    int // the highest incr counter seen
 }
 
 func newState() *state {
@@ -127,7 +128,9 @@ func (s *state) apply(l logLine) {
 		s.role[l.PID], s.term[l.PID], s.roleAt[l.PID] = l.Role, l.Term, l.Time
 	case "incr":
 		s.invoked[l.PID] = l.Time
-		s.lastIncr = l.N
+		if n, err := strconv.Atoi(l.N); err == nil {
+			s.incr = max(s.incr, n)
+		}
 	case "config":
 		if s.got[l.PID] == nil {
 			s.got[l.PID] = map[string]bool{}
