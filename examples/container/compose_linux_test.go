@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package container
 
 import (
 	"fmt"
@@ -57,7 +57,7 @@ func TestComposeFileUnderPodmanCompose(t *testing.T) {
 	upstream := runs[name("upstream", 1)]
 	require.True(t, hasArgs(upstream, "--net", project+"_default"), "upstream's network: %v", upstream)
 	require.True(t, hasArgs(upstream, "--network-alias", "upstream"), "upstream's name on the network: %v", upstream)
-	require.True(t, hasArgs(upstream, "cluster-worker:demo", "-upstream", ":7070"), "upstream's image and command: %v", upstream)
+	require.True(t, hasArgs(upstream, "cluster-worker:demo", "upstream", "-listen", ":7070"), "upstream's image and command: %v", upstream)
 	for _, w := range workers {
 		args := runs[w]
 		for _, pair := range [][2]string{

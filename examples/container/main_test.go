@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package container
 
 import (
 	"bufio"
@@ -20,19 +20,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/cluster-client-go/cluster/examples/internal/exampletest"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
-const workerEnv = "CONTAINER_TEST_WORKER"
-
-func TestMain(m *testing.M) {
-	// The test re-executes this binary as the replicas.
-	if os.Getenv(workerEnv) != "" {
-		main()
-		os.Exit(0)
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // logLine is one JSON log line of a replica.
 type logLine struct {
@@ -86,11 +78,11 @@ func (r *replica) role() (string, uint64) {
 }
 
 // TestComposeWithoutAnEngine runs what compose.yaml describes, without a container
-// engine: replicas of the worker sharing a volume directory, each in pid and uts
-// namespaces of its own when the test runs as root (so each is pid 1), one of them as
-// another uid that has the shared group as a supplementary group. Exactly one replica
-// leads, the upstream sees one connection, a SIGKILLed Leader is replaced, and SIGTERM
-// (docker stop) makes every replica exit cleanly.
+// engine: replicas of the worker (built from ./worker) sharing a volume directory, each
+// in pid and uts namespaces of its own when the test runs as root (so each is pid 1),
+// one of them as another uid that has the shared group as a supplementary group.
+// Exactly one replica leads, the upstream sees one connection, a SIGKILLed Leader is
+// replaced, and SIGTERM (docker stop) makes every replica exit cleanly.
 func TestComposeWithoutAnEngine(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the example's replicas are Linux containers")
@@ -103,22 +95,20 @@ func TestComposeWithoutAnEngine(t *testing.T) {
 	defer os.RemoveAll(base)
 	vol := filepath.Join(base, "volume")
 	require.NoError(t, os.Mkdir(vol, 0o700))
-	bin := os.Args[0]
+	bin := filepath.Join(base, "worker")
+	exampletest.Build(t, "./worker", bin)
 	root := os.Geteuid() == 0
 	if root {
-		// As the image prepares /run/cluster: root:2000, 2770; and a binary other uids may run.
+		// As the image prepares /run/cluster: root:2000, 2770; and a worker other uids may run.
 		require.NoError(t, os.Chmod(base, 0o755))
+		require.NoError(t, os.Chmod(bin, 0o755))
 		require.NoError(t, os.Chown(vol, 0, 2000))
 		require.NoError(t, os.Chmod(vol, 0o770|fs.ModeSetgid))
-		b, err := os.ReadFile(bin)
-		require.NoError(t, err)
-		bin = filepath.Join(base, "worker")
-		require.NoError(t, os.WriteFile(bin, b, 0o755))
 	}
 
 	start := func(name string, cred *syscall.Credential) *replica {
-		cmd := exec.Command(bin, "-test.run=^$")
-		cmd.Env = append(os.Environ(), workerEnv+"=1", "LOG_FORMAT=json", "CLUSTER_DIR="+vol, "CLUSTER_NAME=demo",
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), "LOG_FORMAT=json", "CLUSTER_DIR="+vol, "CLUSTER_NAME=demo",
 			"UPSTREAM_ADDR="+up.Addr(), "WORK_INTERVAL=20ms")
 		if root {
 			cmd.Env = append(cmd.Env, "CLUSTER_ALLOW_GIDS=2000")

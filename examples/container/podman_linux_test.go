@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package container
 
 import (
 	"archive/tar"
@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/examples/internal/exampletest"
 )
 
 var containerKills = flag.Int("containers.kills", 3, "how many times TestPodman SIGKILLs the Leader's container to measure failover")
@@ -41,6 +42,7 @@ const waitLimit = time.Minute
 
 // TestPodman runs the worker image under a real container engine, rootful podman, the
 // way compose.yaml does: an image FROM scratch holding the statically built worker and
+// upstream programs and
 // /run/cluster (root, group 2000, 2770), four replicas (three as uid 1000:2000, one as
 // uid 1001 with 2000 as a supplementary group), each pid 1 in its own pid, mount and
 // network namespaces on a podman bridge network, sharing one named volume at
@@ -273,17 +275,19 @@ func newPodman(t *testing.T) *podman {
 	p.image = "localhost/cluster-worker-test:" + suffix
 	p.volume = "cluster-test-" + suffix
 
-	// The image: the worker, built static, and /run/cluster prepared as the Dockerfile
+	// The image: the worker and the upstream server, built static, as the Dockerfile puts
+	// them in /usr/local/bin (worker the default command), and /run/cluster prepared as
+	// the Dockerfile
 	// does. It is imported from a tar written here rather than built, because podman
 	// build's COPY drops the directory's set-group-ID bit.
-	bin := filepath.Join(p.dir, "worker")
-	build := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", bin, ".")
+	bin := filepath.Join(p.dir, "bin")
+	build := exec.Command(exampletest.Go(t), "build", "-trimpath", "-buildvcs=false", "-o", bin+"/", "./worker", "./upstream")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := build.CombinedOutput()
-	require.NoError(t, err, "building the worker: %s", out)
+	require.NoError(t, err, "building the worker and the upstream: %s", out)
 	tarball := filepath.Join(p.dir, "image.tar")
 	writeImage(t, tarball, bin)
-	if _, err := p.run("import", "--change", `ENTRYPOINT ["/worker"]`, "--change", "USER 1000:2000", tarball, p.image); err != nil {
+	if _, err := p.run("import", "--change", "ENV PATH=/usr/local/bin", "--change", `CMD ["worker"]`, "--change", "USER 1000:2000", tarball, p.image); err != nil {
 		unavailable(t, "podman cannot import an image on this machine: %v", err)
 	}
 	network := "cluster-test-" + suffix
@@ -291,13 +295,13 @@ func newPodman(t *testing.T) *podman {
 	if _, err := p.run("network", "create", "--disable-dns", network); err != nil {
 		unavailable(t, "podman cannot create a network on this machine: %v", err)
 	}
-	if _, err := p.run("run", "--rm", "--network", network, p.image, "-h"); err != nil {
+	if _, err := p.run("run", "--rm", "--network", network, p.image, "upstream", "-h"); err != nil {
 		unavailable(t, "podman cannot run a container on this machine: %v", err)
 	}
 	p.must("volume", "create", p.volume)
 
 	// The upstream, reached by its address on the network (the network has no DNS).
-	p.upstream = p.start("run", "--name", "upstream", "--network", network, "--env", "LOG_FORMAT=json", "--log-driver", "passthrough", p.image, "-upstream", ":7070")
+	p.upstream = p.start("run", "--name", "upstream", "--network", network, "--env", "LOG_FORMAT=json", "--log-driver", "passthrough", p.image, "upstream", "-listen", ":7070")
 	waitUntil(t, "the upstream listens", func() bool {
 		_, ok := p.upstream.find(0, func(l logLine) bool { return l.Msg == "upstream listening" })
 		return ok
@@ -315,25 +319,29 @@ func randomSuffix(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
-// writeImage writes an image's single layer: /worker and /run/cluster, root-owned,
-// group 2000, mode 2770, which a fresh named volume mounted there copies.
+// writeImage writes an image's single layer: /usr/local/bin/worker and
+// /usr/local/bin/upstream from the directory bin, and /run/cluster, root-owned, group
+// 2000, mode 2770, which a fresh named volume mounted there copies.
 func writeImage(t *testing.T, path, bin string) {
 	t.Helper()
-	b, err := os.ReadFile(bin)
-	require.NoError(t, err)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	mod := time.Now()
 	for _, h := range []*tar.Header{
 		{Name: "run/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mod},
 		{Name: "run/cluster/", Typeflag: tar.TypeDir, Mode: 0o2770, Gid: 2000, ModTime: mod},
-		{Name: "worker", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(b)), ModTime: mod},
+		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mod},
+		{Name: "usr/local/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mod},
+		{Name: "usr/local/bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mod},
 	} {
 		require.NoError(t, tw.WriteHeader(h))
-		if h.Typeflag == tar.TypeReg {
-			_, err := tw.Write(b)
-			require.NoError(t, err)
-		}
+	}
+	for _, name := range []string{"worker", "upstream"} {
+		b, err := os.ReadFile(filepath.Join(bin, name))
+		require.NoError(t, err)
+		require.NoError(t, tw.WriteHeader(&tar.Header{Name: "usr/local/bin/" + name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(b)), ModTime: mod}))
+		_, err = tw.Write(b)
+		require.NoError(t, err)
 	}
 	require.NoError(t, tw.Close())
 	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o600))

@@ -1,133 +1,79 @@
-// Command workerpool demonstrates cluster: a pool of worker processes on one host shares
-// ONE connection to an upstream server.
+// Command workerpool is the demo of cluster: a pool of worker processes on one host
+// shares ONE connection to an upstream server.
 //
 //	go run ./examples/workerpool
 //
-// It starts a small upstream server in-process, spawns worker processes (this program,
-// re-executed) that each Join the same cluster, invoke the upstream and subscribe to a
-// topic, and shows that the upstream saw one connection. Then it kills the Leader with
-// SIGKILL and shows the failover: the new Leader, how long it took, and subscriptions
-// still delivering. It exits 0 on success and non-zero with a reason otherwise.
+// This directory is the demo's scaffolding, not meant to be copied: it uses this
+// module's internal/upstream for the upstream server, which no program outside this
+// module may import. The worker, the program to copy, is ./worker: it uses only the
+// public API.
+//
+// The demo builds ./worker (or runs -worker), starts the upstream server in-process and
+// four workers that Join one cluster, invoke the upstream and subscribe to a topic, and
+// shows that the upstream saw one connection. Then it kills the Leader with SIGKILL and
+// shows the failover: the new Leader, how long it took, and subscriptions still
+// delivering; and it stops the survivors with SIGTERM, as a service manager does. It
+// exits 0 on success and non-zero with a reason otherwise.
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
-	"sort"
-	"sync"
+	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
-// report is one line a worker prints for the coordinator.
-type report struct {
-	Worker  int    `json:"worker"`
-	PID     int    `json:"pid"`
-	Event   string `json:"event"` // role, invoked, message, error
-	Role    string `json:"role,omitempty"`
-	Term    uint64 `json:"term,omitempty"`
-	Data    string `json:"data,omitempty"`
-	AtNanos int64  `json:"at"`
-}
+// workerPackage is the worker the demo builds when no -worker is given.
+const workerPackage = "github.com/cluster-client-go/cluster/examples/workerpool/worker"
 
 func main() {
 	workers := flag.Int("workers", 4, "number of worker processes")
 	timeout := flag.Duration("timeout", 15*time.Second, "give up after this long")
+	worker := flag.String("worker", "", "the worker program (default: build "+workerPackage+" with go build)")
 	flag.Parse()
-	if os.Getenv("WORKERPOOL_WORKER") != "" {
-		os.Exit(worker())
-	}
-	if err := coordinate(*workers, *timeout); err != nil {
+	if err := run(*worker, *workers, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		os.Exit(1)
 	}
 	fmt.Println("OK")
 }
 
-// worker is one process of the pool: Join, subscribe, invoke, report.
-func worker() int {
-	id := os.Getenv("WORKERPOOL_WORKER")
-	out := json.NewEncoder(os.Stdout)
-	var mu sync.Mutex
-	emit := func(r report) {
-		mu.Lock()
-		defer mu.Unlock()
-		fmt.Sscan(id, &r.Worker)
-		r.PID, r.AtNanos = os.Getpid(), time.Now().UnixNano()
-		_ = out.Encode(r)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := cluster.Join(ctx, cluster.Config{
-		Name:       "workerpool",
-		Dir:        os.Getenv("WORKERPOOL_DIR"),
-		NewService: upstream.NewService(os.Getenv("WORKERPOOL_UPSTREAM")),
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnRoleChange: func(r cluster.RoleInfo) {
-			emit(report{Event: "role", Role: r.Role.String(), Term: r.Term})
-		},
-	})
-	if err != nil {
-		emit(report{Event: "error", Data: err.Error()})
-		return 1
-	}
-	defer c.Close()
-	if _, err := c.Subscribe(ctx, "config", func(m cluster.Message) {
-		emit(report{Event: "message", Data: string(m.Data)})
-	}); err != nil {
-		emit(report{Event: "error", Data: err.Error()})
-		return 1
-	}
-	// Invoke the upstream through whoever leads, until the coordinator closes stdin.
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		close(done)
-	}()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for n := 0; ; n++ {
-		select {
-		case <-done:
-			return 0
-		case <-tick.C:
+func run(worker string, workers int, timeout time.Duration) error {
+	if worker == "" {
+		dir, err := os.MkdirTemp("", "wp-worker")
+		if err != nil {
+			return err
 		}
-		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
-		out, err := c.Invoke(cctx, "incr", cluster.Message{})
-		ccancel()
-		switch {
-		case err == nil:
-			emit(report{Event: "invoked", Data: string(out.Data), Role: c.Role().Role.String()})
-		case errors.Is(err, cluster.ErrLeaderLost), errors.Is(err, cluster.ErrTimeout):
-			// The Leader died mid-call: at-most-once, so we are told rather than retried.
-		case errors.Is(err, cluster.ErrClosed):
-			return 0
-		default:
-			emit(report{Event: "error", Data: err.Error()})
+		defer os.RemoveAll(dir)
+		worker = filepath.Join(dir, "worker")
+		if out, err := exec.Command("go", "build", "-o", worker, workerPackage).CombinedOutput(); err != nil {
+			return fmt.Errorf("building the worker (run this from the repository, or pass -worker): %v\n%s", err, out)
 		}
 	}
+	return coordinate(worker, workers, timeout)
 }
 
-type workerProc struct {
-	id  int
-	cmd *exec.Cmd
-	in  io.WriteCloser
+// demo is the coordinator's view of the run: the upstream server, the pool and what
+// its workers logged.
+type demo struct {
+	up       *upstream.Server
+	pool     *pool
+	st       *state
+	n        int
+	deadline time.Time
+
+	killed   *proc     // the Leader killed with SIGKILL
+	killedAt time.Time // when
 }
 
-// coordinate runs the demo.
-func coordinate(n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+// coordinate runs the demo with n workers of the program worker.
+func coordinate(worker string, n int, timeout time.Duration) error {
 	up, err := upstream.Start("127.0.0.1:0")
 	if err != nil {
 		return err
@@ -138,219 +84,161 @@ func coordinate(n int, timeout time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	self, err := os.Executable()
+	fmt.Printf("upstream server on %s; cluster dir %s\n", up.Addr(), dir)
+	p, err := startPool(worker, n, "-dir", dir, "-upstream", up.Addr(), "-interval", "20ms")
 	if err != nil {
 		return err
 	}
-	fmt.Printf("upstream server on %s; cluster dir %s\n", up.Addr(), dir)
+	defer p.stop()
 
-	reports := make(chan report, 4096)
-	var procs []*workerProc
-	var readers sync.WaitGroup
-	defer func() {
-		for _, p := range procs {
-			_ = p.in.Close()
-		}
-		for _, p := range procs {
-			_ = p.cmd.Wait()
-		}
-		readers.Wait()
-	}()
-	for i := 1; i <= n; i++ {
-		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), fmt.Sprintf("WORKERPOOL_WORKER=%d", i), "WORKERPOOL_DIR="+dir, "WORKERPOOL_UPSTREAM="+up.Addr())
-		cmd.Stderr = os.Stderr
-		in, err := cmd.StdinPipe()
-		if err != nil {
+	d := &demo{up: up, pool: p, st: newState(), n: n, deadline: time.Now().Add(timeout)}
+	for _, step := range []func() error{
+		d.joined,         // every worker joins and invokes; the upstream sees one connection
+		d.subscribed,     // one upstream subscription for every worker's
+		d.killLeader,     // SIGKILL: a new Leader, timed
+		d.resubscribed,   // the new Leader subscribes again for the survivors
+		d.invokedAgain,   // every survivor invokes through the new Leader
+		d.oneConnection,  // the dead Leader's connection is gone
+		d.stopGracefully, // SIGTERM: every survivor closes its Client and exits 0
+	} {
+		if err := step(); err != nil {
 			return err
 		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		procs = append(procs, &workerProc{id: i, cmd: cmd, in: in})
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var r report
-				if json.Unmarshal(sc.Bytes(), &r) == nil {
-					reports <- r
-				}
-			}
-		}()
-	}
-
-	st := newState()
-	// wait consumes reports until cond holds or the deadline passes.
-	wait := func(what string, cond func() bool) error {
-		for !cond() {
-			select {
-			case r := <-reports:
-				if r.Event == "error" {
-					return fmt.Errorf("worker %d (pid %d): %s", r.Worker, r.PID, r.Data)
-				}
-				st.apply(r)
-			case <-time.After(time.Until(deadline)):
-				return fmt.Errorf("timed out waiting for %s", what)
-			}
-		}
-		return nil
-	}
-
-	if err := wait("every worker to join and invoke", func() bool { return st.allInvoked(n) }); err != nil {
-		return err
-	}
-	leaderPID := st.leader()
-	fmt.Printf("\n%d workers joined; roles:\n", n)
-	st.printRoles()
-	fmt.Printf("every worker invoked the upstream (incr counter now %s)\n", st.lastIncr)
-	fmt.Printf("upstream connections: now %d, most at once %d, total %d  <- one shared connection\n", up.Conns(), up.MaxConns(), up.TotalConns())
-	if up.MaxConns() != 1 {
-		return fmt.Errorf("the upstream saw %d connections at once, want 1", up.MaxConns())
-	}
-
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	if err := up.WaitSubscribers(ctx, "config", 1); err != nil {
-		return err
-	}
-	fmt.Printf("upstream subscriptions to \"config\": %d (for %d subscribers)\n", up.Subscribers("config"), n)
-	up.Push("config", []byte("v1"))
-	if err := wait("every worker to receive config v1", func() bool { return st.allGot("v1", nil) }); err != nil {
-		return err
-	}
-	fmt.Println("pushed config v1: every worker received it")
-
-	// Kill the Leader.
-	var victim *workerProc
-	for _, p := range procs {
-		if p.cmd.Process.Pid == leaderPID {
-			victim = p
-		}
-	}
-	if victim == nil {
-		return errors.New("no leader found among the workers")
-	}
-	fmt.Printf("\nSIGKILL the leader, worker %d (pid %d)...\n", victim.id, leaderPID)
-	killedAt := time.Now()
-	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		return err
-	}
-	dead := map[int]bool{leaderPID: true}
-	if err := wait("a new leader", func() bool { return st.newLeader(leaderPID) != 0 }); err != nil {
-		return err
-	}
-	newPID := st.newLeader(leaderPID)
-	took := time.Unix(0, st.roleAt[newPID]).Sub(killedAt)
-	fmt.Printf("new leader: pid %d, term %d, %v after the kill\n", newPID, st.term[newPID], took.Round(10*time.Microsecond))
-	if err := up.WaitSubscribers(ctx, "config", 1); err != nil {
-		return err
-	}
-	up.Push("config", []byte("v2"))
-	if err := wait("every survivor to receive config v2", func() bool { return st.allGot("v2", dead) }); err != nil {
-		return err
-	}
-	fmt.Println("pushed config v2: every surviving worker received it (subscriptions re-established)")
-	if err := wait("every survivor to invoke through the new leader", func() bool { return st.allInvokedSince(killedAt, dead, n) }); err != nil {
-		return err
-	}
-	fmt.Printf("every survivor invoked through the new leader (incr counter now %s)\n", st.lastIncr)
-	// The dead Leader's upstream connection is gone; the new one is the only one.
-	for up.Conns() != 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	fmt.Printf("upstream connections: now %d, most at once %d, total %d (one per leadership term)\n", up.Conns(), up.MaxConns(), up.TotalConns())
-	if up.Conns() != 1 {
-		return fmt.Errorf("after failover the upstream has %d connections, want 1", up.Conns())
 	}
 	fmt.Println()
 	return nil
 }
 
-// state is what the coordinator learned from the workers' reports.
-type state struct {
-	role     map[int]string // pid -> latest role
-	term     map[int]uint64
-	roleAt   map[int]int64
-	invoked  map[int]int64 // pid -> time of last successful invoke
-	got      map[int]map[string]bool
-	lastIncr string
-}
-
-func newState() *state {
-	return &state{role: map[int]string{}, term: map[int]uint64{}, roleAt: map[int]int64{}, invoked: map[int]int64{}, got: map[int]map[string]bool{}}
-}
-
-func (s *state) apply(r report) {
-	switch r.Event {
-	case "role":
-		s.role[r.PID], s.term[r.PID], s.roleAt[r.PID] = r.Role, r.Term, r.AtNanos
-	case "invoked":
-		s.invoked[r.PID] = r.AtNanos
-		s.lastIncr = r.Data
-	case "message":
-		if s.got[r.PID] == nil {
-			s.got[r.PID] = map[string]bool{}
-		}
-		s.got[r.PID][r.Data] = true
-	}
-}
-
-func (s *state) allInvoked(n int) bool { return len(s.invoked) == n && s.leader() != 0 }
-
-func (s *state) leader() int {
-	for pid, r := range s.role {
-		if r == "leader" {
-			return pid
+// wait consumes the workers' log lines until cond holds or the deadline passes. A
+// worker that exits with an error fails the demo.
+func (d *demo) wait(what string, cond func() bool) error {
+	timeout := time.After(time.Until(d.deadline))
+	for !cond() {
+		select {
+		case l := <-d.pool.lines:
+			if l.Msg == "exiting" {
+				return fmt.Errorf("worker pid %d: %s", l.PID, l.Err)
+			}
+			d.st.apply(l)
+		case <-timeout:
+			return fmt.Errorf("timed out waiting for %s", what)
 		}
 	}
-	return 0
+	return nil
 }
 
-func (s *state) newLeader(old int) int {
-	for pid, r := range s.role {
-		if r == "leader" && pid != old {
-			return pid
-		}
+func (d *demo) joined() error {
+	if err := d.wait("every worker to join and invoke", func() bool { return d.st.allInvoked(d.n) }); err != nil {
+		return err
 	}
-	return 0
+	fmt.Printf("\n%d workers joined; roles:\n", d.n)
+	d.st.printRoles()
+	fmt.Printf("every worker invoked the upstream (incr counter now %d)\n", d.st.incr)
+	fmt.Printf("upstream connections: now %d, most at once %d, total %d  <- one shared connection\n", d.up.Conns(), d.up.MaxConns(), d.up.TotalConns())
+	if d.up.MaxConns() != 1 {
+		return fmt.Errorf("the upstream saw %d connections at once, want 1", d.up.MaxConns())
+	}
+	return nil
 }
 
-func (s *state) allGot(v string, except map[int]bool) bool {
-	for pid := range s.role {
-		if !except[pid] && !s.got[pid][v] {
-			return false
-		}
+func (d *demo) subscribed() error {
+	if err := d.push("v1", 1, nil); err != nil {
+		return err
 	}
-	return len(s.role) > 0
+	fmt.Printf("upstream subscriptions to \"config\": %d (for %d subscribers)\n", d.up.Subscribers("config"), d.n)
+	fmt.Println("pushed config v1: every worker received it")
+	return nil
 }
 
-func (s *state) allInvokedSince(t time.Time, except map[int]bool, n int) bool {
-	count := 0
-	for pid, at := range s.invoked {
-		if except[pid] {
-			continue
+// push waits until the upstream's one connection is the one of the Leader of term and
+// subscribes to "config" (just after a failover, the dead Leader's may not be closed
+// yet), pushes version v of the config and waits until every worker but the dead has
+// received it.
+func (d *demo) push(v string, term int, dead map[int]bool) error {
+	for d.up.TotalConns() != term || d.up.Conns() != 1 || d.up.Subscribers("config") != 1 {
+		if time.Now().After(d.deadline) {
+			return fmt.Errorf("timed out waiting for the leader of term %d to subscribe upstream: %d connections open, %d in all, %d subscribed",
+				term, d.up.Conns(), d.up.TotalConns(), d.up.Subscribers("config"))
 		}
-		if at <= t.UnixNano() {
-			return false
-		}
-		count++
+		time.Sleep(time.Millisecond)
 	}
-	return count == n-len(except)
+	d.up.Push("config", []byte(v))
+	return d.wait("every worker to receive config "+v, func() bool { return d.st.allGot(v, dead) })
 }
 
-func (s *state) printRoles() {
-	pids := make([]int, 0, len(s.role))
-	for pid := range s.role {
-		pids = append(pids, pid)
+func (d *demo) killLeader() error {
+	leaderPID := d.st.leader()
+	d.killed = d.pool.byPID(leaderPID)
+	if d.killed == nil {
+		return errors.New("no leader found among the workers")
 	}
-	sort.Ints(pids)
-	for _, pid := range pids {
-		fmt.Printf("  pid %-7d %-8s term %d\n", pid, s.role[pid], s.term[pid])
+	fmt.Printf("\nSIGKILL the leader, worker %d (pid %d)...\n", d.killed.id, leaderPID)
+	d.killedAt = time.Now()
+	if err := d.killed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return err
 	}
+	if err := d.wait("a new leader", func() bool { return d.st.newLeader(leaderPID) != 0 }); err != nil {
+		return err
+	}
+	newPID := d.st.newLeader(leaderPID)
+	took := d.st.roleAt[newPID].Sub(d.killedAt)
+	fmt.Printf("new leader: pid %d, term %d, %v after the kill\n", newPID, d.st.term[newPID], took.Round(10*time.Microsecond))
+	return nil
+}
+
+// dead is the set of the killed Leader's pid.
+func (d *demo) dead() map[int]bool { return map[int]bool{d.killed.pid(): true} }
+
+func (d *demo) resubscribed() error {
+	if err := d.push("v2", 2, d.dead()); err != nil {
+		return err
+	}
+	fmt.Println("pushed config v2: every surviving worker received it (subscriptions re-established)")
+	return nil
+}
+
+func (d *demo) invokedAgain() error {
+	if err := d.wait("every survivor to invoke through the new leader", func() bool {
+		return d.st.allInvokedSince(d.killedAt, d.dead(), d.n)
+	}); err != nil {
+		return err
+	}
+	fmt.Printf("every survivor invoked through the new leader (incr counter now %d)\n", d.st.incr)
+	return nil
+}
+
+func (d *demo) oneConnection() error {
+	for d.up.Conns() != 1 && time.Now().Before(d.deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Printf("upstream connections: now %d, most at once %d, total %d (one per leadership term)\n", d.up.Conns(), d.up.MaxConns(), d.up.TotalConns())
+	if d.up.Conns() != 1 {
+		return fmt.Errorf("after failover the upstream has %d connections, want 1", d.up.Conns())
+	}
+	return nil
+}
+
+func (d *demo) stopGracefully() error {
+	survivors := d.pool.except(d.killed)
+	fmt.Println("\nSIGTERM the survivors...")
+	for _, p := range survivors {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			return err
+		}
+	}
+	if err := d.wait("every survivor to close its Client", func() bool { return d.st.allClosed(d.dead()) }); err != nil {
+		return err
+	}
+	for _, p := range survivors {
+		select {
+		case <-p.done:
+		case <-time.After(time.Until(d.deadline)):
+			return fmt.Errorf("worker %d (pid %d) did not exit after SIGTERM", p.id, p.pid())
+		}
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+			return fmt.Errorf("worker %d (pid %d) exited with status %d after SIGTERM", p.id, p.pid(), code)
+		}
+	}
+	fmt.Println("each closed its Client and exited 0")
+	return nil
 }

@@ -1,13 +1,14 @@
-// Command container is a worker meant to run as several replicas of one container image
-// on one host, sharing ONE connection to an upstream server through cluster. The
-// replicas share a volume mounted at the same path in each (CLUSTER_DIR), which holds the
-// election lock and the Leader's socket; they share nothing else: not the pid namespace,
-// not the network namespace. See README.md and compose.yaml beside this file.
+// Command worker is a worker meant to run as several replicas of one container image on
+// one host, sharing ONE connection to an upstream server through cluster. It is the part
+// of examples/container to copy: it uses only cluster's public API and the standard
+// library, and builds in a module of your own; upstream.go beside it is its Service, a
+// client for the demo's upstream server (../upstream): replace it with your own. The
+// replicas share a volume mounted at the same path in each (CLUSTER_DIR), which holds
+// the election lock and the Leader's socket; they share nothing else: not the pid
+// namespace, not the network namespace. See ../README.md, ../Dockerfile and
+// ../compose.yaml.
 //
-//	container                      a worker (configured by the environment, below)
-//	container -upstream :7070      the demo upstream server the workers share
-//
-// Environment of a worker:
+// Environment:
 //
 //	CLUSTER_DIR         the shared volume's mount point (default /run/cluster)
 //	CLUSTER_NAME        the cluster's name, the same in every replica (default "demo")
@@ -30,7 +31,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -41,22 +41,13 @@ import (
 	"time"
 
 	"github.com/cluster-client-go/cluster"
-	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
 func main() {
-	up := flag.String("upstream", "", "run the demo upstream server on this address instead of a worker")
-	flag.Parse()
 	log := logger(os.Getenv("LOG_FORMAT"))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	var err error
-	if *up != "" {
-		err = serveUpstream(ctx, log, *up)
-	} else {
-		err = work(ctx, log)
-	}
-	if err != nil {
+	if err := work(ctx, log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
@@ -90,7 +81,7 @@ func config(log *slog.Logger) (settings, error) {
 	cfg := cluster.Config{
 		Name:       env("CLUSTER_NAME", "demo"),
 		Dir:        env("CLUSTER_DIR", "/run/cluster"),
-		NewService: upstream.NewService(env("UPSTREAM_ADDR", "upstream:7070")),
+		NewService: dialUpstream(env("UPSTREAM_ADDR", "upstream:7070")), // only the Leader calls it
 		Logger:     log,
 		OnRoleChange: func(r cluster.RoleInfo) {
 			log.Info("role", "role", r.Role.String(), "term", r.Term)
@@ -172,48 +163,6 @@ func work(ctx context.Context, log *slog.Logger) error {
 		default:
 			log.Warn("incr failed", "err", err)
 			served = false
-		}
-	}
-}
-
-// serveUpstream runs the demo upstream server: it pushes a config update every 5 s and
-// logs its connections whenever their numbers change ("upstream connections": open now,
-// ever accepted, and the most ever live at once). On SIGTERM it logs the final numbers
-// ("upstream stopped"), the last connections judged first (see upstream.Server.MaxConns).
-func serveUpstream(ctx context.Context, log *slog.Logger, addr string) error {
-	s, err := upstream.Start(addr)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	log.Info("upstream listening", "addr", s.Addr())
-	counts := func() []any {
-		c := []any{"open", s.Conns(), "ever", s.TotalConns(), "most_at_once", s.MaxConns()}
-		if o := s.Overlap(); o != "" {
-			c = append(c, "overlap", o)
-		}
-		return c
-	}
-	push := time.NewTicker(5 * time.Second)
-	defer push.Stop()
-	watch := time.NewTicker(10 * time.Millisecond)
-	defer watch.Stop()
-	var seen [3]int
-	for v := 1; ; {
-		select {
-		case <-ctx.Done():
-			s.Judged()
-			log.Info("upstream stopped", counts()...)
-			return nil
-		case <-watch.C:
-			if now := [3]int{s.Conns(), s.TotalConns(), s.MaxConns()}; now != seen {
-				seen = now
-				log.Info("upstream connections", counts()...)
-			}
-		case <-push.C:
-			n := s.Push("config", []byte("v"+strconv.Itoa(v)))
-			log.Info("pushed config", "version", v, "subscribed_connections", n)
-			v++
 		}
 	}
 }
