@@ -1,4 +1,3 @@
-
 package cluster_test
 
 import (

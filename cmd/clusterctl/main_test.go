@@ -213,10 +213,6 @@ func TestStatusWithoutALeader(t *testing.T) {
 	require.NoDirExists(t, missing)
 }
 
-
-
-
-
 // list shows every cluster of a Dir, with its Leader or why there is none.
 func TestList(t *testing.T) {
 	dir := tempDir(t)
