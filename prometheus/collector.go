@@ -52,7 +52,7 @@ func NewCollector(c *cluster.Client) *Collector {
 
 		info: desc("info", "Always 1: the member's role (leader, follower, electing, closed) and transport (unix, tcp) are its labels.",
 			"role", "transport"),
-		term:          desc("term", "The leadership term this member is in: it grows with every new Leader; 0 while electing."),
+		term:          desc("term", "The leadership term this member is in: it grows with every new Leader; 0 while electing and once closed."),
 		leader:        desc("leader", "1 while this member is the Leader, 0 otherwise."),
 		followers:     desc("followers", "Followers connected to this member while it leads; 0 on a Follower."),
 		subscriptions: desc("subscriptions", "Live subscriptions made by this member."),
