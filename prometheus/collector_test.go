@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -80,7 +81,7 @@ func pair(t *testing.T) (l, f *cluster.Client) {
 	return l, f
 }
 
-// documented are the metric families docs/metrics.md lists.
+// documented are the metric families docs/metrics.md lists (TestDocsListTheMetrics).
 var documented = []string{
 	"cluster_info", "cluster_term", "cluster_leader", "cluster_followers",
 	"cluster_subscriptions", "cluster_registrations",
@@ -280,6 +281,19 @@ func TestCollectorsShareARegistry(t *testing.T) {
 	i := slices.IndexFunc(mfs, func(mf *dto.MetricFamily) bool { return mf.GetName() == "cluster_leader" })
 	require.GreaterOrEqual(t, i, 0)
 	require.Len(t, mfs[i].GetMetric(), 2)
+}
+
+// docs/metrics.md's table lists the metrics the Collector sends, no more, no fewer.
+func TestDocsListTheMetrics(t *testing.T) {
+	b, err := os.ReadFile("../docs/metrics.md")
+	require.NoError(t, err)
+	var inDocs []string
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "| `cluster_"); ok {
+			inDocs = append(inDocs, "cluster_"+rest[:strings.IndexByte(rest, '`')])
+		}
+	}
+	require.ElementsMatch(t, documented, inDocs)
 }
 
 func TestNewCollectorOfNilPanics(t *testing.T) {
