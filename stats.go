@@ -62,6 +62,7 @@ func LatencyBuckets() []time.Duration { return append([]time.Duration(nil), late
 type opCounters struct {
 	calls, errors, timeouts atomic.Uint64
 	latency                 [len(latencyBuckets) + 1]atomic.Uint64
+	nanos                   atomic.Uint64 // the latencies added up
 }
 
 // done counts a call of this kind that took d and ended with err.
@@ -78,6 +79,7 @@ func (o *opCounters) done(d time.Duration, err error, timeout bool) {
 		i++
 	}
 	o.latency[i].Add(1)
+	o.nanos.Add(uint64(max(d, 0)))
 }
 
 // OpStats counts one kind of call a member made (see Stats.Ops).
@@ -87,6 +89,10 @@ type OpStats struct {
 	// those that took at most LatencyBuckets()[i] and more than the bound before it;
 	// the last element those that took longer than every bound.
 	Latency []uint64
+	// LatencySum is the latencies of those calls added up (so LatencySum divided by the
+	// calls in Latency is their mean); nanoseconds in JSON. It is the sum a Prometheus
+	// histogram exports beside its buckets.
+	LatencySum time.Duration
 }
 
 // Stats is a snapshot of a member's state and counters.
@@ -218,6 +224,7 @@ func (c *counters) opStats() map[string]OpStats {
 		for i := range o.latency {
 			st.Latency[i] = o.latency[i].Load()
 		}
+		st.LatencySum = time.Duration(o.nanos.Load())
 		out[k.String()] = st
 	}
 	return out

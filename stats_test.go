@@ -17,6 +17,7 @@ func TestStatsCountCallsByKind(t *testing.T) {
 	tc.join(nil)
 	f := tc.join(nil)
 	ctx := context.Background()
+	began := time.Now()
 	for i := 0; i < 3; i++ {
 		_, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
 		require.NoError(t, err)
@@ -44,6 +45,9 @@ func TestStatsCountCallsByKind(t *testing.T) {
 		sum += n
 	}
 	require.Equal(t, inv.Calls, sum, "every call is in one latency bucket")
+	require.Positive(t, inv.LatencySum, "the latencies are added up")
+	require.LessOrEqual(t, inv.LatencySum, time.Since(began), "the calls ran one after another")
+	require.Zero(t, st.Ops["register"].LatencySum)
 	require.EqualValues(t, 1, st.Ops["publish"].Calls)
 	require.EqualValues(t, 1, st.Ops["subscribe"].Calls)
 	require.Zero(t, st.Ops["register"].Calls)
