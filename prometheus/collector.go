@@ -31,6 +31,7 @@ type Collector struct {
 	calls, callErrors, callTimeouts, callDuration               *prometheus.Desc
 	leaderLost, reconnects, failovers, lastFailover             *prometheus.Desc
 	dropped, panics, refused                                    *prometheus.Desc
+	readBytes, writtenBytes                                     *prometheus.Desc
 
 	// bounds are the histogram's bucket bounds in seconds (cluster.LatencyBuckets).
 	bounds []float64
@@ -70,6 +71,8 @@ func NewCollector(c *cluster.Client) *Collector {
 		dropped:      desc("dropped_messages_total", "Messages this member dropped instead of delivering them: a subscriber fell behind, or a message was too large or could not be decoded."),
 		panics:       desc("panics_total", "Panics recovered in this member's application code: its Service while it led, its subscription callbacks, OnRoleChange."),
 		refused:      desc("refused_total", "Peers and requests this member refused while it led, by kind: a Limits field, unauthorized, handshake, protocol or too-large.", "kind"),
+		readBytes:    desc("read_bytes_total", "Bytes this member read from its connections: a Follower's from its Leaders, a Leader's from its Followers."),
+		writtenBytes: desc("written_bytes_total", "Bytes this member wrote to its connections: a Follower's to its Leaders, a Leader's to its Followers."),
 	}
 	for _, d := range cluster.LatencyBuckets() {
 		col.bounds = append(col.bounds, d.Seconds())
@@ -83,7 +86,7 @@ func (col *Collector) Describe(ch chan<- *prometheus.Desc) {
 		col.info, col.term, col.leader, col.followers, col.subscriptions, col.registrations,
 		col.calls, col.callErrors, col.callTimeouts, col.callDuration,
 		col.leaderLost, col.reconnects, col.failovers, col.lastFailover,
-		col.dropped, col.panics, col.refused,
+		col.dropped, col.panics, col.refused, col.readBytes, col.writtenBytes,
 	} {
 		ch <- d
 	}
@@ -123,6 +126,8 @@ func (col *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(col.failovers, st.Failovers)
 	gauge(col.lastFailover, st.LastFailover.Seconds())
 	counter(col.dropped, st.Dropped)
+	counter(col.readBytes, st.BytesIn)
+	counter(col.writtenBytes, st.BytesOut)
 	counter(col.panics, st.Panics)
 	for _, kind := range sortedKeys(st.Refused) {
 		counter(col.refused, st.Refused[kind], kind)

@@ -89,7 +89,7 @@ var documented = []string{
 	"cluster_call_duration_seconds",
 	"cluster_leader_lost_total", "cluster_reconnects_total", "cluster_failovers_total",
 	"cluster_last_failover_seconds", "cluster_dropped_messages_total", "cluster_panics_total",
-	"cluster_refused_total",
+	"cluster_refused_total", "cluster_read_bytes_total", "cluster_written_bytes_total",
 }
 
 // The metrics pass client_golang's own linter, every documented one of them (the
@@ -236,6 +236,10 @@ func TestScrapeShowsDocumentedMetrics(t *testing.T) {
 	}
 	require.LessOrEqual(t, last, h.GetSampleCount())
 	require.Zero(t, metric(t, fm, "cluster_call_duration_seconds", "op", "register").GetHistogram().GetSampleCount())
+
+	// What the connections carried: the Follower wrote what the Leader read.
+	require.Positive(t, value(t, fm, "cluster_written_bytes_total"))
+	require.Positive(t, value(t, lm, "cluster_read_bytes_total"))
 
 	// What the Leader refused, by kind.
 	require.Equal(t, 1.0, value(t, lm, "cluster_refused_total", "kind", "MaxSubscriptions"))
