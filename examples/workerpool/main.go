@@ -17,11 +17,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -36,15 +38,16 @@ func main() {
 	workers := flag.Int("workers", 4, "number of worker processes")
 	timeout := flag.Duration("timeout", 15*time.Second, "give up after this long")
 	worker := flag.String("worker", "", "the worker program (default: build "+workerPackage+" with go build)")
+	hold := flag.Bool("hold", false, "after the failover, keep the pool running until interrupted (to look at it with clusterctl)")
 	flag.Parse()
-	if err := run(*worker, *workers, *timeout); err != nil {
+	if err := run(*worker, *workers, *timeout, *hold); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		os.Exit(1)
 	}
 	fmt.Println("OK")
 }
 
-func run(worker string, workers int, timeout time.Duration) error {
+func run(worker string, workers int, timeout time.Duration, hold bool) error {
 	if worker == "" {
 		dir, err := os.MkdirTemp("", "wp-worker")
 		if err != nil {
@@ -56,7 +59,7 @@ func run(worker string, workers int, timeout time.Duration) error {
 			return fmt.Errorf("building the worker (run this from the repository, or pass -worker): %v\n%s", err, out)
 		}
 	}
-	return coordinate(worker, workers, timeout)
+	return coordinate(worker, workers, timeout, hold)
 }
 
 // demo is the coordinator's view of the run: the upstream server, the pool and what
@@ -72,8 +75,9 @@ type demo struct {
 	killedAt time.Time // when
 }
 
-// coordinate runs the demo with n workers of the program worker.
-func coordinate(worker string, n int, timeout time.Duration) error {
+// coordinate runs the demo with n workers of the program worker; with hold, it waits
+// for SIGINT or SIGTERM before it stops the pool.
+func coordinate(worker string, n int, timeout time.Duration, hold bool) error {
 	up, err := upstream.Start("127.0.0.1:0")
 	if err != nil {
 		return err
@@ -92,15 +96,19 @@ func coordinate(worker string, n int, timeout time.Duration) error {
 	defer p.stop()
 
 	d := &demo{up: up, pool: p, st: newState(), n: n, deadline: time.Now().Add(timeout)}
-	for _, step := range []func() error{
-		d.joined,         // every worker joins and invokes; the upstream sees one connection
-		d.subscribed,     // one upstream subscription for every worker's
-		d.killLeader,     // SIGKILL: a new Leader, timed
-		d.resubscribed,   // the new Leader subscribes again for the survivors
-		d.invokedAgain,   // every survivor invokes through the new Leader
-		d.oneConnection,  // the dead Leader's connection is gone
-		d.stopGracefully, // SIGTERM: every survivor closes its Client and exits 0
-	} {
+	steps := []func() error{
+		d.joined,        // every worker joins and invokes; the upstream sees one connection
+		d.subscribed,    // one upstream subscription for every worker's
+		d.killLeader,    // SIGKILL: a new Leader, timed
+		d.resubscribed,  // the new Leader subscribes again for the survivors
+		d.invokedAgain,  // every survivor invokes through the new Leader
+		d.oneConnection, // the dead Leader's connection is gone
+	}
+	if hold {
+		steps = append(steps, func() error { return d.hold(dir, timeout) })
+	}
+	steps = append(steps, d.stopGracefully) // SIGTERM: every survivor closes its Client and exits 0
+	for _, step := range steps {
 		if err := step(); err != nil {
 			return err
 		}
@@ -240,5 +248,24 @@ func (d *demo) stopGracefully() error {
 		}
 	}
 	fmt.Println("each closed its Client and exited 0")
+	return nil
+}
+
+// hold keeps the pool running until SIGINT or SIGTERM, for a look with clusterctl.
+func (d *demo) hold(dir string, timeout time.Duration) error {
+	fmt.Printf("\nthe pool runs on; look at it with\n  go run ./cmd/clusterctl status -name workerpool -dir %s\nand end the demo with Ctrl-C\n", dir)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for ctx.Err() == nil {
+		select {
+		case l := <-d.pool.lines: // keep reading the workers' logs
+			if l.Msg == "exiting" {
+				return fmt.Errorf("worker pid %d: %s", l.PID, l.Err)
+			}
+			d.st.apply(l)
+		case <-ctx.Done():
+		}
+	}
+	d.deadline = time.Now().Add(timeout)
 	return nil
 }

@@ -18,7 +18,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestDemo(t *testing.T) {
 	worker := filepath.Join(t.TempDir(), "worker")
 	exampletest.Build(t, "./worker", worker)
-	if err := coordinate(worker, 3, 2*time.Minute); err != nil {
+	if err := coordinate(worker, 3, 2*time.Minute, false); err != nil {
 		t.Fatal(err)
 	}
 }
