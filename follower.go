@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -36,36 +37,10 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(handshakeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
 	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: uint32(c.cfg.MaxBody), Name: c.cfg.Name, Token: token, Identity: c.cfg.Identity}
-	w, err := ipc.ClientHandshake(nc, hello, deadline)
+	w, err := handshake(ctx, nc, hello, c.tr)
 	if err != nil {
-		_ = nc.Close()
-		var fe *ipc.FrameError
-		switch {
-		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
-			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
-		case errors.As(err, &fe) && fe.Code == frame.CodeLimit:
-			// Full for now (connections, descriptors): try again, as for a Leader that
-			// is not listening yet; Join's error names the limit if it lasts.
-			return nil, &detailError{msg: fmt.Sprintf("cluster: the leader at %s refused this connection: %s", c.tr.where(), fe.Message), is: ErrLimit}
-		case errors.As(err, &fe) && fe.Code == frame.CodeIdentity:
-			return nil, fmt.Errorf("%w: cluster %q: %s", ErrIdentityMismatch, c.cfg.Name, fe.Message)
-		case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
-			// The Leader is handing over, or not ready for us yet: try again.
-			return nil, fmt.Errorf("%w: %s", ipc.ErrNoListener, fe.Message)
-		case errors.As(err, &fe):
-			return nil, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
-		case errors.Is(err, ipc.ErrNotOurProtocol):
-			return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.tr.where(), err)
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-			err = fmt.Errorf("%w: %w", errHungUp, err)
-		}
-		return nil, fmt.Errorf("handshake with the leader at %s: %w", c.tr.where(), err)
+		return nil, err
 	}
 	if w.Name != c.cfg.Name {
 		_ = nc.Close()
@@ -83,6 +58,44 @@ func (c *Client) follow(ctx context.Context) (*follower, error) {
 	f.conn = ipc.NewConn(nc, ipc.PeerCred{}, opts)
 	f.conn.Start()
 	return f, nil
+}
+
+// handshake sends hello on nc, dialled to tr's Leader, and returns the welcome, within
+// ctx and handshakeTimeout. It closes nc on error, which says what the Leader answered:
+// ErrUnauthorized, ErrLimit (full for now: try again), ErrIdentityMismatch, ErrProtocol,
+// ipc.ErrNoListener (handing over, or not ready yet: try again), or errHungUp.
+func handshake(ctx context.Context, nc net.Conn, hello frame.Hello, tr transport) (frame.Welcome, error) {
+	deadline := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	w, err := ipc.ClientHandshake(nc, hello, deadline)
+	if err == nil {
+		return w, nil
+	}
+	_ = nc.Close()
+	var fe *ipc.FrameError
+	switch {
+	case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
+		return w, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
+	case errors.As(err, &fe) && fe.Code == frame.CodeLimit:
+		// Full for now (connections, descriptors): try again, as for a Leader that is
+		// not listening yet; Join's error names the limit if it lasts.
+		return w, &detailError{msg: fmt.Sprintf("cluster: the leader at %s refused this connection: %s", tr.where(), fe.Message), is: ErrLimit}
+	case errors.As(err, &fe) && fe.Code == frame.CodeIdentity:
+		return w, fmt.Errorf("%w: cluster %q: %s", ErrIdentityMismatch, hello.Name, fe.Message)
+	case errors.As(err, &fe) && fe.Code == frame.CodeClosed:
+		// The Leader is handing over, or not ready for us yet: try again.
+		return w, fmt.Errorf("%w: %s", ipc.ErrNoListener, fe.Message)
+	case errors.As(err, &fe):
+		return w, fmt.Errorf("%w: leader refused the handshake: %w", ErrProtocol, fe)
+	case errors.Is(err, ipc.ErrNotOurProtocol):
+		return w, fmt.Errorf("%w: %s: %w", ErrProtocol, tr.where(), err)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		err = fmt.Errorf("%w: %w", errHungUp, err)
+	}
+	return w, fmt.Errorf("handshake with the leader at %s: %w", tr.where(), err)
 }
 
 // handle runs on whichever goroutine holds the connection's reading role (its reader

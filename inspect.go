@@ -52,24 +52,13 @@ func observe(ctx context.Context, vc *config, events func(Event)) (*observer, er
 	if err != nil {
 		return nil, diagnoseObserver(vc, tr, err)
 	}
-	deadline := time.Now().Add(handshakeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
 	hello := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: uint32(pid()), MaxBody: observerMaxBody,
 		Name: vc.Name, Token: token, Role: frame.RoleObserver}
-	w, err := ipc.ClientHandshake(nc, hello, deadline)
-	if err != nil {
-		_ = nc.Close()
-		var fe *ipc.FrameError
-		switch {
-		case errors.As(err, &fe) && fe.Code == frame.CodeUnauthorized:
-			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, fe.Message)
-		case errors.As(err, &fe) && fe.Code == frame.CodeLimit:
-			return nil, &detailError{msg: fmt.Sprintf("cluster: the leader at %s refused this connection: %s", tr.where(), fe.Message), is: ErrLimit}
-		case errors.As(err, &fe):
-			return nil, fmt.Errorf("%w: the leader at %s refused: %w", ErrProtocol, tr.where(), fe)
-		}
+	w, err := handshake(ctx, nc, hello, tr)
+	switch {
+	case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrLimit), errors.Is(err, ErrProtocol):
+		return nil, err // the Leader answered: that is the news
+	case err != nil:
 		return nil, diagnoseObserver(vc, tr, err)
 	}
 	opts := ipc.Options{Limits: frame.Limits{MaxBody: observerMaxBody}, Heartbeat: -1}
