@@ -16,6 +16,19 @@ import (
 	"github.com/cluster-client-go/cluster/ipc"
 )
 
+// Locks, and the order in which they nest (a lock is only taken while holding those
+// before it on its line; every lock not named here is a leaf, held alone):
+//
+//	counters.bytesMu → leader.mu
+//	topic.sub → topic.fan → localSubs.mu → Subscription.mu   (emit fanning out to this process)
+//	topic.sub → leader.mu                                     (removeSink dropping a topic)
+//	topic.fan → the ipc.Conn's send lock                      (emit fanning out to Followers)
+//	registrations.op → registrations.mu
+//	localTopic.opMu → localSubs.mu
+//
+// No lock is held while the Service runs, except topic.sub around Service.Subscribe and
+// the cancel function, which never emit under it (emit takes topic.fan only).
+
 // leader is the backend of the member that holds the lock.
 type leader struct {
 	c      *Client
