@@ -40,4 +40,5 @@ const (
 	CodeClosed       = "closed"       // the Leader is shutting down; to a hello: try again
 	CodeNotFound     = "not-found"    // unknown request id, method or topic
 	CodeBusy         = "busy"         // the Leader is overloaded; the request was not run
+	CodeLimit        = "limit"        // the peer exceeded one of the receiver's limits; the body names it
 )

@@ -66,11 +66,12 @@ func TestConstants(t *testing.T) {
 		frame.CodeClosed:       "closed",
 		frame.CodeNotFound:     "not-found",
 		frame.CodeBusy:         "busy",
+		frame.CodeLimit:        "limit",
 	}
 	for got, want := range codes {
 		require.Equal(t, want, got)
 	}
-	require.Len(t, codes, 9, "codes must be distinct")
+	require.Len(t, codes, 10, "codes must be distinct")
 }
 
 // TestHeaderLayout pins the byte offset of every header field.
