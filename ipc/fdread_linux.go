@@ -250,6 +250,8 @@ func (r *fdReader) header() (frame.Header, []int, error) {
 	return h, fds, nil
 }
 
+func (r *fdReader) buffered() int { return r.w - r.r }
+
 func (r *fdReader) frameDone() bool {
 	r.inFrame = false
 	return r.w > r.r
