@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
@@ -766,6 +767,9 @@ type frameSource interface {
 	// buffered is how many bytes of the stream are read from the connection and not
 	// yet consumed.
 	buffered() int
+	// arrived is buffered plus, where the system tells, the bytes waiting in the
+	// socket: what the peer is known to have sent and this side has not consumed.
+	arrived() int
 	// frameDone is called once a frame has been read whole; it reports whether bytes
 	// of further frames are buffered.
 	frameDone() (more bool)
@@ -941,7 +945,11 @@ func (c *Conn) Buffered() bool { return c.readerMore.Load() }
 func (c *Conn) newReader() *frameReader {
 	src := newFDSource(c)
 	if src == nil {
-		src = &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
+		p := &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
+		if sc, ok := c.nc.(syscall.Conn); ok {
+			p.rc, _ = sc.SyscallConn()
+		}
+		src = p
 	}
 	return &frameReader{c: c, src: src}
 }
@@ -951,6 +959,7 @@ func (c *Conn) newReader() *frameReader {
 type plainReader struct {
 	c  *Conn
 	br *bufio.Reader
+	rc syscall.RawConn // nc's, for socketQueued; nil if nc has none
 }
 
 func (p *plainReader) header() (frame.Header, []int, error) {
@@ -975,6 +984,8 @@ func (p *plainReader) header() (frame.Header, []int, error) {
 func (p *plainReader) readSome(b []byte) (int, error) { return p.br.Read(b) }
 
 func (p *plainReader) buffered() int { return p.br.Buffered() }
+
+func (p *plainReader) arrived() int { return p.br.Buffered() + socketQueued(p.rc) }
 
 func (p *plainReader) frameDone() bool { return p.br.Buffered() > 0 }
 

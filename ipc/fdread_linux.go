@@ -252,6 +252,8 @@ func (r *fdReader) header() (frame.Header, []int, error) {
 
 func (r *fdReader) buffered() int { return r.w - r.r }
 
+func (r *fdReader) arrived() int { return r.w - r.r + socketQueued(r.rc) }
+
 func (r *fdReader) frameDone() bool {
 	r.inFrame = false
 	return r.w > r.r

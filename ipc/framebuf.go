@@ -122,10 +122,14 @@ func (r *frameReader) beginFrame() error {
 }
 
 // grow makes room for more of the frame's bytes, which fill p.buf (p.got == len(p.buf)
-// < p.size): a larger staging buffer holding them, or the frame's own.
+// < p.size): the frame's own buffer if the peer is known to have sent at least
+// 1/growth of it (see arrived), else a larger staging buffer.
 func (r *frameReader) grow() error {
 	p := &r.part
-	n := stageSize(p.size, len(p.buf))
+	n := p.size
+	if n > growth*(p.got+r.src.arrived()) {
+		n = stageSize(p.size, p.got)
+	}
 	if err := r.reserve(n); err != nil {
 		return err
 	}
