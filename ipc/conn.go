@@ -947,7 +947,8 @@ func (c *Conn) newReader() *frameReader {
 	if src == nil {
 		p := &plainReader{c: c, br: bufio.NewReaderSize(c.nc, initialReadBufferSize)}
 		if sc, ok := c.nc.(syscall.Conn); ok {
-			p.rc, _ = sc.SyscallConn()
+			rc, _ := sc.SyscallConn()
+			p.q = newSocketQueue(rc)
 		}
 		src = p
 	}
@@ -959,7 +960,7 @@ func (c *Conn) newReader() *frameReader {
 type plainReader struct {
 	c  *Conn
 	br *bufio.Reader
-	rc syscall.RawConn // nc's, for socketQueued; nil if nc has none
+	q  socketQueue
 }
 
 func (p *plainReader) header() (frame.Header, []int, error) {
@@ -985,7 +986,7 @@ func (p *plainReader) readSome(b []byte) (int, error) { return p.br.Read(b) }
 
 func (p *plainReader) buffered() int { return p.br.Buffered() }
 
-func (p *plainReader) arrived() int { return p.br.Buffered() + socketQueued(p.rc) }
+func (p *plainReader) arrived() int { return p.br.Buffered() + p.q.queued() }
 
 func (p *plainReader) frameDone() bool { return p.br.Buffered() > 0 }
 

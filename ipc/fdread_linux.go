@@ -39,6 +39,7 @@ import (
 type fdReader struct {
 	c  *Conn
 	rc syscall.RawConn
+	q  socketQueue
 
 	buf  []byte
 	r, w int    // buf[r:w] is received and not yet parsed
@@ -83,7 +84,7 @@ func newFDSource(c *Conn) frameSource {
 	if err != nil {
 		return nil // the plain reader reports the broken conn
 	}
-	r := &fdReader{c: c, rc: rc, buf: make([]byte, initialReadBufferSize), oob: make([]byte, oobSize)}
+	r := &fdReader{c: c, rc: rc, q: newSocketQueue(rc), buf: make([]byte, initialReadBufferSize), oob: make([]byte, oobSize)}
 	r.recvFn = r.recvmsg
 	return r
 }
@@ -252,7 +253,7 @@ func (r *fdReader) header() (frame.Header, []int, error) {
 
 func (r *fdReader) buffered() int { return r.w - r.r }
 
-func (r *fdReader) arrived() int { return r.w - r.r + socketQueued(r.rc) }
+func (r *fdReader) arrived() int { return r.w - r.r + r.q.queued() }
 
 func (r *fdReader) frameDone() bool {
 	r.inFrame = false

@@ -4,6 +4,10 @@ package ipc
 
 import "syscall"
 
-// socketQueued is Linux-only (SIOCINQ): elsewhere a frame is staged by the bytes read
-// alone.
-func socketQueued(syscall.RawConn) int { return 0 }
+// socketQueue is Linux-only (SIOCINQ): elsewhere it tells 0, and a frame is staged by
+// the bytes read alone.
+type socketQueue struct{}
+
+func newSocketQueue(syscall.RawConn) socketQueue { return socketQueue{} }
+
+func (*socketQueue) queued() int { return 0 }
