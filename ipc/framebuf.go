@@ -12,20 +12,24 @@ import (
 //
 // A frame's meta and body are read into one buffer, which the Handler then owns. A
 // frame of up to freeFrame bytes gets it when its header is read. A larger one is
-// staged: its bytes go into staging buffers, each at most growth times the bytes read
-// so far (freeFrame for the first), and its own buffer, exactly its size, is made once
-// it has sent at least 1/growth of it; the bytes staged are copied in. So an
-// incomplete frame holds at most growth times what the peer has sent of it (and
-// freeFrame at least), however large its header says it is.
+// staged: its first bytes go into staging buffers, each at most growth times the bytes
+// read so far (freeFrame for the first), until the peer is known to have sent at least
+// 1/growth of the frame (the bytes read, plus those waiting in the socket where the
+// system tells: see frameSource.arrived); then the frame gets its own buffer, exactly
+// its size, and the bytes staged are copied into it. So an incomplete frame holds at
+// most growth times what the peer has sent (freeFrame at least), however large its
+// header says it is, besides the spare below, which the process holds anyway.
 //
 // Staging buffers never leave the reader, so they are reused: the process keeps one
-// spare, which a frame takes when it is free and large enough, and stages in it
-// without copying as long as it fits. A buffer made for each frame and dropped costs
-// far more than its copy: its pages are fresh (the runtime returns freed memory to the
-// system), and on the small VM this was measured on a fresh page costs tens of
-// microseconds. Staging in fresh buffers made 1 MiB inline round trips (the root
-// package's BenchmarkLargePayload) 20-50% slower; staging in the spare leaves them as
-// they were without staging (see the report on branch ipc-limits for the figures).
+// spare (the largest staging buffer given back, dropped after spareIdle unused), which
+// a frame takes when it is free and large enough, and then grows into without copying.
+// A staging buffer made for each frame costs far more than the bytes it copies: its
+// pages are fresh (the runtime gives freed memory back to the system), and on a small
+// VM a fresh page costs tens of microseconds. Measured there (2 cores, median ratio of
+// 16-20 paired runs to reading without staging), fresh staging buffers against the
+// spare: ipc's BenchmarkLargeFrame 1 MiB over a Unix socket +25% against +9% (equal in
+// runs of 2000 frames), 16 MiB +16% against +3%, 16 MiB over TCP +44% against -2%; the
+// root package's BenchmarkLargePayload/inline/1MiB +58% against +6% (+3% in 3 s runs).
 
 // freeFrame is the most a frame's buffer holds before its bytes have arrived: a frame
 // up to this size is allocated at once.
@@ -35,12 +39,11 @@ const freeFrame = 64 << 10
 // staging buffer, or the frame's own, is at most growth times larger.
 const growth = 4
 
-// stageSize is the size of the buffer that replaces one of length n (full) for a frame
-// of size bytes: size/growth^j, rounded up, for the smallest j that gives at most
-// max(growth·n, freeFrame). Taking the sizes down from size, rather than up from
-// freeFrame, makes the last staging buffer a 1/growth of the frame whatever its size,
-// so a frame whose size is just over a power of growth is not staged in a buffer
-// almost its size.
+// stageSize is the size of the staging buffer that follows one holding n bytes (n = 0:
+// the first) of a frame of size bytes: the largest size/growth^j, rounded up, that is
+// at most max(growth·n, freeFrame). Taking the sizes down from size, rather than up from
+// freeFrame, makes the last staging buffer a 1/growth of the frame whatever its size:
+// a frame just over a power of growth is not staged in a buffer almost its size.
 func stageSize(size, n int) int {
 	limit := max(growth*n, freeFrame)
 	for size > limit {
@@ -121,9 +124,10 @@ func (r *frameReader) beginFrame() error {
 	return nil
 }
 
-// grow makes room for more of the frame's bytes, which fill p.buf (p.got == len(p.buf)
-// < p.size): the frame's own buffer if the peer is known to have sent at least
-// 1/growth of it (see arrived), else a larger staging buffer.
+// grow makes room for more of a staged frame's bytes, which fill p.buf (p.got ==
+// len(p.buf) < p.size; nil at first): the frame's own buffer if the peer is known to
+// have sent at least 1/growth of it, else a larger staging buffer. It reserves the
+// Budget's bytes for the new buffer first, and may wait for them (see reserve).
 func (r *frameReader) grow() error {
 	p := &r.part
 	n := p.size
