@@ -6,29 +6,29 @@ import (
 )
 
 // A Budget bounds the memory that incomplete frames hold, across every Conn that
-// shares it (Options.Budget): the bytes of a large frame's buffer above the first
-// freeFrame (64 KiB), from the moment they are allocated until the frame is complete,
-// when the Handler owns them and they no longer count, or until its Conn ends. (A
-// frame's buffer grows with the bytes received: see framebuf.go.)
+// shares it (Options.Budget). A frame over 64 KiB is read into a buffer that grows
+// with the bytes received; the bytes of that buffer beyond the first 64 KiB count
+// against the Budget from the moment they are allocated until the frame is complete
+// (the Handler then owns them, and they no longer count) or its Conn ends.
 //
 // A Conn whose frame needs more than the Budget has left stops reading until enough
 // is released, or until the Conn ends: the peer's writes then block in the kernel.
 // Options.FrameTimeout bounds that wait along with the rest of the frame. Without it,
 // frames that together need more than the Budget can wait for one another forever;
-// with it, the oldest is dropped and the others go on.
+// with it, those that run out of time are dropped and the others go on.
 //
-// A frame that needs more than the whole Budget could never be read: it ends its Conn
-// with an error matching frame.ErrTooLarge.
+// A frame that needs more than the whole Budget could never be read: it fails its
+// Conn with an error matching frame.ErrTooLarge.
 type Budget struct {
-	max int64
+	limit int64
 
 	mu    sync.Mutex
 	used  int64
 	freed chan struct{} // made by a reader that waits; closed (and cleared) by the next release
 }
 
-// NewBudget returns a Budget of max bytes.
-func NewBudget(max int64) *Budget { return &Budget{max: max} }
+// NewBudget returns a Budget of limit bytes.
+func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
 
 // InUse returns the bytes held now by incomplete frames.
 func (b *Budget) InUse() int64 {
@@ -42,7 +42,7 @@ func (b *Budget) InUse() int64 {
 func (b *Budget) take(n int64) (freed <-chan struct{}, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n <= b.max {
+	if b.used+n <= b.limit {
 		b.used += n
 		return nil, true
 	}

@@ -114,9 +114,9 @@ func (r *frameReader) beginFrame() error {
 		if p.size > 0 {
 			p.buf = make([]byte, p.size)
 		}
-	} else if b := r.c.opts.Budget; b != nil && int64(p.size-freeFrame) > b.max {
+	} else if b := r.c.opts.Budget; b != nil && int64(p.size-freeFrame) > b.limit {
 		return fmt.Errorf("%w: a %s frame of %d bytes (meta and body) needs %d bytes of the receiver's budget for incomplete frames, which holds %d in all",
-			frame.ErrTooLarge, p.f.Kind, p.size, p.size-freeFrame, b.max)
+			frame.ErrTooLarge, p.f.Kind, p.size, p.size-freeFrame, b.limit)
 	}
 	if r.c.opts.FrameTimeout > 0 && r.src.buffered() < p.size {
 		r.startClock()

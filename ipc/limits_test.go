@@ -118,9 +118,9 @@ func stallBudget(t *testing.T, tr transport, budget *Budget) *Conn {
 	a, b := tr.pair(t)
 	c := started(NewConn(b, PeerCred{}, Options{Budget: budget, FrameTimeout: time.Hour, Heartbeat: -1, Handler: func(*Conn, frame.Frame) {}}))
 	t.Cleanup(func() { c.Close() })
-	size := int(budget.max) + freeFrame
+	size := int(budget.limit) + freeFrame
 	rawPeer{t, a}.write(append(largeHeader(size-1), make([]byte, size/growth)...))
-	require.Eventually(t, func() bool { return budget.InUse() == budget.max }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return budget.InUse() == budget.limit }, 10*time.Second, time.Millisecond)
 	return c
 }
 
