@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 
@@ -58,4 +59,33 @@ func BenchmarkRoundTripUnixParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkLargeFrame is a Call whose request carries a large body (answered with an
+// empty response): the receiving side's cost of a large frame, which its reader reads
+// into a buffer that grows as the bytes arrive.
+func BenchmarkLargeFrame(b *testing.B) {
+	for _, tr := range []transport{
+		{"unix", func(tb testing.TB) (net.Conn, net.Conn) { return unixSocketPair(tb) }},
+		{"tcp", socketPair},
+	} {
+		for _, size := range []int{1 << 20, 16 << 20} {
+			b.Run(fmt.Sprintf("%s/%dMiB", tr.name, size>>20), func(b *testing.B) {
+				a, z := tr.pair(b)
+				cc := started(NewConn(a, PeerCred{}, Options{Heartbeat: -1}))
+				sc := started(NewConn(z, PeerCred{}, Options{Heartbeat: -1, Handler: func(c *Conn, f frame.Frame) { _ = c.Reply(f.ID, nil) }}))
+				defer sc.Close()
+				defer cc.Close()
+				body := make([]byte, size)
+				ctx := context.Background()
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := cc.Call(ctx, frame.KindInvoke, 0, nil, body); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

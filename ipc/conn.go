@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
@@ -30,9 +31,18 @@ const (
 
 // Options configures a Conn. The zero value is usable: every zero field means its default.
 type Options struct {
-	// Limits bounds what the Conn accepts from the peer; violations close the Conn with
-	// an error matching frame.ErrProtocol or frame.ErrTooLarge.
+	// Limits bounds what the Conn accepts from the peer; violations fail the Conn (see
+	// Fail) with an error matching frame.ErrProtocol or frame.ErrTooLarge.
 	Limits frame.Limits
+	// Budget, when set, bounds the memory that this Conn's incomplete frames hold
+	// together with those of every Conn that shares it: see Budget. Nil: no bound but
+	// the one each frame has, a few times what the peer has sent of it.
+	Budget *Budget
+	// FrameTimeout, when positive, is how long a frame may take to arrive whole once
+	// its header has been read, waits for Budget included; a frame that takes longer
+	// fails the Conn (see Fail) with an error matching ErrFrameTimeout, whatever the
+	// heartbeats say. Zero: no bound.
+	FrameTimeout time.Duration
 	// MaxQueue bounds the bytes queued for the peer but not yet written. A peer that does
 	// not read fast enough to stay under it is dropped with ErrSlowConsumer rather than
 	// allowed to grow this process's memory. Default DefaultMaxQueue.
@@ -146,6 +156,8 @@ type Conn struct {
 
 	bytesIn, bytesOut atomic.Uint64 // read from and written to the socket (see Bytes)
 
+	failed atomic.Pointer[error] // the cause given to Fail (see fail.go)
+
 	closeOnce  sync.Once
 	ctx        context.Context
 	cancel     context.CancelFunc
@@ -244,9 +256,13 @@ func (c *Conn) Err() error {
 }
 
 // Abort closes the Conn with cause without waiting for its goroutines. It is safe to
-// call from a Handler. Pending calls fail with an error wrapping cause.
+// call from a Handler. Pending calls fail with an error wrapping cause. On a Conn that
+// is failing (see Fail), Fail's cause is the Conn's cause instead.
 func (c *Conn) Abort(cause error) {
 	c.closeOnce.Do(func() {
+		if failed := c.failed.Load(); failed != nil {
+			cause = *failed
+		}
 		c.err = cause
 		close(c.done)
 		c.cancel()
@@ -274,6 +290,12 @@ func (c *Conn) Wait() {
 // responses reach the peer.
 func (c *Conn) Drain(ctx context.Context) error {
 	defer c.Close()
+	return c.waitFlushed(ctx)
+}
+
+// waitFlushed waits until every queued frame has been written (nil), the Conn ends (its
+// cause) or ctx ends (ctx.Err()).
+func (c *Conn) waitFlushed(ctx context.Context) error {
 	for {
 		c.wmu.Lock()
 		empty := len(c.wbuf) == 0 && !c.writing
@@ -745,6 +767,12 @@ type frameSource interface {
 	header() (frame.Header, []int, error)
 	// readSome reads the next bytes of the stream into p (non-empty).
 	readSome(p []byte) (int, error)
+	// buffered is how many bytes of the stream are read from the connection and not
+	// yet consumed.
+	buffered() int
+	// arrived is buffered plus, where the system tells, the bytes waiting in the
+	// socket: what the peer is known to have sent and this side has not consumed.
+	arrived() int
 	// frameDone is called once a frame has been read whole; it reports whether bytes
 	// of further frames are buffered.
 	frameDone() (more bool)
@@ -752,13 +780,18 @@ type frameSource interface {
 	discard()
 }
 
-// partFrame is a frame being read: a deadline may interrupt its reading anywhere.
+// partFrame is a frame being read: a deadline may interrupt its reading anywhere, and
+// the next holder of the reading role goes on with all of it, its staging, Budget
+// bytes and clock included.
 type partFrame struct {
-	started bool // the header is read (and the descriptors attached)
-	f       frame.Frame
-	fds     []int  // descriptors passed with it
-	buf     []byte // meta and body
-	got     int    // bytes of buf read
+	started  bool // the header is read (and the descriptors attached)
+	f        frame.Frame
+	fds      []int  // descriptors passed with it
+	size     int    // the length of its meta and body
+	buf      []byte // meta and body; while len(buf) < size, a staging buffer (see framebuf.go)
+	got      int    // bytes of buf read
+	reserved int64  // bytes of Options.Budget it holds (see reserve)
+	timed    bool   // its clock runs (see sweep.go)
 }
 
 // isDeadline reports whether err is a read deadline's: the reading role is wanted
@@ -780,12 +813,14 @@ func (r *frameReader) run() (err error) {
 	}
 }
 
-// discard closes every descriptor received and not delivered: reading has ended. run
-// does it; whoever calls step in a loop of its own must, when reading ends.
+// discard closes every descriptor received and not delivered, and lets go of what an
+// incomplete frame holds: reading has ended. run does it; whoever calls step in a loop
+// of its own must, when reading ends.
 func (r *frameReader) discard() {
 	r.src.discard()
 	closeFDs(r.part.fds)
 	r.part.fds = nil
+	r.endFrame()
 }
 
 // step reads one frame and dispatches it.
@@ -794,13 +829,19 @@ func (r *frameReader) step() error {
 		return r.err
 	}
 	if err := r.readFrame(); err != nil {
-		if !isDeadline(err) {
+		if !isDeadline(err) && err != errBudgetWait {
 			r.err = err
 		}
 		return err
 	}
 	f, fds := r.part.f, r.part.fds
 	r.part = partFrame{}
+	if cause := r.c.failed.Load(); cause != nil {
+		// Fail was called: the Conn is ending, and nothing more is dispatched.
+		closeFDs(fds)
+		r.err = *cause
+		return r.err
+	}
 	r.c.readerMore.Store(r.src.frameDone())
 	if err := r.c.dispatch(f, newFiles(fds)); err != nil {
 		if err != errHandedOff {
@@ -819,12 +860,17 @@ func (r *frameReader) readFrame() error {
 		if err != nil {
 			return err
 		}
-		*p = partFrame{started: true, f: frame.Frame{Header: h}, fds: fds}
-		if n := int(h.MetaLen) + int(h.BodyLen); n > 0 {
-			p.buf = make([]byte, n)
+		*p = partFrame{started: true, f: frame.Frame{Header: h}, fds: fds, size: int(h.MetaLen) + int(h.BodyLen)}
+		if err := r.beginFrame(); err != nil {
+			return err
 		}
 	}
-	for p.got < len(p.buf) {
+	for p.got < p.size {
+		if p.got == len(p.buf) {
+			if err := r.grow(); err != nil {
+				return err
+			}
+		}
 		n, err := r.src.readSome(p.buf[p.got:])
 		p.got += n
 		if err != nil {
@@ -834,7 +880,8 @@ func (r *frameReader) readFrame() error {
 			return err
 		}
 	}
-	if h := p.f.Header; len(p.buf) > 0 {
+	r.endFrame()
+	if h := p.f.Header; p.size > 0 {
 		p.f.Meta, p.f.Body = p.buf[:h.MetaLen:h.MetaLen], p.buf[h.MetaLen:]
 	}
 	return nil
@@ -867,6 +914,12 @@ func (c *Conn) readOn() {
 	if errors.Is(err, io.EOF) {
 		err = fmt.Errorf("%w: peer closed the connection", io.EOF)
 	}
+	if code := violationCode(err); code != "" {
+		c.fail(code, err)
+	}
+	if c.failed.Load() != nil {
+		c.endAfterFlush() // the peer is told why first
+	}
 	c.Abort(err)
 	if c.watched {
 		watch.remove(c)
@@ -895,7 +948,12 @@ func (c *Conn) Buffered() bool { return c.readerMore.Load() }
 func (c *Conn) newReader() *frameReader {
 	src := newFDSource(c)
 	if src == nil {
-		src = &plainReader{c: c, br: bufio.NewReaderSize(countingReader{c}, initialReadBufferSize)}
+		p := &plainReader{c: c, br: bufio.NewReaderSize(countingReader{c}, initialReadBufferSize)}
+		if sc, ok := c.nc.(syscall.Conn); ok {
+			rc, _ := sc.SyscallConn()
+			p.q = newSocketQueue(rc)
+		}
+		src = p
 	}
 	return &frameReader{c: c, src: src}
 }
@@ -905,6 +963,7 @@ func (c *Conn) newReader() *frameReader {
 type plainReader struct {
 	c  *Conn
 	br *bufio.Reader
+	q  socketQueue
 }
 
 func (p *plainReader) header() (frame.Header, []int, error) {
@@ -927,6 +986,10 @@ func (p *plainReader) header() (frame.Header, []int, error) {
 }
 
 func (p *plainReader) readSome(b []byte) (int, error) { return p.br.Read(b) }
+
+func (p *plainReader) buffered() int { return p.br.Buffered() }
+
+func (p *plainReader) arrived() int { return p.br.Buffered() + p.q.queued() }
 
 func (p *plainReader) frameDone() bool { return p.br.Buffered() > 0 }
 

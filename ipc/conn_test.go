@@ -254,25 +254,28 @@ func TestPeerThatDoesNotReadIsDropped(t *testing.T) {
 	require.ErrorIs(t, c.Err(), ErrSlowConsumer)
 }
 
+// A protocol violation fails the Conn: the peer reads an error frame saying why, then
+// the end.
 func TestProtocolViolationsCloseTheConn(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		bytes []byte
 		want  error
+		code  string
 	}{
-		{"wrong version", []byte{9, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, frame.ErrVersion},
+		{"wrong version", []byte{9, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, frame.ErrVersion, frame.CodeVersion},
 		{"oversized body", func() []byte {
 			b := make([]byte, frame.HeaderSize)
 			(&frame.Header{Version: frame.Version, Kind: frame.KindInvoke, BodyLen: 1 << 30}).Put(b)
 			return b
-		}(), frame.ErrTooLarge},
+		}(), frame.ErrTooLarge, frame.CodeTooLarge},
 		{"descriptors on a plain connection", func() []byte {
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1, FDs: 1}, nil, nil)
 			return b
-		}(), frame.ErrProtocol},
-		{"hello after the handshake", frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, nil), frame.ErrProtocol},
-		{"answer to a request never sent", frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 7}, nil, nil), frame.ErrProtocol},
-		{"truncated frame", frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("method"), []byte("body"))[:30], frame.ErrProtocol},
+		}(), frame.ErrProtocol, frame.CodeProtocol},
+		{"hello after the handshake", frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, nil), frame.ErrProtocol, frame.CodeProtocol},
+		{"answer to a request never sent", frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 7}, nil, nil), frame.ErrProtocol, frame.CodeProtocol},
+		{"truncated frame", frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("method"), []byte("body"))[:30], frame.ErrProtocol, frame.CodeProtocol},
 	} {
 		for _, tr := range transports() {
 			t.Run(tr.name+"/"+tt.name, func(t *testing.T) {
@@ -290,6 +293,7 @@ func TestProtocolViolationsCloseTheConn(t *testing.T) {
 					t.Fatal("conn survived a protocol violation")
 				}
 				require.ErrorIs(t, c.Err(), tt.want)
+				require.Equal(t, c.Err().Error(), requireFailFrame(t, a, tt.code), "the error frame says why")
 				a.Close()
 			})
 		}

@@ -36,6 +36,16 @@
 // FileHandler may pass descriptors. Every descriptor the Conn holds and does not deliver
 // (a frame never written, a violation, a response to an abandoned call) is closed.
 //
+// # Limits on the peer
+//
+// A Conn bounds what its peer makes it hold: the bytes queued for a peer that does not
+// read (Options.MaxQueue), the size of a frame (Options.Limits), the memory of frames
+// not complete yet (a frame over 64 KiB is read into a buffer that grows with the bytes
+// that arrive, and Options.Budget bounds such memory across Conns: see Budget), and the
+// time a frame may take once its header is read (Options.FrameTimeout). A peer that
+// breaks the protocol or a limit is sent an error frame saying why before the Conn
+// closes (see Conn.Fail, which a Handler may call too).
+//
 // The package knows nothing of election: which side leads is the root package's
 // business.
 package ipc

@@ -20,6 +20,9 @@ var (
 	ErrSlowConsumer = errors.New("peer is not reading: outbound queue full")
 	// ErrHeartbeatTimeout is the cause when a peer stayed silent past Options.HeartbeatTimeout.
 	ErrHeartbeatTimeout = errors.New("heartbeat timeout")
+	// ErrFrameTimeout is the cause when a peer did not complete a frame within
+	// Options.FrameTimeout of its header.
+	ErrFrameTimeout = errors.New("frame timeout")
 	// ErrNoListener means nothing listens at the address: the socket file is missing
 	// (ENOENT) or refuses connections (ECONNREFUSED, a stale file left by a dead Leader).
 	// It is retryable.

@@ -39,6 +39,7 @@ import (
 type fdReader struct {
 	c  *Conn
 	rc syscall.RawConn
+	q  socketQueue
 
 	buf  []byte
 	r, w int    // buf[r:w] is received and not yet parsed
@@ -83,7 +84,7 @@ func newFDSource(c *Conn) frameSource {
 	if err != nil {
 		return nil // the plain reader reports the broken conn
 	}
-	r := &fdReader{c: c, rc: rc, buf: make([]byte, initialReadBufferSize), oob: make([]byte, oobSize)}
+	r := &fdReader{c: c, rc: rc, q: newSocketQueue(rc), buf: make([]byte, initialReadBufferSize), oob: make([]byte, oobSize)}
 	r.recvFn = r.recvmsg
 	return r
 }
@@ -250,6 +251,10 @@ func (r *fdReader) header() (frame.Header, []int, error) {
 	r.r += frame.HeaderSize
 	return h, fds, nil
 }
+
+func (r *fdReader) buffered() int { return r.w - r.r }
+
+func (r *fdReader) arrived() int { return r.w - r.r + r.q.queued() }
 
 func (r *fdReader) frameDone() bool {
 	r.inFrame = false

@@ -189,7 +189,9 @@ func (c *Conn) readOwn(ctx context.Context, deadline time.Time, cl *call) (r res
 		switch {
 		case err == nil:
 		case !isDeadline(err):
-			return result{}, false // sticky: the reader goroutine fails the Conn
+			// Sticky: the reader goroutine fails the Conn. Or errBudgetWait: the
+			// reader goroutine waits for the Budget.
+			return result{}, false
 		case ctx.Err() != nil, !deadline.IsZero() && !time.Now().Before(deadline):
 			return result{}, false
 		default:

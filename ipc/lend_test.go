@@ -235,13 +235,42 @@ func TestACallerReadingPartOfAFrameLeavesItWhole(t *testing.T) {
 	}
 }
 
+// A frame over 64 KiB is staged (see framebuf.go): its staging buffers, Budget bytes
+// and clock go on with the next holder of the reading role wherever a caller stops.
+func TestACallerReadingPartOfAStagedFrameLeavesItWhole(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789"), 30000)
+	push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
+	size := len(push) - frame.HeaderSize
+	first := stageSize(size, 0)
+	second := stageSize(size, first)
+	require.Less(t, second, size, "the frame is staged twice")
+	cuts := []struct {
+		name string
+		at   int
+	}{
+		{"first staging buffer", first / 2},
+		{"end of the first staging buffer", first},
+		{"second staging buffer", (first + second) / 2},
+		{"frame's own buffer", (second + size) / 2},
+	}
+	for _, tr := range transports() {
+		for _, cut := range cuts {
+			t.Run(tr.name+"/"+cut.name, func(t *testing.T) {
+				testACallerReadingPartOfAFrame(t, tr, "deadline", push, frame.HeaderSize+cut.at)
+			})
+		}
+	}
+}
+
 // testACallerReadingPartOfAFrame: a caller reads push[:cut], then its call ends (by
-// end); the rest of push comes later and must arrive whole.
+// end); the rest of push comes later and must arrive whole, and what it held while
+// incomplete is let go.
 func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push []byte, cut int) {
 	a, b := tr.pair(t)
 	peer := rawPeer{t, b}
 	pushes := make(chan []byte, 4)
-	c := lendingClient(t, a, time.Hour, Options{Handler: func(_ *Conn, f frame.Frame) { pushes <- f.Body }})
+	budget := NewBudget(1 << 20)
+	c := lendingClient(t, a, time.Hour, Options{Budget: budget, FrameTimeout: time.Hour, Handler: func(_ *Conn, f frame.Frame) { pushes <- f.Body }})
 
 	go func() { peer.answer(peer.request()) }()
 	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
@@ -287,6 +316,11 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	require.NoError(t, err)
 	require.Equal(t, "third", string(f.Body))
 	require.NoError(t, c.Err())
+	require.Zero(t, budget.InUse())
+	sweep.mu.Lock()
+	_, registered := sweep.frames[c]
+	sweep.mu.Unlock()
+	require.False(t, registered, "the frame's clock stopped")
 }
 
 func TestTheConnEndingUnderAReadingCaller(t *testing.T) {
