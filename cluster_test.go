@@ -380,7 +380,8 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		send func(t *testing.T, c net.Conn)
-		// wantCode is the error frame the Leader should answer with ("" = just closes).
+		// wantCode is the error frame the Leader closes the connection with ("": it
+		// cannot answer, or the peer cannot read it).
 		wantCode string
 		// wantKind is the kind under which the Leader counts (and logs, rate-limited)
 		// the refusal: see Stats.Refused.
@@ -392,8 +393,8 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 		{"wrong version", func(t *testing.T, c net.Conn) { c.Write(wrongVersion) }, frame.CodeVersion, "handshake"},
 		{"wrong cluster name", func(t *testing.T, c net.Conn) { c.Write(hello("other")) }, frame.CodeProtocol, "handshake"},
 		{"half a hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)[:30]) }, "", "handshake"},
-		{"oversized length after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, "", "too-large"},
-		{"garbage after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, "", "protocol"},
+		{"oversized length after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write(oversized) }, frame.CodeTooLarge, "too-large"},
+		{"garbage after hello", func(t *testing.T, c net.Conn) { c.Write(hello(tc.name)); c.Write([]byte(strings.Repeat("\xff", 100))) }, frame.CodeVersion, "protocol"},
 		{"half a frame after hello", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), make([]byte, 100))[:50])
@@ -401,13 +402,13 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 		{"response frame from a follower", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindResponse, ID: 1}, nil, nil))
-		}, "", "protocol"},
+		}, frame.CodeProtocol, "protocol"},
 		{"too many fds declared", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), nil)
 			b[3] = 200
 			c.Write(b)
-		}, "", "protocol"},
+		}, frame.CodeProtocol, "protocol"},
 		{"unsealed memfd passed as a blob", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			f := unsealedMemfd(t, "the sender could still change this")
@@ -418,7 +419,7 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 		{"empty method name", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, nil, nil))
-		}, "", "protocol"},
+		}, frame.CodeProtocol, "protocol"},
 		{"descriptor passed with a subscribe", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, FDs: 1, ID: 1}, []byte("t"), nil)

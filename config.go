@@ -392,11 +392,13 @@ func (c *config) connOptions() ipc.Options {
 }
 
 // peerOptions are the options of the Leader's connection to a Follower: the same, under
-// the Leader's Limits.
-func (c *config) peerOptions() ipc.Options {
+// the Leader's Limits; budget bounds the memory of every connection's incomplete frames
+// (nil: no bound).
+func (c *config) peerOptions(budget *ipc.Budget) ipc.Options {
 	o := c.connOptions()
 	o.Limits.MaxMeta = uint32(c.lim.MaxNameLen)
 	o.MaxQueue = c.lim.MaxQueued
+	o.Budget, o.FrameTimeout = budget, c.lim.FrameTimeout
 	o.Logger = nil // the Leader logs why a connection ended itself, rate-limited (leader.noteEnd)
 	return o
 }

@@ -113,7 +113,7 @@ func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 		m, err := decodeMessage(fr, files, f.c.cfg.MaxBlob)
 		if err != nil {
 			if errors.Is(err, frame.ErrProtocol) {
-				conn.Abort(err)
+				conn.Fail(frame.CodeProtocol, err)
 				return
 			}
 			f.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
@@ -136,7 +136,7 @@ func (f *follower) handle(conn *ipc.Conn, fr frame.Frame, files []*os.File) {
 			close(f.goodbye)
 		})
 	default:
-		conn.Abort(fmt.Errorf("%w: unexpected %s frame from the leader", frame.ErrProtocol, fr.Kind))
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: unexpected %s frame from the leader", frame.ErrProtocol, fr.Kind))
 	}
 }
 

@@ -269,3 +269,29 @@ func TestProcessHostileForeignDescriptorHoarding(t *testing.T) {
 	stopAttack(t, atk)
 	reclaimed(t, leader, base+2)
 }
+
+// Another uid sends headers of large frames and only part of their bodies, then stalls:
+// the Leader holds memory in proportion to what was sent (not to what the headers
+// claim), within MaxPartialBytes, and drops each stalled frame after FrameTimeout with
+// an error frame; the Leader's own uid joins and is served throughout.
+func TestProcessHostileForeignPartialFrames(t *testing.T) {
+	lim := cluster.Limits{FrameTimeout: 2 * time.Second, MaxPartialBytes: 64 << 20}
+	tc, bin, leader, f := foreignAttack(t, lim)
+	rss := rssOf(t, leader.pid)
+	const n, sent = 32, 1 << 20 // 32 headers claiming 16 MiB each, 1 MiB of each sent
+	atk := tc.attack(bin, uid1001, "partial", n, fmt.Sprintf("ATTACK_BODY=%d", 16<<20-8), fmt.Sprintf("ATTACK_SENT=%d", sent))
+	attackReportOf(atk, func(r attackReport) bool { return r.Welcomed == n })
+	joinsDuring(t, tc, bin)
+	stillServed(t, f)
+	// What the headers claim is 512 MiB; what was sent is 32 MiB, and the budget 64 MiB.
+	grew := rssOf(t, leader.pid) - rss
+	t.Logf("the leader's resident memory grew by %d MiB", grew>>20)
+	require.Less(t, grew, int64(160<<20), "the leader holds memory for what the headers claim, not what was sent")
+	// Past FrameTimeout every stalled frame is dropped, saying why.
+	r := attackReportOf(atk, func(r attackReport) bool { return r.Closed == n })
+	require.Equal(t, n, r.Codes["limit"], "%+v", r)
+	st := stats(leader)
+	require.EqualValues(t, n, st.Refused["FrameTimeout"])
+	stopAttack(t, atk)
+	stillServed(t, f)
+}

@@ -57,6 +57,7 @@ type leader struct {
 	watchEnd chan struct{} // closed when watchClaim returned
 
 	adm          admission     // connections and descriptors against Config.Limits
+	budget       *ipc.Budget   // memory of the peers' incomplete frames (Limits.MaxPartialBytes); nil: none
 	housekeepEnd chan struct{} // closed when housekeep returned
 }
 
@@ -131,6 +132,9 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 	}
 	l.calls.init()
 	l.adm.fds.calibrate()
+	if n := c.cfg.lim.MaxPartialBytes; n > 0 {
+		l.budget = ipc.NewBudget(n)
+	}
 	go l.acceptLoop()
 	go l.watchClaim()
 	go l.housekeep()
@@ -236,6 +240,8 @@ func (l *leader) noteEnd(peer ipc.PeerCred, err error) {
 		kind = "MaxQueued"
 	case errors.Is(err, ipc.ErrHeartbeatTimeout):
 		kind = "HeartbeatTimeout"
+	case errors.Is(err, ipc.ErrFrameTimeout):
+		kind = "FrameTimeout"
 	case errors.Is(err, frame.ErrTooLarge):
 		kind = "too-large"
 	case errors.Is(err, frame.ErrProtocol):
@@ -311,7 +317,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	}
 	pc := &peerConn{l: l, hello: hello, at: time.Now(), topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
-	opts := l.c.cfg.peerOptions()
+	opts := l.c.cfg.peerOptions(l.budget)
 	opts.FileHandler = pc.handle
 	conn := ipc.NewConn(nc, peer, opts)
 	pc.conn = conn

@@ -35,7 +35,7 @@ type Event struct {
 
 // serveObserver serves an observer's connection until it ends.
 func (l *leader) serveObserver(nc net.Conn, peer ipc.PeerCred) {
-	opts := l.c.cfg.peerOptions()
+	opts := l.c.cfg.peerOptions(l.budget)
 	opts.Handler = l.observerFrame
 	conn := ipc.NewConn(nc, peer, opts)
 	l.mu.Lock()
@@ -67,7 +67,7 @@ func (l *leader) observerFrame(conn *ipc.Conn, f frame.Frame) {
 		l.mu.Unlock()
 		_ = conn.Reply(f.ID, nil)
 	default:
-		conn.Abort(fmt.Errorf("%w: an observer sent a %s frame; it may send status and watch only", frame.ErrProtocol, f.Kind))
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: an observer sent a %s frame; it may send status and watch only", frame.ErrProtocol, f.Kind))
 	}
 }
 

@@ -283,7 +283,7 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
 		if len(files) > 0 {
 			closeFiles(files)
-			conn.Abort(fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
+			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
 			return
 		}
 	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
@@ -296,12 +296,12 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		return
 	default:
 		closeFiles(files)
-		conn.Abort(fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
 		return
 	}
 	if len(f.Meta) == 0 {
 		closeFiles(files)
-		conn.Abort(fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
 		return
 	}
 	if !pc.l.calls.enter() {
@@ -324,7 +324,7 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		pc.l.calls.leave()
 		var le *limitError
 		if !errors.As(err, &le) {
-			conn.Abort(err) // a protocol violation
+			conn.Fail(frame.CodeProtocol, err) // a protocol violation
 			return
 		}
 		pc.l.c.refused.note(slog.LevelWarn, le.limit, conn.Peer(), err)
@@ -450,7 +450,7 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 	if err != nil {
 		switch {
 		case errors.Is(err, frame.ErrProtocol):
-			pc.conn.Abort(err)
+			pc.conn.Fail(frame.CodeProtocol, err)
 		case f.Kind != frame.KindOneway:
 			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("cluster: %s %q: the request: %v", requestOp(f.Kind), f.Meta, err))
 		default:
@@ -558,7 +558,7 @@ func (pc *peerConn) exec(j job) {
 	var shared bool
 	if f.Kind == frame.KindSubscribe || f.Kind == frame.KindUnsubscribe {
 		if shared, err = subscriptionMode(f.Body); err != nil {
-			pc.conn.Abort(err)
+			pc.conn.Fail(frame.CodeProtocol, err)
 			return
 		}
 	}
@@ -675,7 +675,7 @@ func (pc *peerConn) reply(id uint64, err error) {
 func (pc *peerConn) register(ctx context.Context, topic string, body []byte) error {
 	id, payload, err := frame.ParseRegister(body)
 	if err != nil {
-		pc.conn.Abort(err)
+		pc.conn.Fail(frame.CodeProtocol, err)
 		return err
 	}
 	lim := &pc.l.c.cfg.lim
@@ -728,7 +728,7 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) error {
 	id, err := frame.ParseWithdraw(body)
 	if err != nil {
-		pc.conn.Abort(err)
+		pc.conn.Fail(frame.CodeProtocol, err)
 		return err
 	}
 	pc.mu.Lock()
