@@ -416,6 +416,15 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 			b := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, FDs: 1, ID: 1}, []byte("echo"), nil)
 			writeWithFile(t, c, b, f)
 		}, "", "protocol"},
+		{"name over MaxNameLen", func(t *testing.T, c net.Conn) {
+			c.Write(hello(tc.name))
+			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindSubscribe, ID: 1}, []byte(strings.Repeat("t", 64<<10)), nil))
+		}, frame.CodeTooLarge, "too-large"},
+		{"a request id already in flight", func(t *testing.T, c net.Conn) {
+			c.Write(hello(tc.name))
+			sleep := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 7}, []byte("sleep"), []byte("1s"))
+			c.Write(append(sleep, sleep...))
+		}, frame.CodeProtocol, "protocol"},
 		{"empty method name", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, nil, nil))
