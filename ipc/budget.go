@@ -7,9 +7,10 @@ import (
 
 // A Budget bounds the memory that incomplete frames hold, across every Conn that
 // shares it (Options.Budget). A frame over 64 KiB is read into a buffer that grows
-// with the bytes received; the bytes of that buffer beyond the first 64 KiB count
-// against the Budget from the moment they are allocated until the frame is complete
-// (the Handler then owns them, and they no longer count) or its Conn ends.
+// with the bytes received (to at most eight times what the peer has sent of it); the
+// bytes of that buffer beyond the first 64 KiB count against the Budget from the
+// moment they are allocated until the frame is complete (the Handler then owns them,
+// and they no longer count) or its Conn ends.
 //
 // A Conn whose frame needs more than the Budget has left stops reading until enough
 // is released, or until the Conn ends: the peer's writes then block in the kernel.

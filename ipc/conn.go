@@ -36,7 +36,7 @@ type Options struct {
 	Limits frame.Limits
 	// Budget, when set, bounds the memory that this Conn's incomplete frames hold
 	// together with those of every Conn that shares it: see Budget. Nil: no bound but
-	// the one each frame has, a few times what the peer has sent of it.
+	// the one each frame has, at most eight times what the peer has sent of it.
 	Budget *Budget
 	// FrameTimeout, when positive, is how long a frame may take to arrive whole once
 	// its header has been read, waits for Budget included; a frame that takes longer

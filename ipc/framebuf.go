@@ -35,9 +35,14 @@ import (
 // up to this size is allocated at once.
 const freeFrame = 64 << 10
 
-// growth bounds a staged frame's buffer by the bytes it has received: the next
-// staging buffer, or the frame's own, is at most growth times larger.
-const growth = 4
+// growth bounds a staged frame's buffer by what the peer has sent of it: the next
+// staging buffer, or the frame's own, is at most growth times larger. Why 8 and not
+// less: before this side reads, a local peer can have sent no more than its socket's
+// send buffer holds (about 210 KiB by default on Linux), so with 8 a frame up to about
+// 1.7 MiB from a fast peer gets its own buffer at once, with no staging. With 4, 1 MiB
+// inline round trips (the root package's BenchmarkLargePayload/inline/1MiB) were 8%
+// slower than without staging (median of 10 paired runs); with 8, 1% faster.
+const growth = 8
 
 // stageSize is the size of the staging buffer that follows one holding n bytes (n = 0:
 // the first) of a frame of size bytes: the largest size/growth^j, rounded up, that is

@@ -238,7 +238,7 @@ func TestACallerReadingPartOfAFrameLeavesItWhole(t *testing.T) {
 // A frame over 64 KiB is staged (see framebuf.go): its staging buffers, Budget bytes
 // and clock go on with the next holder of the reading role wherever a caller stops.
 func TestACallerReadingPartOfAStagedFrameLeavesItWhole(t *testing.T) {
-	body := bytes.Repeat([]byte("0123456789"), 30000)
+	body := bytes.Repeat([]byte("0123456789"), 300000)
 	push := frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("topic"), body)
 	size := len(push) - frame.HeaderSize
 	first := stageSize(size, 0)
@@ -269,7 +269,7 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	a, b := tr.pair(t)
 	peer := rawPeer{t, b}
 	pushes := make(chan []byte, 4)
-	budget := NewBudget(1 << 20)
+	budget := NewBudget(4 << 20)
 	c := lendingClient(t, a, time.Hour, Options{Budget: budget, FrameTimeout: time.Hour, Handler: func(_ *Conn, f frame.Frame) { pushes <- f.Body }})
 
 	go func() { peer.answer(peer.request()) }()
