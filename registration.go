@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Registration is a publish the cluster remembers: typically a worker's address in a
@@ -85,7 +86,7 @@ func (c *Client) Register(ctx context.Context, topic string, msg Message) (*Regi
 	}
 	c.regs.live[r.id] = r
 	c.regs.mu.Unlock()
-	err := c.do(ctx, opRegister, topic, func(b backend) error {
+	err := c.do(ctx, opRegister, topic, time.Now(), func(b backend) error {
 		err := c.regs.ensure(ctx, r, b)
 		if errors.Is(err, ErrLeaderLost) {
 			// It stays on the list, and the next Leader gets it in the replay; wait
