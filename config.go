@@ -195,6 +195,7 @@ type config struct {
 	errCodes           []errCode // Errors, sorted by code
 	lim                Limits    // Limits with defaults applied
 	dirMissing         bool      // LeadNever only: Dir did not exist at Join
+	env                osEnv     // how Join looked at the operating system
 }
 
 // errCode is one entry of Config.Errors.
@@ -203,79 +204,125 @@ type errCode struct {
 	err  error
 }
 
-func (c Config) validate() (*config, error) {
+// Validate reports, with an error matching ErrConfig that names the field, whether c
+// can be used. It only looks at c: it reads no environment and touches no file (Join
+// does that, and may still refuse Dir or CLUSTER_TRANSPORT). Join calls it first; call
+// it yourself to check a Config early.
+func (c Config) Validate() error {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case c.Name == "":
-		return nil, bad("Name", "must not be empty")
+		return bad("Name", "must not be empty")
 	case len(c.Name) > 64:
-		return nil, bad("Name", "%q is %d bytes, the limit is 64", c.Name, len(c.Name))
+		return bad("Name", "%q is %d bytes, the limit is 64", c.Name, len(c.Name))
 	case c.Name == "." || c.Name == "..":
-		return nil, bad("Name", "%q is not a file name", c.Name)
+		return bad("Name", "%q is not a file name", c.Name)
 	case strings.ContainsAny(c.Name, "/\\\x00"):
-		return nil, bad("Name", "%q must not contain '/', '\\' or NUL: it names files in Dir", c.Name)
+		return bad("Name", "%q must not contain '/', '\\' or NUL: it names files in Dir", c.Name)
 	}
-	if c.NewService == nil && c.Lead != LeadNever {
-		return nil, bad("NewService", "required unless Lead is LeadNever")
-	}
-	if c.Lead > LeadAlways {
-		return nil, bad("Lead", "unknown policy %d", c.Lead)
-	}
-	if c.MaxBody < 0 || c.MaxBody > 1<<30 {
-		return nil, bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
-	}
-	if c.MaxBlob < 0 {
-		return nil, bad("MaxBlob", "%d is negative", c.MaxBlob)
-	}
-	if c.Port < 0 || c.Port > 65535 {
-		return nil, bad("Port", "%d is not a TCP port", c.Port)
-	}
-	if c.Transport > TransportTCP {
-		return nil, bad("Transport", "unknown transport %d", c.Transport)
-	}
-	if c.SocketMode&^os.ModePerm != 0 {
-		return nil, bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
+	switch {
+	case c.NewService == nil && c.Lead != LeadNever:
+		return bad("NewService", "required unless Lead is LeadNever")
+	case c.Lead > LeadAlways:
+		return bad("Lead", "unknown policy %d", c.Lead)
+	case c.MaxBody < 0 || c.MaxBody > 1<<30:
+		return bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
+	case c.MaxBlob < 0:
+		return bad("MaxBlob", "%d is negative", c.MaxBlob)
+	case c.Port < 0 || c.Port > 65535:
+		return bad("Port", "%d is not a TCP port", c.Port)
+	case c.Transport > TransportTCP:
+		return bad("Transport", "unknown transport %d", c.Transport)
+	case c.SocketMode&^os.ModePerm != 0:
+		return bad("SocketMode", "%v has bits other than permissions", c.SocketMode)
+	case c.HeartbeatTimeout < 0:
+		return bad("HeartbeatTimeout", "%v is negative; use 0 to detect only dead peers (the default) or a positive duration", c.HeartbeatTimeout)
+	case c.Heartbeat < 0:
+		return bad("Heartbeat", "%v is negative", c.Heartbeat)
+	case len(c.Identity) > frame.MaxIdentity:
+		return bad("Identity", "%d bytes, the limit is %d", len(c.Identity), frame.MaxIdentity)
+	case len(c.Errors) > frame.MaxCodes:
+		return bad("Errors", "%d entries, the limit is %d", len(c.Errors), frame.MaxCodes)
 	}
 	if err := c.Limits.validate(); err != nil {
-		return nil, bad("Limits", "%v", err)
+		return bad("Limits", "%v", err)
 	}
-	if len(c.Identity) > frame.MaxIdentity {
-		return nil, bad("Identity", "%d bytes, the limit is %d", len(c.Identity), frame.MaxIdentity)
-	}
-	if len(c.Errors) > frame.MaxCodes {
-		return nil, bad("Errors", "%d entries, the limit is %d", len(c.Errors), frame.MaxCodes)
-	}
-	cfg := &config{Config: c, lim: c.Limits.withDefaults()}
 	for code, err := range c.Errors {
 		switch {
 		case !frame.ValidCode(code):
-			return nil, bad("Errors", "code %q must be 1 to %d bytes of letters, digits and \". _ - : /\"", code, frame.MaxCode)
+			return bad("Errors", "code %q must be 1 to %d bytes of letters, digits and \". _ - : /\"", code, frame.MaxCode)
 		case err == nil:
-			return nil, bad("Errors", "code %q maps to a nil error", code)
+			return bad("Errors", "code %q maps to a nil error", code)
 		}
+	}
+	return nil
+}
+
+// osEnv is every way Join looks at the operating system before it elects: the
+// environment, the default Dir, the kind of filesystem Dir is on. Tests give Join
+// another (see prepare) rather than replacing package variables.
+type osEnv struct {
+	getenv     func(string) string
+	defaultDir func() string
+	fsKind     func(dir string) (kind string, network bool, err error)
+}
+
+// hostEnv is the real one.
+var hostEnv = osEnv{getenv: os.Getenv, defaultDir: lock.DefaultDir, fsKind: lock.FSKind}
+
+// validate is Validate, then prepare in the host's environment.
+func (c Config) validate() (*config, error) { return c.prepare(hostEnv) }
+
+// prepare validates c, applies the defaults, chooses the transport (CLUSTER_TRANSPORT
+// first) and checks Dir, creating it for a member that may lead.
+func (c Config) prepare(env osEnv) (*config, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	cfg := &config{Config: c, lim: c.Limits.withDefaults(), env: env}
+	for code, err := range c.Errors {
 		cfg.errCodes = append(cfg.errCodes, errCode{code, err})
 	}
 	slices.SortFunc(cfg.errCodes, func(a, b errCode) int { return strings.Compare(a.code, b.code) })
-	if cfg.Dir == "" {
-		cfg.Dir = lock.DefaultDir()
-	}
+	cfg.applyDefaults(env)
 	if !filepath.IsAbs(cfg.Dir) {
 		abs, err := filepath.Abs(cfg.Dir)
 		if err != nil {
-			return nil, bad("Dir", "%v", err)
+			return nil, fmt.Errorf("%w: Dir: %v", ErrConfig, err)
 		}
 		cfg.Dir = abs
 	}
+	cfg.lockPath = filepath.Join(cfg.Dir, cfg.Name+".lock")
+	cfg.sockPath = filepath.Join(cfg.Dir, cfg.Name+".sock")
+	var err error
+	if cfg.transport, cfg.transportWhy, err = cfg.chooseTransport(env.getenv); err != nil {
+		return nil, err
+	}
+	if cfg.transport == TransportUnix {
+		if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
+			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
+		}
+	}
+	// A member that never leads creates nothing: a Dir that does not exist yet is
+	// waited for (see Client.dirReady), like a Leader that has not started.
+	switch err := cfg.checkDir(env.fsKind); {
+	case cfg.Lead == LeadNever && errors.Is(err, fs.ErrNotExist):
+		cfg.dirMissing = true
+	case err != nil:
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// applyDefaults gives every zero field its default.
+func (cfg *config) applyDefaults(env osEnv) {
+	if cfg.Dir == "" {
+		cfg.Dir = env.defaultDir()
+	}
 	if cfg.CallTimeout == 0 {
 		cfg.CallTimeout = DefaultCallTimeout
-	}
-	if cfg.HeartbeatTimeout < 0 {
-		return nil, bad("HeartbeatTimeout", "%v is negative; use 0 to detect only dead peers (the default) or a positive duration", cfg.HeartbeatTimeout)
-	}
-	if cfg.Heartbeat < 0 {
-		return nil, bad("Heartbeat", "%v is negative", cfg.Heartbeat)
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultHeartbeat
@@ -304,33 +351,13 @@ func (c Config) validate() (*config, error) {
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort(cfg.Name)
 	}
-	cfg.lockPath = filepath.Join(cfg.Dir, cfg.Name+".lock")
-	cfg.sockPath = filepath.Join(cfg.Dir, cfg.Name+".sock")
-	var err error
-	if cfg.transport, cfg.transportWhy, err = cfg.chooseTransport(); err != nil {
-		return nil, err
-	}
-	if cfg.transport == TransportUnix {
-		if err := ipc.CheckUnixPath(cfg.sockPath); err != nil {
-			return nil, fmt.Errorf("%w: Dir: %w (or use the TCP transport)", ErrConfig, err)
-		}
-	}
-	// A member that never leads creates nothing: a Dir that does not exist yet is
-	// waited for (see Client.dirReady), like a Leader that has not started.
-	switch err := cfg.checkDir(); {
-	case cfg.Lead == LeadNever && errors.Is(err, fs.ErrNotExist):
-		cfg.dirMissing = true
-	case err != nil:
-		return nil, err
-	}
-	return cfg, nil
 }
 
 // checkDir checks Dir as Join needs it, creating it for a member that may lead: on a
 // local filesystem, owned and shared as PrepareDir requires, and usable by this process
 // (write and search to lead, search to follow). Its errors match ErrConfig, except that
 // a missing Dir, for a member that never leads, is an error matching fs.ErrNotExist.
-func (c *config) checkDir() error {
+func (c *config) checkDir(fsKind func(string) (string, bool, error)) error {
 	// Check the filesystem before PrepareDir creates anything: where Dir does not exist
 	// yet, the filesystem it would be created on is its nearest existing ancestor's.
 	if kind, network, err := fsKind(existingAncestor(c.Dir)); err == nil && network {
@@ -371,9 +398,6 @@ func existingAncestor(dir string) string {
 		dir = parent
 	}
 }
-
-// fsKind names Dir's filesystem; tests replace it to stage a network filesystem.
-var fsKind = lock.FSKind
 
 // share is whom Dir and the files in it are shared with.
 func (c *config) share() lock.Share {

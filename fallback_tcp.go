@@ -55,6 +55,8 @@ type tcpTransport struct {
 
 func (t *tcpTransport) kind() string { return "tcp" }
 
+func (t *tcpTransport) retry() retryPolicy { return tcpRetry }
+
 func (t *tcpTransport) addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(t.cfg.Port))
 }

@@ -209,11 +209,11 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			if c.fallBack(err) {
 				continue
 			}
-			// A dying Leader hangs up on at most one handshake; a port that keeps doing
-			// it is held by a program that is not ours.
+			// A dying Leader hangs up on at most one handshake; a TCP port that keeps
+			// doing it is held by a program that is not ours (see retryPolicy).
 			if errors.Is(err, errHungUp) {
 				hungUp++
-				if !joined && hungUp >= 3 && c.tr.kind() == "tcp" {
+				if !joined && c.tr.retry().hangUpsBeforeFail > 0 && hungUp >= c.tr.retry().hangUpsBeforeFail {
 					return nil, fmt.Errorf("%w: %s accepts connections but hangs up without speaking the cluster protocol: is another program using the port? (set Config.Port): %w", ErrProtocol, c.tr.where(), err)
 				}
 			} else {
@@ -236,13 +236,11 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				avoidFollowUntil = time.Now().Add(serviceRetry(refusals))
 			case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrProtocol):
 				c.clearCause(ErrIdentityMismatch) // another Leader now
-				// A Leader that refuses us will refuse again: fail Join at once (on TCP
-				// after a few tries: a token read just before a new Leader replaced it is
-				// only asked to retry, but one two quick terms old is refused). After
-				// Join, keep trying (the next Leader may be configured differently) at a
-				// slow pace.
+				// A Leader that refuses us will refuse again: fail Join after the
+				// transport's retry policy allows (see retryPolicy). After Join, keep
+				// trying (the next Leader may be configured differently) at a slow pace.
 				refusals++
-				if !joined && (c.tr.kind() != "tcp" || refusals >= 3 || errors.Is(err, ErrProtocol)) {
+				if !joined && (refusals >= c.tr.retry().refusalsBeforeFail || errors.Is(err, ErrProtocol)) {
 					return nil, err
 				}
 				backoff = max(backoff, minBackoff)
@@ -300,7 +298,7 @@ func (c *Client) dirReady() error {
 	if c.dirChecked {
 		return nil
 	}
-	if err := c.cfg.checkDir(); err != nil {
+	if err := c.cfg.checkDir(c.cfg.env.fsKind); err != nil {
 		return err
 	}
 	c.dirChecked = true

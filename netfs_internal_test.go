@@ -16,10 +16,10 @@ func TestDirOnANetworkFilesystemIsRefused(t *testing.T) {
 	dir, err := os.MkdirTemp("", "")
 	require.NoError(t, err)
 	defer os.RemoveAll(dir)
-	defer func(old func(string) (string, bool, error)) { fsKind = old }(fsKind)
+	env := hostEnv
 	for _, kind := range []string{"nfs", "cifs", "fuse.sshfs", "virtiofs", "9p"} {
-		fsKind = func(string) (string, bool, error) { return kind, true, nil }
-		_, err := Config{Name: "n", Dir: dir, Lead: LeadNever}.validate()
+		env.fsKind = func(string) (string, bool, error) { return kind, true, nil }
+		_, err := Config{Name: "n", Dir: dir, Lead: LeadNever}.prepare(env)
 		require.ErrorIs(t, err, ErrConfig, kind)
 		require.ErrorContains(t, err, "Dir: "+dir+" is on a "+kind+" filesystem")
 		require.ErrorContains(t, err, "named volume")
@@ -31,14 +31,14 @@ func TestDirOnANetworkFilesystemIsRefused(t *testing.T) {
 		// is not created.
 		sub := filepath.Join(dir, "a", "b")
 		var asked string
-		fsKind = func(p string) (string, bool, error) { asked = p; return kind, true, nil }
-		_, err = Config{Name: "n", Dir: sub, Lead: LeadNever}.validate()
+		env.fsKind = func(p string) (string, bool, error) { asked = p; return kind, true, nil }
+		_, err = Config{Name: "n", Dir: sub, Lead: LeadNever}.prepare(env)
 		require.ErrorIs(t, err, ErrConfig, kind)
 		require.Equal(t, dir, asked)
 		require.NoDirExists(t, filepath.Join(dir, "a"))
 	}
 	// statfs failing is no reason to refuse: the lock and the socket report real problems.
-	fsKind = func(string) (string, bool, error) { return "", false, errors.New("statfs: EIO") }
-	_, err = Config{Name: "n", Dir: dir, Lead: LeadNever}.validate()
+	env.fsKind = func(string) (string, bool, error) { return "", false, errors.New("statfs: EIO") }
+	_, err = Config{Name: "n", Dir: dir, Lead: LeadNever}.prepare(env)
 	require.NoError(t, err)
 }

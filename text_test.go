@@ -1,8 +1,11 @@
 package cluster_test
 
 import (
+	"context"
 	"encoding"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -77,4 +80,27 @@ func TestStatsMarshalToReadableJSON(t *testing.T) {
 	require.Equal(t, st.Role, back.Role)
 	require.Equal(t, st.Name, back.Name)
 	require.True(t, st.At.Equal(back.At))
+}
+
+// Validate looks at the Config only: no file is made, no environment read; Join does
+// both.
+func TestValidateIsPure(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	missing := filepath.Join(dir, "not", "yet")
+	cfg := cluster.Config{Name: "x", Dir: missing, NewService: func(context.Context) (cluster.Service, error) { return nil, nil }}
+	t.Setenv(cluster.TransportEnv, "carrier-pigeon")
+	require.NoError(t, cfg.Validate())
+	require.NoDirExists(t, missing)
+	_, err = cluster.Join(context.Background(), cfg)
+	require.ErrorIs(t, err, cluster.ErrConfig)
+	require.ErrorContains(t, err, cluster.TransportEnv)
+
+	bad := cfg
+	bad.Name = "a/b"
+	require.ErrorIs(t, bad.Validate(), cluster.ErrConfig)
+	bad = cfg
+	bad.Limits.MaxNameLen = 1 << 20
+	require.ErrorContains(t, bad.Validate(), "Limits")
 }

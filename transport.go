@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
 	"runtime"
 	"syscall"
 	"time"
@@ -85,16 +84,39 @@ type transport interface {
 	peerCredsKnown() bool
 	// verify checks, while leading, that the claim still holds: nil, or why not.
 	verify() error
+	// retry is how Join treats the transport's failures to follow.
+	retry() retryPolicy
 }
+
+// retryPolicy says when Join gives up following a Leader that will not have it, before
+// its ctx ends (after Join, a member never gives up).
+type retryPolicy struct {
+	// refusalsBeforeFail: a Leader's refusals (unauthorized) in a row that fail Join. On
+	// a Unix socket one is final; over TCP, a Follower may have read a token two quick
+	// terms old, so a refusal is worth another read of the token file.
+	refusalsBeforeFail int
+	// hangUpsBeforeFail: handshakes in a row that the other side ends without a word
+	// that fail Join (0: never). A dying Leader hangs up on at most one; a TCP port that
+	// keeps doing it belongs to another program. A Unix socket in Dir is ours.
+	hangUpsBeforeFail int
+}
+
+var (
+	unixRetry = retryPolicy{refusalsBeforeFail: 1}
+	tcpRetry  = retryPolicy{refusalsBeforeFail: 3, hangUpsBeforeFail: 3}
+)
+
+func (u *unixTransport) retry() retryPolicy { return unixRetry }
 
 type listener interface {
 	Accept() (net.Conn, ipc.PeerCred, error)
 	Close() error
 }
 
-// chooseTransport applies TransportEnv, then Config.Transport, then the platform.
-func (c *config) chooseTransport() (Transport, string, error) {
-	switch v := os.Getenv(TransportEnv); v {
+// chooseTransport applies TransportEnv (read with getenv), then Config.Transport, then
+// the platform.
+func (c *config) chooseTransport(getenv func(string) string) (Transport, string, error) {
+	switch v := getenv(TransportEnv); v {
 	case "":
 	case "tcp":
 		return TransportTCP, TransportEnv + "=tcp", nil
