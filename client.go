@@ -442,7 +442,7 @@ type SubscribeOption func(*subscribeOptions)
 
 type subscribeOptions struct{ shared bool }
 
-// Shared makes a work-sharing subscription (cluster-client's isBroadcast: false): each
+// Shared makes a work-sharing subscription: each
 // message of the topic goes to exactly one of the topic's shared subscribers on the
 // whole host, in turn across processes and, within a process, across its shared
 // subscribers. Broadcast subscribers of the same topic still get every message. A shared

@@ -38,7 +38,7 @@ const (
 	LeadAuto LeadPolicy = iota
 	// LeadNever: only ever follow (short-lived tools, CLIs). Join waits for a Leader.
 	LeadNever
-	// LeadAlways: the designated Leader (cluster-client's isLeader, Egg's agent). It never
+	// LeadAlways: the designated Leader, for a process that is meant to lead. It never
 	// follows: Join waits, within its ctx, until it holds the lock.
 	LeadAlways
 )

@@ -50,7 +50,7 @@ func (s *Subscription) IsShared() bool { return s.shared }
 // subscription, usually the topic's latest value, replayed at once), waiting for it
 // until ctx ends (Config.CallTimeout applies when ctx has no deadline). On timeout it
 // returns an error matching ErrTimeout and the subscription stays: Close it if the
-// caller no longer wants it. This is cluster-client's subscribe-with-timeout. The
+// caller no longer wants it. The
 // callback is called with the same message as usual; First only reports it.
 func (s *Subscription) First(ctx context.Context) (Message, error) {
 	select { // a message that is already here wins over an expired ctx

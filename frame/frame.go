@@ -142,7 +142,7 @@ const SubscribeShared byte = 1
 type Header struct {
 	Version uint8  // protocol version: Version
 	Kind    Kind   // what the frame is
-	Flags   Flags  // reserved: must be 0
+	Flags   Flags  // the flags defined for Kind (AllowedFlags); any other bit is a protocol violation
 	FDs     uint8  // file descriptors passed alongside the frame (SCM_RIGHTS), ≤ MaxFDs
 	ID      uint64 // request id; a response or error carries the id of its request
 	Timeout uint32 // milliseconds the sender will wait for the answer; 0 = none
