@@ -41,7 +41,8 @@ type leader struct {
 	tr     transport
 	policy ipc.PeerPolicy
 
-	calls gate // Service calls in progress, local and remote
+	calls   gate          // Service calls in progress, local and remote
+	oneways chan struct{} // the Leader's own oneway calls running (Limits.MaxInflight)
 
 	mu        sync.Mutex
 	stopping  bool      // set by shutdown before it snapshots conns: no registration after
@@ -128,6 +129,7 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		demoted:      make(chan struct{}),
 		watchEnd:     make(chan struct{}),
 		adm:          admission{lim: &c.cfg.lim, self: uint32(os.Geteuid())},
+		oneways:      make(chan struct{}, c.cfg.lim.MaxInflight),
 		housekeepEnd: make(chan struct{}),
 	}
 	l.calls.init()
@@ -485,15 +487,25 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 		return Message{}, errNotSent
 	}
 	if oneway {
+		// At most Limits.MaxInflight of them run at once, as for a Follower's
+		// connection: past that, InvokeOneway waits for one to end, within ctx.
+		select {
+		case l.oneways <- struct{}{}:
+		case <-ctx.Done():
+			l.calls.leave()
+			return Message{}, ctxErr(ctx, "invoke-oneway", method)
+		}
 		// The call outlives InvokeOneway, and the caller may close its Blob and Files
 		// when InvokeOneway returns: the Service gets clones, as a Follower's would.
 		req, err := own(lend(req))
 		if err != nil {
+			<-l.oneways
 			l.calls.leave()
 			return Message{}, fmt.Errorf("cluster: invoke-oneway %q: %w", method, err)
 		}
 		go func() {
 			defer l.calls.leave()
+			defer func() { <-l.oneways }()
 			defer release(req)
 			octx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
 			defer cancel()

@@ -1,8 +1,13 @@
 package cluster
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -70,3 +75,51 @@ func TestLimitsDefaults(t *testing.T) {
 	require.Error(t, Limits{MaxNameLen: 1 << 20}.validate())
 	require.Error(t, Limits{MaxFDs: 3}.validate())
 }
+
+// The Leader's own oneway calls are bounded like a Follower's connection: past
+// MaxInflight running, InvokeOneway waits, within its ctx.
+func TestLeaderOwnOnewaysAreBounded(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	release := make(chan struct{})
+	var running atomic.Int32
+	c, err := Join(context.Background(), Config{
+		Name: "ow", Dir: dir, Logger: slog.New(slog.DiscardHandler), Limits: Limits{MaxInflight: 3},
+		NewService: func(context.Context) (Service, error) {
+			return blockingService{release: release, running: &running}, nil
+		},
+	})
+	require.NoError(t, err)
+	defer c.Close()
+	for i := 0; i < 3; i++ {
+		require.NoError(t, c.InvokeOneway(context.Background(), "block", Message{}))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = c.InvokeOneway(ctx, "block", Message{})
+	require.ErrorIs(t, err, ErrTimeout, "a fourth oneway call waits for a place")
+	close(release)
+	require.NoError(t, c.InvokeOneway(context.Background(), "block", Message{}))
+	require.Eventually(t, func() bool { return running.Load() == 0 }, 30*time.Second, time.Millisecond)
+}
+
+type blockingService struct {
+	release chan struct{}
+	running *atomic.Int32
+}
+
+func (s blockingService) Invoke(ctx context.Context, _ string, _ Message) (Message, error) {
+	s.running.Add(1)
+	defer s.running.Add(-1)
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+	}
+	return Message{}, nil
+}
+func (blockingService) Subscribe(context.Context, string, func(Message)) (func(), error) {
+	return func() {}, nil
+}
+func (blockingService) Publish(context.Context, string, Message) error { return nil }
+func (blockingService) Close() error                                   { return nil }
