@@ -27,15 +27,16 @@ import (
 // summary line every 10 s, and counts them all in Stats.Refused.
 type Limits struct {
 	// MaxConns bounds the connections the Leader holds at once, handshaking ones
-	// included. Default 4096.
+	// included; uids other than the Leader's may hold at most three quarters of them.
+	// Default 4096.
 	MaxConns int
 	// MaxConnsPerUID bounds the connections of each uid other than the Leader's own
 	// (Followers admitted by AllowUIDs or AllowGIDs), so that another user cannot take
 	// what the Leader's own uid needs. Default 256 (D-Bus: max_connections_per_user).
 	MaxConnsPerUID int
 	// MaxHandshaking bounds the connections accepted and not yet through the
-	// handshake; one uid other than the Leader's may hold at most half of them, so that
-	// it cannot keep members of the Leader's uid from joining. Default 64 (D-Bus:
+	// handshake; uids other than the Leader's may hold at most half of them, so that
+	// they cannot keep members of the Leader's uid from joining. Default 64 (D-Bus:
 	// max_incomplete_connections).
 	MaxHandshaking int
 	// HandshakeTimeout is how long a connection has to complete the handshake. Default
@@ -65,8 +66,8 @@ type Limits struct {
 	// connections, and requests that pass descriptors, saying why, when fewer than this
 	// would be left under its RLIMIT_NOFILE, so that accept never fails with EMFILE and
 	// the Service can still open files. Peers of other uids may take at most three
-	// quarters of what is left above the headroom, so that they cannot keep the
-	// Leader's own uid from joining. Default 64.
+	// quarters of what the Leader's own uid leaves above the headroom, so that they
+	// cannot keep it from joining. Default 64.
 	FDHeadroom int
 	// MaxPartialBytes bounds the memory that incomplete frames hold across all
 	// connections (frames over 64 KiB only: smaller ones are bounded by MaxConns).
@@ -281,8 +282,9 @@ type admission struct {
 	mu          sync.Mutex
 	conns       int
 	handshaking int
-	byUID       map[uint32]int // connections of uids other than self
-	hsByUID     map[uint32]int // of those, the ones in handshake
+	byUID       map[uint32]int // connections of each uid other than self
+	// connections of uids other than self, in all and in handshake
+	foreignConns, foreignHandshaking int
 
 	fds fdGauge
 }
@@ -300,8 +302,10 @@ func (a *admission) admit(peer ipc.PeerCred) error {
 		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "%d connections are in their handshake", a.handshaking)
 	case foreign && a.byUID[peer.UID] >= a.lim.MaxConnsPerUID:
 		return overLimit("MaxConnsPerUID", a.lim.MaxConnsPerUID, "uid %d holds %d connections", peer.UID, a.byUID[peer.UID])
-	case foreign && a.hsByUID[peer.UID] >= max(1, a.lim.MaxHandshaking/2):
-		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "uid %d has %d connections in their handshake, half the limit", peer.UID, a.hsByUID[peer.UID])
+	case foreign && a.foreignConns >= max(1, a.lim.MaxConns/4*3):
+		return overLimit("MaxConns", a.lim.MaxConns, "uids other than the leader's hold %d connections, three quarters of the limit", a.foreignConns)
+	case foreign && a.foreignHandshaking >= max(1, a.lim.MaxHandshaking/2):
+		return overLimit("MaxHandshaking", a.lim.MaxHandshaking, "uids other than the leader's have %d connections in their handshake, half the limit", a.foreignHandshaking)
 	}
 	if err := a.fds.room(connFDs(foreign), a.lim.FDHeadroom, foreign); err != nil {
 		return err
@@ -310,19 +314,22 @@ func (a *admission) admit(peer ipc.PeerCred) error {
 	a.handshaking++
 	if foreign {
 		if a.byUID == nil {
-			a.byUID, a.hsByUID = make(map[uint32]int), make(map[uint32]int)
+			a.byUID = make(map[uint32]int)
 		}
 		a.byUID[peer.UID]++
-		a.hsByUID[peer.UID]++
+		a.foreignConns++
+		a.foreignHandshaking++
 	}
-	a.fds.add(connFDs(foreign), foreign)
+	a.fds.add(1, foreign)
+	if foreign {
+		a.fds.reserve(frame.MaxFDs)
+	}
 	return nil
 }
 
-// connFDs is what a connection counts in the descriptor gauge: itself, and for a peer of
-// another uid also the descriptors of a frame it may leave half sent (which the
-// calibration sees only later), so that such peers cannot pass their share between two
-// calibrations.
+// connFDs is what a new connection needs in the descriptor gauge: itself, and for a
+// peer of another uid the reserve for a frame it may leave half sent (which only the
+// next count sees), so that such peers cannot pass their share between two counts.
 func connFDs(foreign bool) int {
 	if foreign {
 		return 1 + frame.MaxFDs
@@ -335,7 +342,7 @@ func (a *admission) handshook(peer ipc.PeerCred) {
 	a.mu.Lock()
 	a.handshaking--
 	if peer.Known && peer.UID != a.self {
-		dec(a.hsByUID, peer.UID)
+		a.foreignHandshaking--
 	}
 	a.mu.Unlock()
 }
@@ -356,27 +363,36 @@ func (a *admission) leave(peer ipc.PeerCred, inHandshake bool) {
 	if inHandshake {
 		a.handshaking--
 		if foreign {
-			dec(a.hsByUID, peer.UID)
+			a.foreignHandshaking--
 		}
 	}
 	if foreign {
 		dec(a.byUID, peer.UID)
+		a.foreignConns--
 	}
 	a.mu.Unlock()
-	a.fds.add(-connFDs(foreign), foreign)
+	a.fds.add(-1, foreign)
+	if foreign {
+		a.fds.reserve(-frame.MaxFDs)
+	}
 }
 
 // fdGauge estimates the descriptors this process has open: what was counted at the last
-// calibration, plus what the Leader opened or took from peers since (connections,
-// descriptors passed with requests being served). It also counts what peers of other
-// uids hold, which may not pass three quarters of the room above the headroom. Where
-// neither the count nor the limit can be read, it never refuses.
+// calibration (measured), plus what the Leader opened or took from peers since (delta:
+// connections, descriptors passed with requests being served), plus a reserve for
+// what a peer of another uid may hold without the Leader's knowing yet (reserved: the
+// descriptors of a frame it may leave half sent, which only the next count sees).
+// Peers of other uids may hold at most three quarters of what the Leader's own uid
+// leaves above the headroom. Where neither the count nor the limit can be read, it
+// never refuses.
 type fdGauge struct {
-	limit   atomic.Int64 // RLIMIT_NOFILE's soft limit; 0 when unknown
-	used    atomic.Int64 // the estimate
-	foreign atomic.Int64 // held for peers of other uids
-	counted atomic.Int64 // unix nanos of the last recount
-	open    func() int64 // counts the open descriptors: openFDs, or a test's
+	limit    atomic.Int64 // RLIMIT_NOFILE's soft limit; 0 when unknown
+	measured atomic.Int64 // open at the last count
+	delta    atomic.Int64 // opened (or, negative, closed) since
+	reserved atomic.Int64 // held in reserve for peers of other uids
+	foreign  atomic.Int64 // held for peers of other uids, their reserve included
+	counted  atomic.Int64 // unix nanos of the last count
+	open     func() int64 // counts the open descriptors: openFDs, or a test's
 }
 
 func (g *fdGauge) openNow() int64 {
@@ -386,54 +402,78 @@ func (g *fdGauge) openNow() int64 {
 	return openFDs()
 }
 
-// calibrate reads the limit and the number of descriptors open now.
+// calibrate reads the limit and counts the open descriptors.
 func (g *fdGauge) calibrate() {
-	limit, open := fdLimit(), g.openNow()
-	if limit <= 0 || open < 0 {
+	limit := fdLimit()
+	if limit <= 0 || !g.count() {
 		g.limit.Store(0)
 		return
 	}
 	g.limit.Store(limit)
-	g.used.Store(open)
 }
 
-// recount counts the open descriptors again, at most once per 10 ms, and returns the
-// estimate.
+// count replaces the estimate of what is open by a count, if one can be had.
+func (g *fdGauge) count() bool {
+	open := g.openNow()
+	if open < 0 {
+		return false
+	}
+	g.counted.Store(time.Now().UnixNano())
+	g.measured.Store(open)
+	g.delta.Store(0)
+	return true
+}
+
+// used is the estimate: what is open, and the reserve.
+func (g *fdGauge) used() int64 { return g.measured.Load() + g.delta.Load() + g.reserved.Load() }
+
+// recount counts again, at most once per 10 ms, and returns the estimate.
 func (g *fdGauge) recount() int64 {
 	now := time.Now().UnixNano()
 	if last := g.counted.Load(); now-last > int64(10*time.Millisecond) && g.counted.CompareAndSwap(last, now) {
-		if open := g.openNow(); open >= 0 {
-			g.used.Store(open)
-		}
+		g.count()
 	}
-	return g.used.Load()
+	return g.used()
 }
 
-// add counts n more descriptors (n < 0: fewer), held for a peer of another uid if
-// foreign.
+// add counts n more open descriptors (n < 0: fewer), held for a peer of another uid
+// if foreign.
 func (g *fdGauge) add(n int, foreign bool) {
-	g.used.Add(int64(n))
+	g.delta.Add(int64(n))
 	if foreign {
 		g.foreign.Add(int64(n))
 	}
 }
 
+// reserve holds n descriptors (n < 0: gives them back) for a peer of another uid.
+func (g *fdGauge) reserve(n int) {
+	g.reserved.Add(int64(n))
+	g.foreign.Add(int64(n))
+}
+
 // room returns nil if n more descriptors, for a peer of another uid if foreign, leave at
-// least headroom free, else the limitError that refuses them.
+// least headroom free, and leave the Leader's own uid a quarter of the rest; else the
+// limitError that refuses them.
 func (g *fdGauge) room(n, headroom int, foreign bool) error {
 	limit := g.limit.Load()
 	if limit == 0 {
 		return nil
 	}
-	used := g.used.Load()
+	used := g.used()
 	if used+int64(n) > limit-4*int64(headroom) {
 		used = g.recount() // near the limit: count instead of estimating
 	}
-	if used+int64(n) > limit-int64(headroom) {
+	free := limit - int64(headroom)
+	if used+int64(n) > free {
 		return overLimit("FDHeadroom", headroom, "the leader has about %d of its %d descriptors (RLIMIT_NOFILE) in use, which would leave fewer than FDHeadroom free", used, limit)
 	}
-	if share := (limit - int64(headroom)) * 3 / 4; foreign && g.foreign.Load()+int64(n) > share {
-		return overLimit("FDHeadroom", headroom, "peers of other uids hold %d descriptors, the most they may: three quarters of the %d above FDHeadroom", g.foreign.Load(), limit-int64(headroom))
+	if !foreign {
+		return nil
+	}
+	theirs := g.foreign.Load()
+	own := used - theirs
+	if share := (free - own) * 3 / 4; theirs+int64(n) > share {
+		return overLimit("FDHeadroom", headroom, "peers of other uids hold %d descriptors, the most they may: three quarters of the %d that the leader's own uid leaves above FDHeadroom", theirs, free-own)
 	}
 	return nil
 }

@@ -49,18 +49,42 @@ func TestAdmissionCountsAgainstTheLimits(t *testing.T) {
 	require.NoError(t, a.admit(other))
 	require.Equal(t, 5, a.conns)
 
-	// Descriptors: with a limit of 110 and a headroom of 10, 100 may be used, and peers
-	// of other uids may hold three quarters of them.
-	a.fds.open = func() int64 { return a.fds.used.Load() } // what the estimate says
-	a.fds.limit.Store(110)
-	a.fds.used.Store(90)
-	a.fds.foreign.Store(70)
-	require.NoError(t, a.fds.room(5, 10, true))
-	require.Equal(t, "FDHeadroom", limitOf(a.fds.room(6, 10, true)))
-	require.NoError(t, a.fds.room(10, 10, false))
-	require.Equal(t, "FDHeadroom", limitOf(a.fds.room(11, 10, false)))
-	a.fds.add(-20, true)
-	require.NoError(t, a.fds.room(6, 10, true))
+	// Descriptors: with a limit of 110 and a headroom of 10, 100 may be used. The
+	// Leader's own uid uses 20 of them, peers of other uids 40: they may hold three
+	// quarters of the 80 the own uid leaves, 60, so 20 more.
+	var g fdGauge
+	open := int64(60)
+	g.open = func() int64 { return open }
+	g.limit.Store(110)
+	g.count()
+	g.foreign.Store(40)
+	require.NoError(t, g.room(20, 10, true))
+	require.Equal(t, "FDHeadroom", limitOf(g.room(21, 10, true)))
+	require.NoError(t, g.room(40, 10, false))
+	require.Equal(t, "FDHeadroom", limitOf(g.room(41, 10, false)))
+
+	// A foreign connection's reserve survives a count, and is given back whole: the
+	// estimate never goes below what is open.
+	var a2 admission
+	lim2 := Limits{}.withDefaults()
+	a2.lim, a2.self = &lim2, 1000
+	a2.fds.open = func() int64 { return open }
+	a2.fds.limit.Store(1 << 20)
+	a2.fds.count()
+	for i := 0; i < 3; i++ {
+		require.NoError(t, a2.admit(other))
+	}
+	open += 3 // the three connections are open now
+	a2.fds.count()
+	require.EqualValues(t, open+3*16, a2.fds.used())
+	for i := 0; i < 3; i++ {
+		a2.leave(other, true)
+	}
+	open -= 3
+	require.EqualValues(t, open, a2.fds.used())
+	require.Zero(t, a2.fds.foreign.Load())
+	a2.fds.count()
+	require.EqualValues(t, open, a2.fds.used())
 }
 
 // Zero means the default; a negative value means none; some bounds always hold.
