@@ -27,6 +27,7 @@ const (
 	DefaultSocketMode         = os.FileMode(0o600)
 	DefaultGroupSocketMode    = os.FileMode(0o660) // SocketMode's default with AllowGIDs: the group may connect, SO_PEERCRED still decides
 	handshakeTimeout          = 5 * time.Second    // a Follower's wait for the welcome
+	minMaxBody                = 1 << 10            // the smallest MaxBody: below it, a peer could make every message undeliverable
 	drainTimeout              = 5 * time.Second
 )
 
@@ -227,8 +228,8 @@ func (c Config) Validate() error {
 		return bad("NewService", "required unless Lead is LeadNever")
 	case c.Lead > LeadAlways:
 		return bad("Lead", "unknown policy %d", c.Lead)
-	case c.MaxBody < 0 || c.MaxBody > 1<<30:
-		return bad("MaxBody", "%d is outside 0..1 GiB", c.MaxBody)
+	case c.MaxBody != 0 && (c.MaxBody < minMaxBody || c.MaxBody > 1<<30):
+		return bad("MaxBody", "%d is outside 1 KiB..1 GiB (0: the default)", c.MaxBody)
 	case c.MaxBlob < 0:
 		return bad("MaxBlob", "%d is negative", c.MaxBlob)
 	case c.Port < 0 || c.Port > 65535:

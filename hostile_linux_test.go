@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -293,5 +294,31 @@ func TestProcessHostileForeignPartialFrames(t *testing.T) {
 	st := stats(leader)
 	require.EqualValues(t, n, st.Refused["FrameTimeout"])
 	stopAttack(t, atk)
+	stillServed(t, f)
+}
+
+// A Leader that runs out of descriptors (here: with no headroom, against idle
+// connections) refuses the next peers with an error frame that says so, from a
+// descriptor it kept spare, instead of leaving them in the backlog; it keeps serving its
+// Followers, and gets its descriptors back.
+func TestProcessLeaderOutOfDescriptors(t *testing.T) {
+	tc := newTestCluster(t)
+	lim := cluster.Limits{FDHeadroom: -1}
+	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim), "CT_NOFILE=96"}})
+	require.Equal(t, "leader", leader.joined().Role)
+	f := tc.start(memberOpts{})
+	f.joined()
+	base := openFDsOf(t, leader.pid)
+	atk := tc.attack("", nil, "idle", 120)
+	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused+r.Errors == 120 })
+	t.Logf("attacker: %+v", r)
+	require.Positive(t, r.Codes["limit"], "%+v", r)
+	require.LessOrEqual(t, openFDsOf(t, leader.pid), 96)
+	st := stats(leader)
+	require.Positive(t, st.Refused["FDHeadroom"], "%v", st.Refused)
+	ranOut := slices.ContainsFunc(r.Said, func(m string) bool { return strings.Contains(m, "the leader ran out of descriptors") })
+	require.True(t, ranOut, "no refusal from the spare descriptor: %q", r.Said)
+	stopAttack(t, atk)
+	reclaimed(t, leader, base)
 	stillServed(t, f)
 }

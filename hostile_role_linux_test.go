@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -86,6 +87,16 @@ type attackReport struct {
 	Answered int            // requests answered with a response
 	Codes    map[string]int // error frames received, by code
 	Errors   int            // dials or writes that failed
+	Said     []string       // the first few distinct messages of those error frames
+}
+
+// heard records an error frame. Call it with a.mu held.
+func (r *attackReport) heard(f frame.Frame) {
+	r.Codes[string(f.Meta)]++
+	msg := string(f.Body)
+	if len(r.Said) < 10 && !slices.Contains(r.Said, msg) {
+		r.Said = append(r.Said, msg)
+	}
 }
 
 type attacker struct {
@@ -142,7 +153,7 @@ func (a *attacker) handshake(c net.Conn, br *bufio.Reader) bool {
 		a.count(func(r *attackReport) { r.Errors++ })
 		return false
 	case f.Kind == frame.KindError:
-		a.count(func(r *attackReport) { r.Refused++; r.Codes[string(f.Meta)]++ })
+		a.count(func(r *attackReport) { r.Refused++; r.heard(f) })
 		return false
 	}
 	a.count(func(r *attackReport) { r.Welcomed++ })
@@ -161,7 +172,7 @@ func (a *attacker) readAll(br *bufio.Reader) {
 		case frame.KindResponse:
 			a.count(func(r *attackReport) { r.Answered++ })
 		case frame.KindError:
-			a.count(func(r *attackReport) { r.Codes[string(f.Meta)]++ })
+			a.count(func(r *attackReport) { r.heard(f) })
 		}
 	}
 }
@@ -184,7 +195,7 @@ func (a *attacker) redialIdle(stop chan struct{}) {
 		}
 		br := bufio.NewReader(c)
 		if f, err := frame.Read(br, frame.Limits{}); err == nil && f.Kind == frame.KindError {
-			a.count(func(r *attackReport) { r.Refused++; r.Codes[string(f.Meta)]++ })
+			a.count(func(r *attackReport) { r.Refused++; r.heard(f) })
 		} else {
 			a.count(func(r *attackReport) { r.Closed++ })
 		}

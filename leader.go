@@ -57,7 +57,11 @@ type leader struct {
 	demoted  chan struct{} // closed when the claim no longer holds (see watchClaim)
 	watchEnd chan struct{} // closed when watchClaim returned
 
-	adm          admission     // connections and descriptors against Config.Limits
+	adm admission // connections and descriptors against Config.Limits
+
+	statusMu     sync.Mutex // guards the last status document (see statusDoc)
+	statusJSON   []byte
+	statusAt     time.Time
 	budget       *ipc.Budget   // memory of the peers' incomplete frames (Limits.MaxPartialBytes); nil: none
 	housekeepEnd chan struct{} // closed when housekeep returned
 }
@@ -177,6 +181,9 @@ func (l *leader) acceptLoop() {
 	self := uint32(os.Geteuid())
 	var backoff time.Duration
 	for {
+		if spare == nil { // given up for a refusal, or never had: try again
+			spare, _ = os.Open(os.DevNull)
+		}
 		nc, peer, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || l.ctx.Err() != nil || l.calls.isClosed() {
@@ -185,15 +192,13 @@ func (l *leader) acceptLoop() {
 			if isFDExhaustion(err) && spare != nil {
 				_ = spare.Close()
 				spare = nil
-				if nc, peer, err := l.ln.Accept(); err == nil {
-					l.refuse(nc, peer, overLimit("FDHeadroom", l.c.cfg.lim.FDHeadroom, "the leader is out of descriptors (%v)", err))
-				}
-				if spare, _ = os.Open(os.DevNull); spare != nil {
+				if nc, peer, aerr := l.ln.Accept(); aerr == nil {
+					l.refuse(nc, peer, overLimit("FDHeadroom", l.c.cfg.lim.FDHeadroom, "the leader ran out of descriptors (%v)", err))
 					continue
 				}
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.c.cfg.Logger.Warn("cluster: accept failed; backing off", "err", err, "backoff", backoff)
+			l.c.refused.note(slog.LevelWarn, "accept", ipc.PeerCred{}, fmt.Errorf("accept failed; backing off %v: %w", backoff, err))
 			t := time.NewTimer(backoff)
 			select {
 			case <-t.C:
@@ -249,8 +254,7 @@ func (l *leader) noteEnd(peer ipc.PeerCred, err error) {
 	case errors.Is(err, frame.ErrProtocol):
 		kind = "protocol"
 	default:
-		l.c.cfg.Logger.Warn("cluster: connection to a follower failed", "peer", peer, "err", err)
-		return
+		kind = "connection" // a reset, a write that failed: a peer can cause it at will
 	}
 	l.c.refused.note(slog.LevelWarn, kind, peer, err)
 }
@@ -289,6 +293,9 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 				return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
 			}
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
+		}
+		if h.MaxBody < minMaxBody {
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("the hello's max body is %d bytes; a member accepts at least %d", h.MaxBody, minMaxBody)}
 		}
 		if h.Role != "" && h.Role != frame.RoleObserver {
 			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}

@@ -58,7 +58,7 @@ func (l *leader) serveObserver(nc net.Conn, peer ipc.PeerCred) {
 func (l *leader) observerFrame(conn *ipc.Conn, f frame.Frame) {
 	switch f.Kind {
 	case frame.KindStatus:
-		l.answerStatus(conn, f)
+		l.answerStatus(conn, f, observerMaxBody)
 	case frame.KindWatch:
 		l.mu.Lock()
 		if _, ok := l.observers[conn]; ok {
@@ -71,14 +71,35 @@ func (l *leader) observerFrame(conn *ipc.Conn, f frame.Frame) {
 	}
 }
 
-// answerStatus answers a status request with the Leader's Status.
-func (l *leader) answerStatus(conn *ipc.Conn, f frame.Frame) {
-	b, err := json.Marshal(l.report())
-	if err != nil {
-		_ = conn.ReplyError(f.ID, frame.CodeRemote, err.Error())
+// statusEvery is how often a Leader makes its status document at most: requests that
+// come sooner get the last one. Making it walks every connection and topic, so a
+// peer that asks again and again costs the Leader no more than this.
+const statusEvery = 100 * time.Millisecond
+
+// answerStatus answers a status request with the Leader's Status (at most statusEvery
+// old), or with too-large when it would not fit the peer's MaxBody.
+func (l *leader) answerStatus(conn *ipc.Conn, f frame.Frame, maxBody uint32) {
+	b := l.statusDoc()
+	if uint32(len(b)) > maxBody {
+		_ = conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf(
+			"cluster: status: the document is %d bytes, over this member's MaxBody of %d (Inspect, or clusterctl, accept up to %d)", len(b), maxBody, observerMaxBody))
 		return
 	}
 	_ = conn.Reply(f.ID, b)
+}
+
+// statusDoc returns the status document, made anew when the last is statusEvery old.
+func (l *leader) statusDoc() []byte {
+	l.statusMu.Lock()
+	defer l.statusMu.Unlock()
+	if l.statusJSON == nil || time.Since(l.statusAt) >= statusEvery {
+		b, err := json.Marshal(l.report())
+		if err != nil { // a Status always marshals; say so if it ever does not
+			b = []byte(fmt.Sprintf(`{"name":%q,"error":%q}`, l.c.cfg.Name, err))
+		}
+		l.statusJSON, l.statusAt = b, time.Now()
+	}
+	return l.statusJSON
 }
 
 // event tells every watching observer what happened. It never blocks: an observer

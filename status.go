@@ -114,6 +114,7 @@ var libraryVersion = sync.OnceValue(func() string {
 func (l *leader) report() *Status {
 	c := l.c
 	st := &Status{
+		Followers: []FollowerInfo{}, Topics: []TopicInfo{}, // [] rather than null in JSON
 		Name: c.cfg.Name, Identity: c.cfg.Identity, Library: libraryVersion(), Protocol: int(frame.Version),
 		Transport: c.trk.Load().transport(), Address: c.trk.Load().where, At: time.Now(),
 		Leader: LeaderInfo{PID: pid(), UID: os.Geteuid(), Started: processStarted, Term: l.term, Since: l.at},

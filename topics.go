@@ -263,7 +263,9 @@ type registration struct {
 func (pc *peerConn) deliver(topic string, m Message, shared bool) {
 	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on", topic, "the message")
 	if err != nil {
-		pc.l.c.cfg.Logger.Warn("cluster: message not delivered to a follower", "topic", topic, "peer", pc.conn.Peer(), "err", err)
+		// A peer sets its own MaxBody: logged like a refusal, so that it cannot make
+		// the Leader write a line per message.
+		pc.l.c.refused.note(slog.LevelWarn, "undelivered", pc.conn.Peer(), err)
 		return
 	}
 	h := frame.Header{Kind: frame.KindMessage, Flags: w.flags}
@@ -291,8 +293,12 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		pc.ackOnce.Do(func() { close(pc.acked) })
 		return
 	case frame.KindStatus: // a member asks for the Leader's view (Client.LeaderStatus)
-		closeFiles(files)
-		pc.l.answerStatus(conn, f)
+		if len(files) > 0 {
+			closeFiles(files)
+			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: status frame passes %d file descriptors", frame.ErrProtocol, len(files)))
+			return
+		}
+		pc.l.answerStatus(conn, f, pc.hello.MaxBody)
 		return
 	default:
 		closeFiles(files)
@@ -454,7 +460,7 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 		case f.Kind != frame.KindOneway:
 			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("cluster: %s %q: the request: %v", requestOp(f.Kind), f.Meta, err))
 		default:
-			pc.l.c.cfg.Logger.Warn("cluster: oneway invoke refused", "method", string(f.Meta), "peer", pc.conn.Peer(), "err", err)
+			pc.l.c.refused.note(slog.LevelWarn, "oneway", pc.conn.Peer(), fmt.Errorf("oneway invoke %q refused: %w", f.Meta, err))
 		}
 		return Message{}, false
 	}
