@@ -425,6 +425,11 @@ func TestHostilePeersDoNotDisturbTheLeader(t *testing.T) {
 			sleep := frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 7}, []byte("sleep"), []byte("1s"))
 			c.Write(append(sleep, sleep...))
 		}, frame.CodeProtocol, "protocol"},
+		{"an observer that invokes", func(t *testing.T, c net.Conn) {
+			h := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: 1, MaxBody: 1 << 20, Name: tc.name, Role: frame.RoleObserver}
+			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, h.Append(nil)))
+			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, []byte("echo"), nil))
+		}, frame.CodeProtocol, "protocol"},
 		{"empty method name", func(t *testing.T, c net.Conn) {
 			c.Write(hello(tc.name))
 			c.Write(frame.AppendFrame(nil, frame.Header{Kind: frame.KindInvoke, ID: 1}, nil, nil))

@@ -63,6 +63,9 @@ func observe(ctx context.Context, vc *config, events func(Event)) (*observer, er
 	}
 	opts := ipc.Options{Limits: frame.Limits{MaxBody: observerMaxBody}, Heartbeat: -1}
 	if events != nil {
+		// A watcher pings: a Leader that stops answering (SIGSTOP, a debugger) is
+		// reported as lost after a few seconds instead of never.
+		opts.Heartbeat, opts.HeartbeatTimeout = time.Second, 3*time.Second
 		opts.Handler = func(_ *ipc.Conn, f frame.Frame) {
 			if f.Kind != frame.KindEvent {
 				return
@@ -172,6 +175,7 @@ func Watch(ctx context.Context, cfg Config, retry time.Duration, fn func(Event))
 			})
 		}
 		if err == nil {
+			lastLost = "" // a Leader answered: the next loss is news
 			err = watchOne(ctx, o, events, fn)
 		}
 		if ctx.Err() != nil {

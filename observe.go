@@ -48,6 +48,7 @@ func (l *leader) serveObserver(nc net.Conn, peer ipc.PeerCred) {
 	l.mu.Unlock()
 	conn.Start()
 	<-conn.Done()
+	l.noteEnd(peer, conn.Err())
 	conn.Close()
 	l.mu.Lock()
 	delete(l.observers, conn)

@@ -128,10 +128,14 @@ type Stats struct {
 	// or a message was too large for this member's limits (MaxBody, MaxBlob) or could
 	// not be decoded.
 	Dropped uint64
-	// Refused counts, by kind, the peers and requests this member refused while it led:
-	// a Limits field name ("MaxConnsPerUID", "MaxSubscriptions", ...), "unauthorized"
-	// (the peer policy), "handshake" (a failed handshake), "protocol" and "too-large"
-	// (a peer that broke the protocol). Nil when there were none.
+	// Refused counts, by kind, the peers and requests this member refused, and the
+	// peers' failures it noted, while it led: a Limits field name ("MaxConnsPerUID",
+	// "MaxSubscriptions", "FrameTimeout", ...), "unauthorized" (the peer policy),
+	// "handshake" (a failed handshake), "protocol" and "too-large" (a peer that broke
+	// the protocol), "connection" (a connection that failed otherwise), "undelivered"
+	// (a message too large for a Follower's MaxBody), "oneway" (a oneway request that
+	// could not be read), "accept". Each kind is logged once, then summarised every
+	// 10 s. Nil when there were none.
 	Refused map[string]uint64
 	// BytesIn and BytesOut count the bytes this member read from and wrote to its
 	// connections: a Follower's to its Leaders, a Leader's to its Followers.

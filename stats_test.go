@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -71,12 +72,15 @@ func TestStatsCountBytes(t *testing.T) {
 	f := tc.join(nil)
 	_, err := f.Invoke(context.Background(), "echo", cluster.Message{Data: make([]byte, 1000)})
 	require.NoError(t, err)
-	st := f.Stats()
+	// A side counts a write once the write returns, which may be after the other side
+	// read it: the two agree once both are done.
+	var st, ls cluster.Stats
+	require.Eventually(t, func() bool {
+		st, ls = f.Stats(), leader.Stats()
+		return st.BytesOut == ls.BytesIn && st.BytesIn == ls.BytesOut
+	}, waitTimeout, time.Millisecond, "what the Follower wrote, the Leader read, and back")
 	require.Greater(t, st.BytesOut, uint64(1000))
 	require.Greater(t, st.BytesIn, uint64(1000))
-	ls := leader.Stats()
-	require.Equal(t, st.BytesOut, ls.BytesIn, "what the Follower wrote, the Leader read")
-	require.Equal(t, st.BytesIn, ls.BytesOut)
 	// The Leader leaves; the Follower's bytes stay counted and grow again.
 	require.NoError(t, leader.Close())
 	_, err = f.Invoke(context.Background(), "echo", cluster.Message{}) // f leads now
@@ -85,4 +89,25 @@ func TestStatsCountBytes(t *testing.T) {
 	require.GreaterOrEqual(t, after.BytesIn, st.BytesIn)
 	require.GreaterOrEqual(t, after.BytesOut, st.BytesOut)
 	require.GreaterOrEqual(t, leader.Stats().BytesIn, ls.BytesIn, "a closed Leader's counters stay")
+}
+
+// A status document over a member's MaxBody is refused as too large; the member's
+// connection is unharmed.
+func TestLeaderStatusOverMaxBody(t *testing.T) {
+	tc := newTestCluster(t)
+	leader := tc.join(nil)
+	f := tc.join(func(c *cluster.Config) { c.MaxBody = 1024 })
+	for i := 0; i < 40; i++ {
+		_, err := leader.Subscribe(context.Background(), fmt.Sprintf("topic-%02d", i), func(cluster.Message) {})
+		require.NoError(t, err)
+	}
+	_, err := f.LeaderStatus(context.Background())
+	require.ErrorIs(t, err, cluster.ErrTooLarge)
+	require.ErrorContains(t, err, "over this member's MaxBody of 1024")
+	_, err = f.Invoke(context.Background(), "echo", cluster.Message{Data: []byte("x")})
+	require.NoError(t, err)
+	require.Zero(t, f.Stats().Failovers)
+	st, err := leader.LeaderStatus(context.Background())
+	require.NoError(t, err)
+	require.Len(t, st.Topics, 40)
 }

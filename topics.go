@@ -717,6 +717,13 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 		pc.mu.Unlock()
 		return pc.l.c.serviceErr(ctx, "register", topic, err)
 	}
+	if _, dup := pc.regs[id]; dup {
+		// The same id twice at once (a broken peer): the first holds it, this one's
+		// publish is undone, as for a connection that ended meanwhile.
+		pc.mu.Unlock()
+		pc.l.withdrawFromService(topic, msg)
+		return nil
+	}
 	if pc.regs != nil {
 		pc.regSeq++
 		pc.regs[id] = registration{seq: pc.regSeq, topic: topic, msg: msg}

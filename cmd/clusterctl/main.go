@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/cluster-client-go/cluster"
 )
@@ -184,7 +185,7 @@ func printStatus(w io.Writer, st *cluster.Status) {
 			if !t.Subscribed {
 				svc = "not subscribed"
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%s\t%s\n", t.Name, t.Subscribers, t.Shared, svc, latest)
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%s\t%s\n", printable(t.Name), t.Subscribers, t.Shared, svc, latest)
 		}
 	}
 	_ = tw.Flush()
@@ -275,13 +276,24 @@ func describe(e cluster.Event) string {
 	case e.Follower != nil:
 		s := fmt.Sprintf("%s %s: pid %d, uid %s", at, e.Type, e.Follower.PID, uid(e.Follower.UID))
 		if e.Err != "" {
-			s += " (" + e.Err + ")"
+			s += " (" + printable(e.Err) + ")"
 		}
 		return s
 	case e.Err != "":
-		return fmt.Sprintf("%s %s: %s", at, e.Type, e.Err)
+		return fmt.Sprintf("%s %s: %s", at, e.Type, printable(e.Err))
 	}
 	return fmt.Sprintf("%s %s", at, e.Type)
+}
+
+// printable returns s as it is when every rune prints, else quoted: topic names and
+// error texts come from peers, which must not write to the operator's terminal.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func ago(now, t time.Time) string {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -143,10 +145,15 @@ func TestStatus(t *testing.T) {
 			require.Contains(t, out, `identity "demo/v1"`)
 			require.Contains(t, out, "news")
 
-			code, out, errOut = ctl(t, append([]string{"status", "-json"}, args...)...)
-			require.Equal(t, 0, code, errOut)
+			// The Leader counts a request served just after it answers: ask until the
+			// four are in (each status document is at most 100 ms old).
 			var st cluster.Status
-			require.NoError(t, json.Unmarshal([]byte(out), &st))
+			require.Eventually(t, func() bool {
+				code, out, errOut = ctl(t, append([]string{"status", "-json"}, args...)...)
+				require.Equal(t, 0, code, errOut)
+				require.NoError(t, json.Unmarshal([]byte(out), &st))
+				return len(st.Followers) == 1 && st.Followers[0].Served == 4
+			}, 30*time.Second, 50*time.Millisecond, "%+v", st)
 			require.Equal(t, "demo", st.Name)
 			require.Equal(t, tr, st.Transport)
 			require.Equal(t, leader.Role().Term, st.Leader.Term)
@@ -176,6 +183,24 @@ func TestStatus(t *testing.T) {
 	}
 }
 
+// listing names every file in dir, with its mode and size.
+func listing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out = append(out, fmt.Sprintf("%s %v %d", p, fi.Mode(), fi.Size()))
+		return nil
+	}))
+	return out
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -197,7 +222,6 @@ func TestStatusWithoutALeader(t *testing.T) {
 	code, _, errOut = ctl(t, "status", "-name", "demo", "-dir", dir)
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "the lock is free (last holder: pid")
-	require.NoDirExists(t, filepath.Join(dir, "created-by-clusterctl"))
 
 	code, _, errOut = ctl(t, "status", "-dir", dir)
 	require.Equal(t, 2, code)
@@ -205,12 +229,19 @@ func TestStatusWithoutALeader(t *testing.T) {
 	code, _, _ = ctl(t, "frobnicate")
 	require.Equal(t, 2, code)
 
-	// clusterctl creates nothing: not even a missing Dir.
+	// clusterctl creates nothing, in Dir or elsewhere: not even a missing Dir.
+	before := listing(t, dir)
 	missing := filepath.Join(dir, "missing")
 	code, _, errOut = ctl(t, "status", "-name", "demo", "-dir", missing)
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "does not exist")
 	require.NoDirExists(t, missing)
+	for _, cmd := range []string{"status", "list", "watch"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		run(ctx, []string{cmd, "-name", "other", "-dir", dir, "-timeout", "100ms"}, io.Discard, io.Discard)
+		cancel()
+	}
+	require.Equal(t, before, listing(t, dir))
 }
 
 // list shows every cluster of a Dir, with its Leader or why there is none.
