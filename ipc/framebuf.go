@@ -25,11 +25,11 @@ import (
 // a frame takes when it is free and large enough, and then grows into without copying.
 // A staging buffer made for each frame costs far more than the bytes it copies: its
 // pages are fresh (the runtime gives freed memory back to the system), and on a small
-// VM a fresh page costs tens of microseconds. Measured there (2 cores, median ratio of
-// 16-20 paired runs to reading without staging), fresh staging buffers against the
-// spare: ipc's BenchmarkLargeFrame 1 MiB over a Unix socket +25% against +9% (equal in
-// runs of 2000 frames), 16 MiB +16% against +3%, 16 MiB over TCP +44% against -2%; the
-// root package's BenchmarkLargePayload/inline/1MiB +58% against +6% (+3% in 3 s runs).
+// VM a fresh page costs tens of microseconds. Measured there (2 cores; median ratio to
+// reading without staging over 16 paired runs of ipc's BenchmarkLargeFrame, 16 MiB):
+// fresh staging buffers +10% over a Unix socket and +14% over TCP, the spare -2% and
+// -18%. (With growth 4, which stages 1 MiB frames too, fresh staging buffers made the
+// root package's 1 MiB inline round trips 58% slower, the spare 6%.)
 
 // freeFrame is the most a frame's buffer holds before its bytes have arrived: a frame
 // up to this size is allocated at once.

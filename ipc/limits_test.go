@@ -162,6 +162,22 @@ func TestAFrameWaitsForBudget(t *testing.T) {
 	}
 }
 
+// A Conn that waits for Budget ends when closed, and gives back what it held.
+func TestAConnWaitingForBudgetCloses(t *testing.T) {
+	budget := NewBudget(1<<20 - freeFrame)
+	tr := transports()[0]
+	stalled := stallBudget(t, tr, budget)
+	a, b := tr.pair(t)
+	waiting := started(NewConn(b, PeerCred{}, Options{Budget: budget, Heartbeat: -1, Handler: func(*Conn, frame.Frame) {}}))
+	rawPeer{t, a}.write(append(largeHeader(1<<20-1), make([]byte, 256<<10)...))
+	require.Eventually(t, func() bool { return waitingForBudget(budget) }, 10*time.Second, time.Millisecond)
+	require.NoError(t, waiting.Close())
+	require.ErrorIs(t, waiting.Err(), ErrClosed)
+	require.Equal(t, budget.limit, budget.InUse(), "the stalled frame still holds all of it")
+	require.NoError(t, stalled.Close())
+	require.Zero(t, budget.InUse())
+}
+
 // A frame that could never fit in the Budget is too large.
 func TestAFrameLargerThanTheBudgetIsTooLarge(t *testing.T) {
 	a, b := socketPair(t)
