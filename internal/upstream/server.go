@@ -45,7 +45,7 @@ type serverConn struct {
 	cancel context.CancelFunc
 	wmu    sync.Mutex          // serialises writes
 	subs   map[string]struct{} // guarded by Server.mu
-	// regs is what this session published and did not withdraw: like a registry's
+	// regs is what this connection published and did not withdraw: like a registry's
 	// ephemeral entries, they live as long as the connection. Guarded by Server.mu.
 	regs []entry
 }
