@@ -387,7 +387,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 // lock was released (no later Leader's term can start before it), and Service.Close's
 // error.
 func (l *leader) shutdown() (time.Time, error) {
-	info := l.report().Leader
+	info := l.describe()
 	l.event(Event{Type: "leader-stopping", Leader: &info})
 	_ = l.ln.Close()
 	<-l.acceptDone

@@ -117,7 +117,7 @@ func (l *leader) report() *Status {
 		Followers: []FollowerInfo{}, Topics: []TopicInfo{}, // [] rather than null in JSON
 		Name: c.cfg.Name, Identity: c.cfg.Identity, Library: libraryVersion(), Protocol: int(frame.Version),
 		Transport: c.trk.Load().transport(), Address: c.trk.Load().where, At: time.Now(),
-		Leader: LeaderInfo{PID: pid(), UID: os.Geteuid(), Started: processStarted, Term: l.term, Since: l.at},
+		Leader: l.describe(),
 	}
 	l.mu.Lock()
 	peers := make([]*peerConn, 0, len(l.conns))
@@ -148,6 +148,11 @@ func (l *leader) report() *Status {
 	st.Totals.Followers, st.Totals.Topics = len(st.Followers), len(st.Topics)
 	st.Totals.Refused, st.Totals.Panics = c.refused.counts(), c.stats.panics.Load()
 	return st
+}
+
+// info describes this Leader.
+func (l *leader) describe() LeaderInfo {
+	return LeaderInfo{PID: pid(), UID: os.Geteuid(), Started: processStarted, Term: l.term, Since: l.at}
 }
 
 // info describes the Follower of pc.
