@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -96,7 +97,7 @@ func (b *bench) wantsGroups() bool {
 func (b *bench) measureRedis() error {
 	srv, err := startRedis()
 	if err != nil {
-		if err == errNoRedis && os.Getenv("SHAREDREDIS_REQUIRE_REDIS") == "" {
+		if errors.Is(err, errNoRedis) && os.Getenv("SHAREDREDIS_REQUIRE_REDIS") == "" {
 			b.res.note("Redis INCR: skipped: %v", err)
 			b.logf("Redis INCR skipped: %v", err)
 			return nil
