@@ -30,6 +30,8 @@ func main() {
 			grpcServerMain(args)
 		case "grpc-client":
 			grpcClientMain(args)
+		case "redis-worker":
+			redisWorkerMain(args)
 		case "lock-holder":
 			lockHolderMain(args)
 		default:
