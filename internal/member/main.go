@@ -46,7 +46,6 @@ type Member struct {
 	cfg  Config
 	prog Program
 	c    *cluster.Client
-	host string
 
 	outMu sync.Mutex
 	out   *json.Encoder
@@ -95,8 +94,7 @@ func Main(cfg Config, prog Program) int {
 }
 
 func run(cfg Config, prog Program, in io.Reader, out io.Writer) int {
-	host, _ := os.Hostname()
-	m := &Member{cfg: cfg, prog: prog, host: host, out: json.NewEncoder(out)}
+	m := &Member{cfg: cfg, prog: prog, out: json.NewEncoder(out)}
 	for name := range prog.Ops {
 		if builtin[name] {
 			fmt.Fprintf(os.Stderr, "member: the Program's op %q replaces a built-in one\n", name)
@@ -109,6 +107,7 @@ func run(cfg Config, prog Program, in io.Reader, out io.Writer) int {
 			return 4
 		}
 	}
+	host, _ := os.Hostname() // after Setup, which may have set it (a UTS namespace)
 	if cfg.NoFile > 0 {
 		if err := setNoFile(cfg.NoFile); err != nil {
 			fmt.Fprintf(os.Stderr, "member: Config.NoFile: %v\n", err)
