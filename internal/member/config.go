@@ -107,7 +107,7 @@ func FromEnv() (Config, bool, error) {
 // or the echo Service, either answering "whoami"), with the logger c.Log names. It has
 // no OnRoleChange: Main adds its own.
 func (c Config) Cluster() (cluster.Config, error) {
-	newService := NewEchoService
+	newService := newEchoService
 	if c.Upstream != "" {
 		newService = upstream.NewService(c.Upstream)
 	}
@@ -122,7 +122,7 @@ func (c Config) Cluster() (cluster.Config, error) {
 		Port:       c.Port,
 		Lead:       c.Lead,
 		Identity:   c.Identity,
-		NewService: WithWhoami(newService),
+		NewService: withWhoami(newService),
 		Limits:     c.Limits,
 		AllowGIDs:  c.AllowGIDs,
 		SocketMode: c.SocketMode,

@@ -51,9 +51,6 @@ type Member struct {
 	out   *json.Encoder
 }
 
-// Config returns the member's Config.
-func (m *Member) Config() Config { return m.cfg }
-
 // Args decodes the Config's Args into v.
 func (m *Member) Args(v any) error {
 	if len(m.cfg.Args) == 0 {

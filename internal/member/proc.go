@@ -210,18 +210,6 @@ func (p *Proc) Events() []Event {
 	return slices.Clone(p.events)
 }
 
-// Last returns the latest Event of kind ev, if any.
-func (p *Proc) Last(ev string) (Event, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i := len(p.events) - 1; i >= 0; i-- {
-		if p.events[i].Ev == ev {
-			return p.events[i], true
-		}
-	}
-	return Event{}, false
-}
-
 // Stderr returns what Proc kept of the member's stderr (see Spec.Stderr).
 func (p *Proc) Stderr() string {
 	if p.stderr == nil {

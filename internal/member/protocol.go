@@ -65,9 +65,12 @@ type Event struct {
 	Topic     string `json:"topic,omitempty"`
 	Data      string `json:"data,omitempty"`
 	Err       string `json:"err,omitempty"`
-	Kind      string `json:"kind,omitempty"` // the class of Err: see ErrKind
-	Sub       int    `json:"sub,omitempty"`
-	At        int64  `json:"at,omitempty"`
+	// Kind is the class of Err: leader-lost, timeout, closed, no-leader,
+	// unauthorized, unavailable, identity, panic, too-large, limit, config (the
+	// library's sentinels), a Program's own (Program.ErrKind), remote, or other.
+	Kind string `json:"kind,omitempty"`
+	Sub  int    `json:"sub,omitempty"`
+	At   int64  `json:"at,omitempty"`
 	// Body is the value a Program's operation returned, as JSON.
 	Body json.RawMessage `json:"body,omitempty"`
 
@@ -76,15 +79,9 @@ type Event struct {
 	Line []byte `json:"-"`
 }
 
-// ErrKind names the class of a call's error, as Event.Kind reports it: leader-lost,
-// timeout, closed, no-leader, unauthorized, unavailable, identity, panic, too-large,
-// limit, config, remote, other; "" for nil.
-func ErrKind(err error) string {
-	return errKind(err, nil)
-}
-
-// errKind is ErrKind, asking more (if not nil) about an error that matches none of the
-// library's sentinels before it is called remote or other.
+// errKind names the class of a call's error, as Event.Kind reports it ("" for nil),
+// asking more (if not nil) about an error that matches none of the library's
+// sentinels before it is called remote or other.
 func errKind(err error, more func(error) string) string {
 	var re *cluster.RemoteError
 	switch {

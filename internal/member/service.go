@@ -10,10 +10,10 @@ import (
 	"github.com/cluster-client-go/cluster"
 )
 
-// WithWhoami adds the method "whoami" to the Services next builds: it answers the
+// withWhoami adds the method "whoami" to the Services next builds: it answers the
 // Leader's host name and pid as the Leader sees them ("host pid"), which tells which
 // process leads without trusting pids alone (they collide across pid namespaces).
-func WithWhoami(next func(context.Context) (cluster.Service, error)) func(context.Context) (cluster.Service, error) {
+func withWhoami(next func(context.Context) (cluster.Service, error)) func(context.Context) (cluster.Service, error) {
 	return func(ctx context.Context) (cluster.Service, error) {
 		svc, err := next(ctx)
 		if err != nil {
@@ -23,8 +23,8 @@ func WithWhoami(next func(context.Context) (cluster.Service, error)) func(contex
 	}
 }
 
-// Whoami is what "whoami" answers in this process.
-func Whoami() string {
+// whoami is what "whoami" answers in this process.
+func whoami() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s %d", host, os.Getpid())
 }
@@ -33,7 +33,7 @@ type whoamiService struct{ cluster.Service }
 
 func (w whoamiService) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
 	if method == "whoami" {
-		return cluster.Message{Data: []byte(Whoami())}, nil
+		return cluster.Message{Data: []byte(whoami())}, nil
 	}
 	return w.Service.Invoke(ctx, method, req)
 }
@@ -46,11 +46,11 @@ func (w whoamiService) Withdraw(ctx context.Context, topic string, msg cluster.M
 	return nil
 }
 
-// NewEchoService builds the in-process Service of a member with no upstream server
+// newEchoService builds the in-process Service of a member with no upstream server
 // (so that what is measured or tested is the library, not a server): "echo" answers
 // the request, and topics are an in-memory broker that delivers what is published to
 // its own subscribers.
-func NewEchoService(context.Context) (cluster.Service, error) {
+func newEchoService(context.Context) (cluster.Service, error) {
 	return &echoService{subs: map[string]map[int]func(cluster.Message){}}, nil
 }
 
