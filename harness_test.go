@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -310,7 +311,11 @@ func (p *proc) wait(pred func(event) bool) event {
 	case errors.Is(err, member.ErrExited):
 		p.t.Fatalf("member %d exited while waiting; stderr:\n%s", p.pid, p.Stderr())
 	case err != nil:
-		p.t.Fatalf("member %d: timed out waiting for an event; events so far: %+v\nstderr:\n%s", p.pid, p.Events(), p.Stderr())
+		var lines []string
+		for _, e := range p.Events() {
+			lines = append(lines, string(e.Line))
+		}
+		p.t.Fatalf("member %d: timed out waiting for an event; events so far:\n%s\nstderr:\n%s", p.pid, strings.Join(lines, "\n"), p.Stderr())
 	}
 	return e
 }
