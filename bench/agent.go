@@ -13,8 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cluster-client-go/cluster/internal/member"
 	"golang.org/x/sys/unix"
+
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // The orchestrator (run) drives every other process of a measurement as an agent: a
