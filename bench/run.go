@@ -333,7 +333,7 @@ func (b *bench) startAll() error {
 		n := 0
 		cg.start = func() (*agent, error) {
 			n++
-			return b.startAgent(fmt.Sprintf("%s member %d", cg.name, n), b.agentCmd("member", "-dir", dir, "-transport", tr, "-port", fmt.Sprint(port), "-heap", fmt.Sprint(b.opt.heapMiB)))
+			return startMember(fmt.Sprintf("%s member %d", cg.name, n), b.self, memberConfig(dir, tr, port, b.opt.heapMiB), b.logw, b.opt.agentWait)
 		}
 		if err := b.startMembers(cg); err != nil {
 			return err
@@ -600,7 +600,7 @@ func (b *bench) killOnce(g *group) (first, all time.Duration, err error) {
 		return 0, 0, err
 	}
 	t0 := mono()
-	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := leader.signalKill(); err != nil {
 		return 0, 0, err
 	}
 	rs, err := doAll(survivors, request{Op: "probe", OldPID: leader.pid}, time.Minute)
