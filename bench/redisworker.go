@@ -65,7 +65,7 @@ func redisWorkerMain(args []string) {
 		os.Exit(2)
 	}
 	var prof profiler
-	serveAgent(response{Leader: role()}, func(req request) response {
+	serveAgent(func(req request) response {
 		switch req.Op {
 		case "role":
 			return response{PID: os.Getpid(), Leader: role()}
