@@ -400,12 +400,13 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 		require.Equal(t, "follower", fj.Role)
 
 		require.NoError(t, l.Signal(sigStop))
-		stopped := true
+		paused := true
 		defer func() {
-			if stopped {
+			if paused {
 				_ = l.Signal(sigCont)
 			}
 		}()
+		waitStopped(t, l.pid)
 		// The call ends, by its deadline or by the heartbeat dropping the connection.
 		r := f.do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "150ms"})
 		require.Contains(t, []string{"timeout", "leader-lost"}, r.Kind, r.Err)
@@ -419,7 +420,7 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 		}
 
 		require.NoError(t, l.Signal(sigCont))
-		stopped = false
+		paused = false
 		require.Eventually(t, func() bool {
 			r := f.role()
 			return r.Role == "follower" && r.Term == fj.Term && r.LeaderPID == l.pid
