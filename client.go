@@ -543,7 +543,10 @@ func (c *Client) finishClose() {
 	<-c.runDone
 	for _, lt := range c.subs.snapshot() {
 		c.subs.mu.Lock()
-		for _, s := range lt.subs {
+		for _, s := range lt.out.broadcast {
+			s.stop()
+		}
+		for _, s := range lt.out.shared {
 			s.stop()
 		}
 		c.subs.mu.Unlock()

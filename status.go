@@ -177,11 +177,11 @@ func (pc *peerConn) info() FollowerInfo {
 func (t *topic) info(now time.Time) TopicInfo {
 	t.fan.Lock()
 	defer t.fan.Unlock()
-	ti := TopicInfo{Name: t.name, Subscribers: len(t.sinks), Shared: len(t.shared), Subscribed: t.active}
-	if t.has {
-		ti.LatestBytes = len(t.latest.Data)
-		if t.latest.Blob != nil {
-			ti.LatestBytes += t.latest.Blob.Len()
+	ti := TopicInfo{Name: t.name, Subscribers: len(t.out.broadcast), Shared: len(t.out.shared), Subscribed: t.active}
+	if latest := t.out.latest; t.out.has {
+		ti.LatestBytes = len(latest.Data)
+		if latest.Blob != nil {
+			ti.LatestBytes += latest.Blob.Len()
 		}
 		ti.LatestAge = now.Sub(t.latestAt)
 	}

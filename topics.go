@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 )
@@ -29,15 +28,11 @@ type topic struct {
 	cancel   func()
 	active   bool // Service.Subscribe succeeded
 	dead     bool // removed from the table; emits are ignored
-	latest   Message
-	has      bool
-	latestAt time.Time         // when latest arrived
-	sinks    map[sink]struct{} // broadcast
-	shared   []sink            // shared, in subscription order
-	next     int               // the shared sink the next message goes to
+	out      fanout[sink]
+	latestAt time.Time // when out's latest message arrived
 }
 
-func (t *topic) empty() bool { return len(t.sinks) == 0 && len(t.shared) == 0 }
+func (t *topic) empty() bool { return t.out.empty() }
 
 // kill cancels the Service subscription at the end of a term.
 func (t *topic) kill() {
@@ -46,10 +41,7 @@ func (t *topic) kill() {
 	t.fan.Lock()
 	cancel := t.cancel
 	t.dead, t.cancel = true, nil
-	clear(t.sinks)
-	t.shared = nil
-	release(t.latest)
-	t.latest, t.has = Message{}, false
+	t.out.reset()
 	t.fan.Unlock()
 	if cancel != nil {
 		cancel()
@@ -64,7 +56,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 		l.mu.Lock()
 		t := l.topics[name]
 		if t == nil {
-			t = &topic{name: name, log: l.c.cfg.Logger, sinks: make(map[sink]struct{})}
+			t = &topic{name: name, log: l.c.cfg.Logger}
 			l.topics[name] = t
 		}
 		l.mu.Unlock()
@@ -97,19 +89,7 @@ func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) 
 			t.fan.Unlock()
 		}
 		t.fan.Lock()
-		switch {
-		case shared:
-			if !slices.Contains(t.shared, s) {
-				t.shared = append(t.shared, s)
-			}
-		default:
-			if _, dup := t.sinks[s]; !dup {
-				t.sinks[s] = struct{}{}
-				if t.has {
-					s.deliver(name, t.latest, false)
-				}
-			}
-		}
+		t.out.add(s, shared, func(s sink, latest Message) { s.deliver(name, latest, false) })
 		t.fan.Unlock()
 		t.sub.Unlock()
 		return nil
@@ -128,23 +108,13 @@ func (l *leader) removeSink(name string, s sink, shared bool) {
 	t.sub.Lock()
 	defer t.sub.Unlock()
 	t.fan.Lock()
-	if shared {
-		if i := slices.Index(t.shared, s); i >= 0 {
-			t.shared = slices.Delete(t.shared, i, i+1)
-			if t.next > i {
-				t.next-- // keep the turn order of the others
-			}
-		}
-	} else {
-		delete(t.sinks, s)
-	}
+	t.out.remove(s, shared)
 	last := t.empty() && !t.dead
 	var cancel func()
 	if last {
 		cancel = t.cancel
 		t.dead, t.cancel = true, nil
-		release(t.latest)
-		t.latest, t.has = Message{}, false
+		t.out.forget()
 	}
 	t.fan.Unlock()
 	if last {
