@@ -101,9 +101,11 @@ func (f *fanout[S]) reset() {
 	f.broadcast, f.shared, f.next = nil, nil, 0
 }
 
-// emit is the func given to Service.Subscribe. Holding fan while fanning out keeps the
-// per-topic order and makes "replay latest, then live messages" gap- and duplicate-free
-// for a sink that joins concurrently.
+// emit is the func given to Service.Subscribe. It runs on the Service's goroutine, not
+// on the term's owner. Holding fan while fanning out keeps the per-topic order and,
+// since the owner adds a sink and replays the latest message to it under fan too, makes
+// "replay latest, then live messages" gap- and duplicate-free for a sink that joins
+// concurrently.
 //
 // emit takes m's Blob and Files: they are closed when the latest message no longer
 // needs them and no local subscriber holds them (peers get duplicates at once).

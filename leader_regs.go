@@ -25,21 +25,22 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 		return err
 	}
 	lim := &pc.l.c.cfg.lim
-	pc.mu.Lock()
-	_, dup := pc.regs[id]
-	ended := pc.regs == nil
-	n, bytes := len(pc.regs)+pc.regsTaken, pc.regBytes+pc.regBytesTaken+len(payload)
-	switch {
-	case ended || dup:
-	case n >= lim.MaxRegistrations:
-		err = overLimit("MaxRegistrations", lim.MaxRegistrations, "this connection holds %d registrations", n)
-	case bytes > lim.MaxRegisteredBytes:
-		err = overLimit("MaxRegisteredBytes", lim.MaxRegisteredBytes, "this connection's registrations would hold %d bytes", bytes)
-	default:
-		pc.regsTaken++
-		pc.regBytesTaken += len(payload)
-	}
-	pc.mu.Unlock()
+	ended, dup := true, false
+	pc.l.call(func(*termState) {
+		_, dup = pc.regs[id]
+		ended = pc.regs == nil
+		n, bytes := len(pc.regs)+pc.regsTaken, pc.regBytes+pc.regBytesTaken+len(payload)
+		switch {
+		case ended || dup:
+		case n >= lim.MaxRegistrations:
+			err = overLimit("MaxRegistrations", lim.MaxRegistrations, "this connection holds %d registrations", n)
+		case bytes > lim.MaxRegisteredBytes:
+			err = overLimit("MaxRegisteredBytes", lim.MaxRegisteredBytes, "this connection's registrations would hold %d bytes", bytes)
+		default:
+			pc.regsTaken++
+			pc.regBytesTaken += len(payload)
+		}
+	})
 	switch {
 	case ended:
 		return fmt.Errorf("the connection ended")
@@ -50,30 +51,27 @@ func (pc *peerConn) register(ctx context.Context, topic string, body []byte) err
 	}
 	msg := Message{Data: slices.Clone(payload)}
 	err = pc.l.svc.publish(ctx, topic, msg)
-	pc.mu.Lock()
-	pc.regsTaken--
-	pc.regBytesTaken -= len(payload)
-	if err != nil {
-		pc.mu.Unlock()
-		return pc.l.c.serviceErr(ctx, "register", topic, err)
-	}
-	if _, dup := pc.regs[id]; dup {
-		// The same id twice at once (a broken peer): the first holds it, this one's
-		// publish is undone, as for a connection that ended meanwhile.
-		pc.mu.Unlock()
-		pc.l.withdrawFromService(topic, msg)
-		return nil
-	}
-	if pc.regs != nil {
+	kept := false
+	pc.l.call(func(*termState) {
+		pc.regsTaken--
+		pc.regBytesTaken -= len(payload)
+		if _, dup := pc.regs[id]; err != nil || dup || pc.regs == nil {
+			return
+		}
 		pc.regSeq++
 		pc.regs[id] = registration{seq: pc.regSeq, topic: topic, msg: msg}
 		pc.regBytes += len(msg.Data)
-		pc.mu.Unlock()
-		return nil
+		kept = true
+	})
+	if err != nil {
+		return pc.l.c.serviceErr(ctx, "register", topic, err)
 	}
-	pc.mu.Unlock()
-	// The connection ended while the Service registered it: its owner is gone.
-	pc.l.withdrawFromService(topic, msg)
+	if !kept {
+		// The connection ended while the Service registered it (its owner is gone), or
+		// the same id came twice at once (a broken peer: the first holds it): this
+		// publish is undone.
+		pc.l.withdrawFromService(topic, msg)
+	}
 	return nil
 }
 
@@ -84,13 +82,14 @@ func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) err
 		pc.conn.Fail(frame.CodeProtocol, err)
 		return err
 	}
-	pc.mu.Lock()
-	r, ok := pc.regs[id]
-	if ok {
-		delete(pc.regs, id)
-		pc.regBytes -= len(r.msg.Data)
-	}
-	pc.mu.Unlock()
+	var r registration
+	ok := false
+	pc.l.call(func(*termState) {
+		if r, ok = pc.regs[id]; ok {
+			delete(pc.regs, id)
+			pc.regBytes -= len(r.msg.Data)
+		}
+	})
 	if !ok {
 		return nil // not held: nothing to undo
 	}
@@ -105,17 +104,10 @@ func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) err
 // the end of the term they are left to the Service's Close instead: the Followers
 // register them again with the next Leader.
 func (pc *peerConn) endRegistrations() {
-	pc.mu.Lock()
-	regs := pc.regs
-	pc.regs = nil
-	pc.mu.Unlock()
-	if len(regs) == 0 || pc.l.ctx.Err() != nil {
-		return
-	}
-	pc.l.mu.Lock()
-	stopping := pc.l.stopping
-	pc.l.mu.Unlock()
-	if stopping {
+	var regs map[uint64]registration
+	stopping := false
+	pc.l.call(func(st *termState) { regs, pc.regs, stopping = pc.regs, nil, st.stopping })
+	if len(regs) == 0 || pc.l.ctx.Err() != nil || stopping {
 		return
 	}
 	ordered := make([]registration, 0, len(regs))

@@ -38,16 +38,21 @@ type peerConn struct {
 	slowUntil atomic.Int64
 	names     map[string]string // interned method and topic names; reader goroutine only
 
-	mu     sync.Mutex
-	topics map[subKey]struct{}     // nil once the connection ended
+	// The Follower's subscriptions and registrations belong to the term's owner (see
+	// owner.go), as does what they count against Config.Limits.
+	subs   map[subKey]struct{}     // nil once the connection ended
 	regs   map[uint64]registration // the Follower's live registrations; nil once ended
 	regSeq uint64                  // orders regs
 	// Places taken by requests still running, so that concurrent ones cannot pass a
-	// limit together: subscriptions, registrations and their bytes (see reserve).
+	// limit together: subscriptions, registrations and their bytes (see reserveSub
+	// and register).
 	subsTaken, regsTaken, regBytesTaken int
 	regBytes                            int // the payload bytes of regs
+
 	// inflight holds the ids of the requests being served: a second request with the
-	// same id breaks the protocol (ids are unique among those in flight).
+	// same id breaks the protocol (ids are unique among those in flight). A leaf lock
+	// guards it: every request takes it, and requests do not pass through the owner.
+	idsMu    sync.Mutex
 	inflight map[uint64]struct{}
 
 	fdsHeld atomic.Int64 // descriptors passed with requests being served (Limits.MaxFDs)
@@ -255,7 +260,7 @@ func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool
 // rest are limitErrors.
 func (pc *peerConn) admit(f frame.Frame, fds int) error {
 	if f.ID != 0 {
-		pc.mu.Lock()
+		pc.idsMu.Lock()
 		_, dup := pc.inflight[f.ID]
 		if !dup {
 			if pc.inflight == nil {
@@ -263,7 +268,7 @@ func (pc *peerConn) admit(f frame.Frame, fds int) error {
 			}
 			pc.inflight[f.ID] = struct{}{}
 		}
-		pc.mu.Unlock()
+		pc.idsMu.Unlock()
 		if dup {
 			return fmt.Errorf("%w: request id %d is already in flight on this connection", frame.ErrProtocol, f.ID)
 		}
@@ -290,23 +295,49 @@ func (pc *peerConn) foreign() bool {
 	return p.Known && p.UID != pc.l.adm.self
 }
 
-// reserveSub takes a place for a subscription of key under Limits.MaxSubscriptions (a
-// topic this connection already subscribes to takes none); the caller gives it back
-// (subsTaken--) when addSink returned. ended: the connection ended, nothing to answer.
-func (pc *peerConn) reserveSub(key subKey) (ended bool, err error) {
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	if pc.topics == nil {
-		return true, nil
-	}
-	if _, ok := pc.topics[key]; !ok {
-		max := pc.l.c.cfg.lim.MaxSubscriptions
-		if n := len(pc.topics) + pc.subsTaken; n >= max {
-			return false, overLimit("MaxSubscriptions", max, "this connection subscribes to %d topics", n)
+// subscribe subscribes the Follower to key, within a place it takes under
+// Limits.MaxSubscriptions (a topic this connection already subscribes to takes none)
+// until addSink returned. ended: the connection or the term ended, nothing to answer.
+func (pc *peerConn) subscribe(ctx context.Context, key subKey) (ended bool, err error) {
+	ended = true
+	pc.l.call(func(*termState) {
+		if ended = pc.subs == nil; ended {
+			return
 		}
+		if _, ok := pc.subs[key]; !ok {
+			max := pc.l.c.cfg.lim.MaxSubscriptions
+			if n := len(pc.subs) + pc.subsTaken; n >= max {
+				err = overLimit("MaxSubscriptions", max, "this connection subscribes to %d topics", n)
+				return
+			}
+		}
+		pc.subsTaken++
+	})
+	if ended || err != nil {
+		return ended, err
 	}
-	pc.subsTaken++
-	return false, nil
+	err = pc.l.addSink(ctx, key.topic, pc, key.shared)
+	kept := false
+	pc.l.call(func(*termState) {
+		pc.subsTaken--
+		if kept = err == nil && pc.subs != nil; kept {
+			pc.subs[key] = struct{}{}
+		}
+	})
+	if err == nil && !kept { // the connection ended meanwhile: undo
+		pc.l.removeSink(key.topic, pc, key.shared)
+	}
+	return false, err
+}
+
+// unsubscribe ends the Follower's subscription of key.
+func (pc *peerConn) unsubscribe(key subKey) {
+	pc.l.call(func(*termState) {
+		if pc.subs != nil {
+			delete(pc.subs, key)
+		}
+	})
+	pc.l.removeSink(key.topic, pc, key.shared)
 }
 
 // done gives back what admit took for a request.
@@ -320,9 +351,9 @@ func (pc *peerConn) done(f frame.Frame, fds int) {
 
 func (pc *peerConn) forget(id uint64) {
 	if id != 0 {
-		pc.mu.Lock()
+		pc.idsMu.Lock()
 		delete(pc.inflight, id)
-		pc.mu.Unlock()
+		pc.idsMu.Unlock()
 	}
 }
 
@@ -381,33 +412,12 @@ func (pc *peerConn) exec(j job) {
 			err = l.c.serviceErr(ctx, "publish", name, err)
 		}
 	case frame.KindSubscribe:
-		key := subKey{name, shared}
-		ended, rerr := pc.reserveSub(key)
-		if ended {
+		var ended bool
+		if ended, err = pc.subscribe(ctx, subKey{name, shared}); ended {
 			return
 		}
-		if err = rerr; err != nil {
-			break
-		}
-		err = l.addSink(ctx, name, pc, key.shared)
-		pc.mu.Lock()
-		pc.subsTaken--
-		kept := err == nil && pc.topics != nil
-		if kept {
-			pc.topics[key] = struct{}{}
-		}
-		pc.mu.Unlock()
-		if err == nil && !kept { // the connection ended meanwhile: undo
-			l.removeSink(name, pc, key.shared)
-		}
 	case frame.KindUnsubscribe:
-		key := subKey{name, shared}
-		pc.mu.Lock()
-		if pc.topics != nil {
-			delete(pc.topics, key)
-		}
-		pc.mu.Unlock()
-		l.removeSink(name, pc, key.shared)
+		pc.unsubscribe(subKey{name, shared})
 	case frame.KindRegister:
 		err = pc.register(ctx, name, f.Body)
 	case frame.KindWithdraw:
@@ -432,6 +442,10 @@ func (pc *peerConn) respond(id uint64, name string, out Message) {
 func (pc *peerConn) reply(id uint64, err error) {
 	if err == nil {
 		_ = pc.conn.Reply(id, nil)
+		return
+	}
+	if errors.Is(err, errNotSent) { // the term is over: the next Leader takes it
+		_ = pc.conn.ReplyError(id, frame.CodeClosed, "leader is handing over; retry on the next leader")
 		return
 	}
 	pc.failed.Add(1)
