@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -453,10 +452,7 @@ func (l *leader) shutdown() (time.Time, error) {
 func (c *Client) serviceErr(ctx context.Context, op, name string, err error) (out error) {
 	defer func() {
 		if v := recover(); v != nil {
-			c.stats.panics.Add(1)
-			c.cfg.Logger.Error("cluster: recovered a panic in application code; the member goes on",
-				"name", c.cfg.Name, "in", "the Service's error", "what", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			pe := &panicError{in: "the error of Service." + serviceMethod(op), name: name, value: v}
+			pe := c.notePanic("the error of Service."+serviceMethod(op), name, v)
 			out = &RemoteError{Op: op, Name: name, Message: pe.Error(), errs: []error{ErrServicePanic}}
 		}
 	}()
@@ -590,12 +586,7 @@ type localSink struct{ c *Client }
 // A message too large for this member's Config is dropped here as a Follower with the
 // same Config drops it on receipt, so that subscribers see the same in every role.
 func (s localSink) deliver(topic string, m Message, shared bool) {
-	fdOK := s.c.passesFDs()
-	err := checkWire(m, fdOK, s.c.cfg.MaxBody, "message on", topic, "the message")
-	if err == nil {
-		err = checkBlobSize(m, fdOK, s.c.cfg.MaxBlob, "message on", topic, "the message")
-	}
-	if err != nil {
+	if err := s.c.checkReceived(m, "message on", topic, "the message"); err != nil {
 		s.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
 		s.c.subs.dropped.Add(1)
 		return
