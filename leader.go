@@ -26,7 +26,9 @@ import (
 // The owner may take topic.fan (and what follows it) and leaves; it never takes
 // counters.bytesMu and never waits for another goroutine. The leaves, each held alone:
 // peerConn.idsMu (the ids of the requests in flight), gate.mu (calls), admission.mu and
-// refusals.mu (limits.go). No lock is held while the Service runs.
+// refusals.mu (limits.go). No lock is held while the Service runs. topic.fan,
+// localSubs.mu and Subscription.mu are ranked (lockrank.go): the tests check their order
+// at every acquisition.
 //
 // The process's own state, in every role:
 //

@@ -28,7 +28,7 @@ type Subscription struct {
 	gotFirst bool          // guarded by mu
 	stopped  chan struct{} // closed by stop
 
-	mu      sync.Mutex
+	mu      rankedMutex[subscriptionRank]
 	queue   []Message // ring buffer
 	head, n int
 	closed  bool
@@ -182,7 +182,7 @@ func (s *Subscription) dispatch() {
 // subscription of each per process.
 type localSubs struct {
 	c       *Client
-	mu      sync.Mutex
+	mu      rankedMutex[localSubsRank]
 	topics  map[subKey]*localTopic
 	dropped atomic.Uint64
 }

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 )
 
@@ -32,7 +31,7 @@ type topic struct {
 	// fan is held by emit while it fans out, and by the owner while it changes the
 	// sinks: see leader.go for what may be taken under it. It is never held while the
 	// Service runs, so a Service may emit from inside Subscribe.
-	fan      sync.Mutex
+	fan      rankedMutex[topicFanRank]
 	dead     bool // removed from the table; emits are ignored
 	out      fanout[sink]
 	latestAt time.Time // when out's latest message arrived
