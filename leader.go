@@ -287,31 +287,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	defer func() { l.adm.leave(peer, inHandshake) }()
 	stale := false
 	hello, err := ipc.ServerHandshake(nc, time.Now().Add(l.c.cfg.lim.HandshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
-		if h.Name != l.c.cfg.Name {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
-		}
-		if err := l.tr.authorize(h.Token); err != nil {
-			if errors.Is(err, errStaleToken) {
-				// Retryable, as while handing over: the Follower reads the token again.
-				stale = true
-				return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
-			}
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
-		}
-		if h.MaxBody < minMaxBody {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("the hello's max body is %d bytes; a member accepts at least %d", h.MaxBody, minMaxBody)}
-		}
-		if h.Role != "" && h.Role != frame.RoleObserver {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}
-		}
-		if h.Identity != l.c.cfg.Identity && h.Role != frame.RoleObserver { // after the token: it tells nothing to a stranger
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
-				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
-		}
-		if l.calls.isClosed() {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
-		}
-		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
+		return l.welcome(h, &stale)
 	})
 	l.adm.handshook(peer)
 	inHandshake = false
@@ -328,6 +304,41 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		l.serveObserver(nc, peer)
 		return
 	}
+	l.serveFollower(nc, peer, hello)
+}
+
+// welcome answers a hello: a welcome, or the error frame that says why not. stale is
+// set when the peer's token is stale, which is expected right after a TCP election.
+func (l *leader) welcome(h frame.Hello, stale *bool) (frame.Welcome, *ipc.FrameError) {
+	if h.Name != l.c.cfg.Name {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
+	}
+	if err := l.tr.authorize(h.Token); err != nil {
+		if errors.Is(err, errStaleToken) {
+			// Retryable, as while handing over: the Follower reads the token again.
+			*stale = true
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
+		}
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
+	}
+	if h.MaxBody < minMaxBody {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("the hello's max body is %d bytes; a member accepts at least %d", h.MaxBody, minMaxBody)}
+	}
+	if h.Role != "" && h.Role != frame.RoleObserver {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}
+	}
+	if h.Identity != l.c.cfg.Identity && h.Role != frame.RoleObserver { // after the token: it tells nothing to a stranger
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
+			"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
+	}
+	if l.calls.isClosed() {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
+	}
+	return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
+}
+
+// serveFollower serves a welcomed Follower until its connection ends.
+func (l *leader) serveFollower(nc net.Conn, peer ipc.PeerCred, hello frame.Hello) {
 	pc := &peerConn{l: l, hello: hello, at: time.Now(), subs: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.peerOptions(l.budget)
@@ -367,7 +378,15 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	l.event(Event{Type: "follower-joined", Follower: &joined})
 
 	<-conn.Done()
-	l.noteEnd(peer, conn.Err())
+	l.followerLeft(pc)
+}
+
+// followerLeft ends what the Leader holds for a Follower whose connection ended: its
+// subscriptions, its registrations (see endRegistrations), its place among the
+// connections, and reports it.
+func (l *leader) followerLeft(pc *peerConn) {
+	conn := pc.conn
+	l.noteEnd(conn.Peer(), conn.Err())
 	pc.cancel()
 	var subs map[subKey]struct{}
 	l.call(func(*termState) { subs, pc.subs = pc.subs, nil })
