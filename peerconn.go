@@ -44,7 +44,7 @@ type peerConn struct {
 	regs   map[uint64]registration // the Follower's live registrations; nil once ended
 	regSeq uint64                  // orders regs
 	// Places taken by requests still running, so that concurrent ones cannot pass a
-	// limit together: subscriptions, registrations and their bytes (see reserveSub
+	// limit together: subscriptions, registrations and their bytes (see subscribe
 	// and register).
 	subsTaken, regsTaken, regBytesTaken int
 	regBytes                            int // the payload bytes of regs
