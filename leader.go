@@ -26,7 +26,7 @@ import (
 // The owner may take topic.fan (and what follows it) and leaves; it never takes
 // counters.bytesMu and never waits for another goroutine. The leaves, each held alone:
 // peerConn.idsMu (the ids of the requests in flight), gate.mu (calls), admission.mu and
-// refusals.mu (limits.go). No lock is held while the Service runs. topic.fan,
+// refusals.mu (limits.go). None of these is held while the Service runs. topic.fan,
 // localSubs.mu and Subscription.mu are ranked (lockrank.go): the tests check their order
 // at every acquisition.
 //
@@ -36,6 +36,10 @@ import (
 //	localTopic.opMu → localSubs.mu
 //	localTopic.opMu → a call to the owner             (the Leader's own subscriptions)
 //	counters.bytesMu → Client.epochMu
+//
+// registrations.op and localTopic.opMu are held across the call they order (to the
+// Leader; on the Leader, into the Service: Publish, Subscribe and its cancel), so that
+// a new Leader gets the registrations in order and a topic is subscribed once.
 
 // leader is the backend of the member that holds the lock.
 type leader struct {
