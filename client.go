@@ -372,12 +372,18 @@ func (c *Client) passesFDs() bool { return c.trk.Load().kind == "unix" && runtim
 // checks a Follower's response goes through (see checkWire), and makes a failure the
 // error a Follower would get.
 func (c *Client) checkResponse(method string, out Message) error {
+	return responseErr(c.checkReceived(out, "invoke", method, "the response"), method)
+}
+
+// checkReceived applies to what the Leader's Service gives its own process the checks
+// that a Follower with this member's Config applies on receipt: the frame limits
+// (checkWire) and Config.MaxBlob (checkBlobSize).
+func (c *Client) checkReceived(m Message, op, name, what string) error {
 	fdOK := c.passesFDs()
-	err := checkWire(out, fdOK, c.cfg.MaxBody, "invoke", method, "the response")
-	if err == nil {
-		err = checkBlobSize(out, fdOK, c.cfg.MaxBlob, "invoke", method, "the response")
+	if err := checkWire(m, fdOK, c.cfg.MaxBody, op, name, what); err != nil {
+		return err
 	}
-	return responseErr(err, method)
+	return checkBlobSize(m, fdOK, c.cfg.MaxBlob, op, name, what)
 }
 
 // Invoke calls method on the Leader's Service and returns its response. It blocks
@@ -543,7 +549,10 @@ func (c *Client) finishClose() {
 	<-c.runDone
 	for _, lt := range c.subs.snapshot() {
 		c.subs.mu.Lock()
-		for _, s := range lt.subs {
+		for _, s := range lt.out.broadcast {
+			s.stop()
+		}
+		for _, s := range lt.out.shared {
 			s.stop()
 		}
 		c.subs.mu.Unlock()

@@ -542,3 +542,91 @@ func TestABlockedServiceCallHoldsUpNoOtherCall(t *testing.T) {
 		require.ErrorIs(t, <-slept, context.Canceled)
 	})
 }
+
+// slowSubscribeService is a localService whose Subscribe of "slow" blocks until release
+// is closed.
+type slowSubscribeService struct {
+	*localService
+	entered chan struct{} // closed when Subscribe of "slow" began
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *slowSubscribeService) Subscribe(ctx context.Context, topic string, emit func(cluster.Message)) (func(), error) {
+	if topic == "slow" {
+		s.once.Do(func() { close(s.entered) })
+		<-s.release
+	}
+	return s.localService.Subscribe(ctx, topic, emit)
+}
+
+func TestABlockedServiceSubscribeHoldsUpNoOneElse(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		svc := &slowSubscribeService{entered: make(chan struct{}), release: make(chan struct{})}
+		released := sync.OnceFunc(func() { close(svc.release) })
+		defer released()
+		local := func(cfg *cluster.Config) {
+			cfg.NewService = func(ctx context.Context) (cluster.Service, error) {
+				s, err := newLocalService(ctx)
+				svc.localService = s.(*localService)
+				return svc, err
+			}
+		}
+		l := tc.join(local)
+		require.Equal(t, cluster.RoleLeader, l.Role().Role)
+		f1 := tc.join(local)
+		ctx := context.Background()
+		slow := make(chan string, 10)
+		subscribed := make(chan error, 1)
+		var slowSub *cluster.Subscription
+		go func() {
+			var err error
+			slowSub, err = f1.Subscribe(ctx, "slow", func(m cluster.Message) { slow <- string(m.Data) })
+			subscribed <- err
+		}()
+		select {
+		case <-svc.entered:
+		case <-time.After(waitTimeout):
+			t.Fatal("Service.Subscribe of \"slow\" was not called")
+		}
+
+		// While it blocks: a Follower joins, subscribes and gets messages, calls are
+		// answered, the Leader reports, a Follower leaves.
+		f2 := tc.join(local)
+		fast := make(chan string, 10)
+		_, err := f2.Subscribe(ctx, "fast", func(m cluster.Message) { fast <- string(m.Data) })
+		require.NoError(t, err)
+		require.NoError(t, l.Publish(ctx, "fast", cluster.Message{Data: []byte("f1")}))
+		require.Equal(t, "f1", recv(t, fast))
+		for _, c := range []*cluster.Client{f1, f2, l} {
+			out, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
+			require.NoError(t, err)
+			require.Equal(t, "hi", string(out.Data))
+		}
+		st, err := f2.LeaderStatus(ctx)
+		require.NoError(t, err)
+		require.Len(t, st.Followers, 2)
+		require.NoError(t, f2.Close())
+		require.Eventually(t, func() bool {
+			st, err := l.LeaderStatus(ctx)
+			return err == nil && len(st.Followers) == 1
+		}, waitTimeout, time.Millisecond, "the Follower that left is gone from the Leader's status")
+		select {
+		case err := <-subscribed:
+			t.Fatalf("Subscribe of \"slow\" returned while the Service blocked: %v", err)
+		default:
+		}
+
+		// Released: the blocked subscription completes and works like any other.
+		released()
+		require.NoError(t, <-subscribed)
+		require.NoError(t, l.Publish(ctx, "slow", cluster.Message{Data: []byte("s1")}))
+		require.Equal(t, "s1", recv(t, slow))
+		require.NoError(t, l.Publish(ctx, "fast", cluster.Message{Data: []byte("f2")}))
+		require.NoError(t, slowSub.Close())
+		st, err = l.LeaderStatus(ctx)
+		require.NoError(t, err)
+		require.Len(t, st.Followers, 1)
+		require.Len(t, st.Topics, 0, "no subscriber is left on the host: %+v", st.Topics)
+	})
+}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -16,18 +15,31 @@ import (
 	"github.com/cluster-client-go/cluster/ipc"
 )
 
-// Locks, and the order in which they nest (a lock is only taken while holding those
-// before it on its line; every lock not named here is a leaf, held alone):
+// The Leader's state for a term belongs to the term's owner (see owner.go), which holds
+// no lock. The locks that remain, and the order in which they nest (a lock is only taken
+// while holding those before it on its line):
 //
-//	counters.bytesMu → leader.mu
-//	topic.sub → topic.fan → localSubs.mu → Subscription.mu   (emit fanning out to this process)
-//	topic.sub → leader.mu                                     (removeSink dropping a topic)
-//	topic.fan → the ipc.Conn's send lock                      (emit fanning out to Followers)
+//	topic.fan → the ipc.Conn's send lock              (emit fanning out to a Follower)
+//	topic.fan → localSubs.mu → Subscription.mu        (emit fanning out to this process)
+//	counters.bytesMu → a call to the owner            (Stats; a Follower's connection ending)
+//
+// The owner may take topic.fan (and what follows it) and leaves; it never takes
+// counters.bytesMu and never waits for another goroutine. The leaves, each held alone:
+// peerConn.idsMu (the ids of the requests in flight), gate.mu (calls), admission.mu and
+// refusals.mu (limits.go). None of these is held while the Service runs. topic.fan,
+// localSubs.mu and Subscription.mu are ranked (lockrank.go): the tests check their order
+// at every acquisition.
+//
+// The process's own state, in every role:
+//
 //	registrations.op → registrations.mu
 //	localTopic.opMu → localSubs.mu
+//	localTopic.opMu → a call to the owner             (the Leader's own subscriptions)
+//	counters.bytesMu → Client.epochMu
 //
-// No lock is held while the Service runs, except topic.sub around Service.Subscribe and
-// the cancel function, which never emit under it (emit takes topic.fan only).
+// registrations.op and localTopic.opMu are held across the call they order (to the
+// Leader; on the Leader, into the Service: Publish, Subscribe and its cancel), so that
+// a new Leader gets the registrations in order and a topic is subscribed once.
 
 // leader is the backend of the member that holds the lock.
 type leader struct {
@@ -44,12 +56,10 @@ type leader struct {
 	calls   gate          // Service calls in progress, local and remote
 	oneways chan struct{} // the Leader's own oneway calls running (Limits.MaxInflight)
 
-	mu        sync.Mutex
-	stopping  bool      // set by shutdown before it snapshots conns: no registration after
-	drainBy   time.Time // set with stopping: when the handover stops waiting for anyone
-	conns     map[*ipc.Conn]*peerConn
-	observers map[*ipc.Conn]bool // observers' connections (see observe.go); true: watching
-	topics    map[string]*topic
+	// The term's owner (see owner.go) holds the rest of the term's state.
+	ops     chan ownerOp  // functions for the owner to run
+	ownStop chan struct{} // closed by shutdown to end the owner
+	ownDone chan struct{} // closed when the owner has ended
 
 	acceptDone chan struct{}
 	serveWG    sync.WaitGroup // one per accepted connection; Add only from acceptLoop
@@ -59,9 +69,6 @@ type leader struct {
 
 	adm admission // connections and descriptors against Config.Limits
 
-	statusMu     sync.Mutex // guards the last status document (see statusDoc)
-	statusJSON   []byte
-	statusAt     time.Time
 	budget       *ipc.Budget   // memory of the peers' incomplete frames (Limits.MaxPartialBytes); nil: none
 	housekeepEnd chan struct{} // closed when housekeep returned
 }
@@ -126,9 +133,9 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		c: c, term: term, at: time.Now(), svc: svc, ctx: lctx, cancel: cancel, ln: ln, tr: c.tr,
 		// Without peer credentials (TCP, or off Linux) the token or the 0700 Dir is the gate.
 		policy:       ipc.PeerPolicy{UIDs: c.cfg.AllowUIDs, GIDs: c.cfg.AllowGIDs, AllowUnknown: !c.tr.peerCredsKnown()},
-		conns:        make(map[*ipc.Conn]*peerConn),
-		observers:    make(map[*ipc.Conn]bool),
-		topics:       make(map[string]*topic),
+		ops:          make(chan ownerOp),
+		ownStop:      make(chan struct{}),
+		ownDone:      make(chan struct{}),
 		acceptDone:   make(chan struct{}),
 		demoted:      make(chan struct{}),
 		watchEnd:     make(chan struct{}),
@@ -141,6 +148,7 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 	if n := c.cfg.lim.MaxPartialBytes; n > 0 {
 		l.budget = ipc.NewBudget(n)
 	}
+	go l.own()
 	go l.acceptLoop()
 	go l.watchClaim()
 	go l.housekeep()
@@ -156,12 +164,12 @@ func (l *leader) context() context.Context { return l.ctx }
 func (l *leader) status(context.Context) (*Status, error) { return l.report(), nil }
 
 func (l *leader) bytes() (in, out uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for conn := range l.conns {
-		i, o := conn.Bytes()
-		in, out = in+i, out+o
-	}
+	l.call(func(st *termState) {
+		for conn := range st.conns {
+			i, o := conn.Bytes()
+			in, out = in+i, out+o
+		}
+	})
 	return in, out
 }
 
@@ -283,31 +291,7 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	defer func() { l.adm.leave(peer, inHandshake) }()
 	stale := false
 	hello, err := ipc.ServerHandshake(nc, time.Now().Add(l.c.cfg.lim.HandshakeTimeout), func(h frame.Hello) (frame.Welcome, *ipc.FrameError) {
-		if h.Name != l.c.cfg.Name {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
-		}
-		if err := l.tr.authorize(h.Token); err != nil {
-			if errors.Is(err, errStaleToken) {
-				// Retryable, as while handing over: the Follower reads the token again.
-				stale = true
-				return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
-			}
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
-		}
-		if h.MaxBody < minMaxBody {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("the hello's max body is %d bytes; a member accepts at least %d", h.MaxBody, minMaxBody)}
-		}
-		if h.Role != "" && h.Role != frame.RoleObserver {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}
-		}
-		if h.Identity != l.c.cfg.Identity && h.Role != frame.RoleObserver { // after the token: it tells nothing to a stranger
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
-				"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
-		}
-		if l.calls.isClosed() {
-			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
-		}
-		return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
+		return l.welcome(h, &stale)
 	})
 	l.adm.handshook(peer)
 	inHandshake = false
@@ -324,7 +308,42 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		l.serveObserver(nc, peer)
 		return
 	}
-	pc := &peerConn{l: l, hello: hello, at: time.Now(), topics: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
+	l.serveFollower(nc, peer, hello)
+}
+
+// welcome answers a hello: a welcome, or the error frame that says why not. stale is
+// set when the peer's token is stale, which is expected right after a TCP election.
+func (l *leader) welcome(h frame.Hello, stale *bool) (frame.Welcome, *ipc.FrameError) {
+	if h.Name != l.c.cfg.Name {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("this socket serves cluster %q, not %q", l.c.cfg.Name, h.Name)}
+	}
+	if err := l.tr.authorize(h.Token); err != nil {
+		if errors.Is(err, errStaleToken) {
+			// Retryable, as while handing over: the Follower reads the token again.
+			*stale = true
+			return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: err.Error()}
+		}
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeUnauthorized, Message: err.Error()}
+	}
+	if h.MaxBody < minMaxBody {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("the hello's max body is %d bytes; a member accepts at least %d", h.MaxBody, minMaxBody)}
+	}
+	if h.Role != "" && h.Role != frame.RoleObserver {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeProtocol, Message: fmt.Sprintf("unknown role %q in hello", h.Role)}
+	}
+	if h.Identity != l.c.cfg.Identity && h.Role != frame.RoleObserver { // after the token: it tells nothing to a stranger
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeIdentity, Message: fmt.Sprintf(
+			"the leader (pid %d, term %d) serves Config.Identity %q; this member's is %q", pid(), l.term, l.c.cfg.Identity, h.Identity)}
+	}
+	if l.calls.isClosed() {
+		return frame.Welcome{}, &ipc.FrameError{Code: frame.CodeClosed, Message: "leader is handing over"}
+	}
+	return frame.Welcome{PID: uint32(pid()), MaxBody: uint32(l.c.cfg.MaxBody), Term: l.term, Name: l.c.cfg.Name, Identity: l.c.cfg.Identity}, nil
+}
+
+// serveFollower serves a welcomed Follower until its connection ends.
+func (l *leader) serveFollower(nc net.Conn, peer ipc.PeerCred, hello frame.Hello) {
+	pc := &peerConn{l: l, hello: hello, at: time.Now(), subs: make(map[subKey]struct{}), regs: make(map[uint64]registration), sem: make(chan struct{}, l.c.cfg.lim.MaxInflight), acked: make(chan struct{}), work: make(chan job)}
 	pc.ctx, pc.cancel = context.WithCancel(l.ctx)
 	opts := l.c.cfg.peerOptions(l.budget)
 	opts.FileHandler = pc.handle
@@ -334,12 +353,19 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 	// handshake finished as the handover began is not in it: it gets its goodbye here.
 	// It may already have sent requests, thinking itself welcome; they are refused as
 	// the handover refuses them (closed: try the next Leader), never lost.
-	l.mu.Lock()
-	if l.stopping {
-		l.mu.Unlock()
+	stopping := false
+	var drainBy time.Time
+	var joined FollowerInfo
+	l.call(func(st *termState) {
+		if stopping, drainBy = st.stopping, st.drainBy; !stopping {
+			st.conns[conn] = pc
+			joined = pc.info()
+		}
+	})
+	if stopping {
 		conn.Start()
 		_ = conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
-		ctx, cancel := context.WithDeadline(context.Background(), l.drainBy) // shutdown's
+		ctx, cancel := context.WithDeadline(context.Background(), drainBy) // shutdown's
 		select {
 		case <-pc.acked:
 		case <-conn.Done():
@@ -351,30 +377,34 @@ func (l *leader) serve(nc net.Conn, peer ipc.PeerCred) {
 		conn.Close()
 		return
 	}
-	l.conns[conn] = pc
-	l.mu.Unlock()
 	conn.Start()
 	l.c.stats.followers.Add(1)
-	joined := pc.info()
 	l.event(Event{Type: "follower-joined", Follower: &joined})
 
 	<-conn.Done()
-	l.noteEnd(peer, conn.Err())
+	l.followerLeft(pc)
+}
+
+// followerLeft ends what the Leader holds for a Follower whose connection ended: its
+// subscriptions, its registrations (see endRegistrations), its place among the
+// connections, and reports it.
+func (l *leader) followerLeft(pc *peerConn) {
+	conn := pc.conn
+	l.noteEnd(conn.Peer(), conn.Err())
 	pc.cancel()
-	pc.mu.Lock()
-	topics := pc.topics
-	pc.topics = nil
-	pc.mu.Unlock()
-	for k := range topics {
+	var subs map[subKey]struct{}
+	l.call(func(*termState) { subs, pc.subs = pc.subs, nil })
+	for k := range subs {
 		l.removeSink(k.topic, pc, k.shared)
 	}
 	pc.endRegistrations()
 	conn.Close()
-	left := pc.info()
+	var left FollowerInfo
 	l.c.stats.bytesMu.Lock()
-	l.mu.Lock()
-	delete(l.conns, conn)
-	l.mu.Unlock()
+	l.call(func(st *termState) {
+		left = pc.info()
+		delete(st.conns, conn)
+	})
 	l.c.stats.endedBytes(left.BytesIn, left.BytesOut)
 	l.c.stats.bytesMu.Unlock()
 	l.c.stats.followers.Add(-1)
@@ -392,21 +422,21 @@ func (l *leader) shutdown() (time.Time, error) {
 	_ = l.ln.Close()
 	<-l.acceptDone
 	l.calls.close()
-	l.mu.Lock()
-	l.stopping = true
-	l.drainBy = time.Now().Add(drainTimeout)
-	peers := make([]*peerConn, 0, len(l.conns))
-	for _, pc := range l.conns {
-		peers = append(peers, pc)
-	}
-	l.mu.Unlock()
+	drainBy := time.Now().Add(drainTimeout)
+	var peers []*peerConn
+	l.call(func(st *termState) {
+		st.stopping, st.drainBy = true, drainBy
+		for _, pc := range st.conns {
+			peers = append(peers, pc)
+		}
+	})
 	for _, pc := range peers {
 		_ = pc.conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
 	}
 	// Wait (bounded) for in-flight calls to finish and for every Follower to
 	// acknowledge the goodbye: after its ack a Follower sends nothing more, so closing
 	// its connection cannot lose a request.
-	ctx, cancel := context.WithDeadline(context.Background(), l.drainBy)
+	ctx, cancel := context.WithDeadline(context.Background(), drainBy)
 	defer cancel()
 	if err := l.calls.wait(ctx); err != nil {
 		l.c.cfg.Logger.Warn("cluster: in-flight calls did not finish before handover; cancelling them", "timeout", drainTimeout)
@@ -419,16 +449,7 @@ func (l *leader) shutdown() (time.Time, error) {
 		}
 	}
 	l.cancel()
-	l.mu.Lock()
-	topics := make([]*topic, 0, len(l.topics))
-	for _, t := range l.topics {
-		topics = append(topics, t)
-	}
-	l.topics = make(map[string]*topic)
-	l.mu.Unlock()
-	for _, t := range topics {
-		t.kill()
-	}
+	l.closeTopics()
 	closeErr := l.svc.close()
 	if closeErr != nil {
 		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", errText(closeErr))
@@ -439,6 +460,8 @@ func (l *leader) shutdown() (time.Time, error) {
 	}
 	l.closeObservers()
 	l.serveWG.Wait()
+	close(l.ownStop)
+	<-l.ownDone
 	<-l.watchEnd
 	<-l.housekeepEnd
 	stopped := time.Now()
@@ -454,10 +477,7 @@ func (l *leader) shutdown() (time.Time, error) {
 func (c *Client) serviceErr(ctx context.Context, op, name string, err error) (out error) {
 	defer func() {
 		if v := recover(); v != nil {
-			c.stats.panics.Add(1)
-			c.cfg.Logger.Error("cluster: recovered a panic in application code; the member goes on",
-				"name", c.cfg.Name, "in", "the Service's error", "what", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			pe := &panicError{in: "the error of Service." + serviceMethod(op), name: name, value: v}
+			pe := c.notePanic("the error of Service."+serviceMethod(op), name, v)
 			out = &RemoteError{Op: op, Name: name, Message: pe.Error(), errs: []error{ErrServicePanic}}
 		}
 	}()
@@ -591,12 +611,7 @@ type localSink struct{ c *Client }
 // A message too large for this member's Config is dropped here as a Follower with the
 // same Config drops it on receipt, so that subscribers see the same in every role.
 func (s localSink) deliver(topic string, m Message, shared bool) {
-	fdOK := s.c.passesFDs()
-	err := checkWire(m, fdOK, s.c.cfg.MaxBody, "message on", topic, "the message")
-	if err == nil {
-		err = checkBlobSize(m, fdOK, s.c.cfg.MaxBlob, "message on", topic, "the message")
-	}
-	if err != nil {
+	if err := s.c.checkReceived(m, "message on", topic, "the message"); err != nil {
 		s.c.cfg.Logger.Warn("cluster: message not delivered", "topic", topic, "err", err)
 		s.c.subs.dropped.Add(1)
 		return

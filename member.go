@@ -124,15 +124,23 @@ func (c *Client) run(joinCtx context.Context) {
 // resubscribe establishes every live local subscription on b, until b's connection
 // ends (the next backend will do it) or the Client closes.
 func (c *Client) resubscribe(b backend) {
-	for _, lt := range c.subs.snapshot() {
-		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
-		stop := context.AfterFunc(c.life, cancel)
-		err := c.subs.ensure(ctx, lt, b)
-		stop()
-		cancel()
-		if err != nil {
+	renew(c, b, c.subs.snapshot(), func(ctx context.Context, lt *localTopic) {
+		if err := c.subs.ensure(ctx, lt, b); err != nil {
 			c.cfg.Logger.Warn("cluster: re-subscribing failed", "topic", lt.key.topic, "shared", lt.key.shared, "err", err)
 		}
+	})
+}
+
+// renew does, in order, what a new backend b must be told of items (one call of op
+// each, bounded by the call timeout), until b ends (the next backend is told instead)
+// or the Client closes.
+func renew[T any](c *Client, b backend, items []T, op func(context.Context, T)) {
+	for _, x := range items {
+		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
+		stop := context.AfterFunc(c.life, cancel)
+		op(ctx, x)
+		stop()
+		cancel()
 		if b.context().Err() != nil || c.life.Err() != nil {
 			return
 		}

@@ -38,21 +38,21 @@ func (l *leader) serveObserver(nc net.Conn, peer ipc.PeerCred) {
 	opts := l.c.cfg.peerOptions(l.budget)
 	opts.Handler = l.observerFrame
 	conn := ipc.NewConn(nc, peer, opts)
-	l.mu.Lock()
-	if l.stopping {
-		l.mu.Unlock()
+	stopping := false
+	l.call(func(st *termState) {
+		if stopping = st.stopping; !stopping {
+			st.observers[conn] = false
+		}
+	})
+	if stopping {
 		_ = nc.Close()
 		return
 	}
-	l.observers[conn] = false
-	l.mu.Unlock()
 	conn.Start()
 	<-conn.Done()
 	l.noteEnd(peer, conn.Err())
 	conn.Close()
-	l.mu.Lock()
-	delete(l.observers, conn)
-	l.mu.Unlock()
+	l.call(func(st *termState) { delete(st.observers, conn) })
 }
 
 // observerFrame handles a frame from an observer, on its connection's reader.
@@ -61,11 +61,11 @@ func (l *leader) observerFrame(conn *ipc.Conn, f frame.Frame) {
 	case frame.KindStatus:
 		l.answerStatus(conn, f, observerMaxBody)
 	case frame.KindWatch:
-		l.mu.Lock()
-		if _, ok := l.observers[conn]; ok {
-			l.observers[conn] = true
-		}
-		l.mu.Unlock()
+		l.call(func(st *termState) {
+			if _, ok := st.observers[conn]; ok {
+				st.observers[conn] = true
+			}
+		})
 		_ = conn.Reply(f.ID, nil)
 	default:
 		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: an observer sent a %s frame; it may send status and watch only", frame.ErrProtocol, f.Kind))
@@ -91,30 +91,34 @@ func (l *leader) answerStatus(conn *ipc.Conn, f frame.Frame, maxBody uint32) {
 
 // statusDoc returns the status document, made anew when the last is statusEvery old.
 func (l *leader) statusDoc() []byte {
-	l.statusMu.Lock()
-	defer l.statusMu.Unlock()
-	if l.statusJSON == nil || time.Since(l.statusAt) >= statusEvery {
-		b, err := json.Marshal(l.report())
-		if err != nil { // a Status always marshals; say so if it ever does not
-			b = []byte(fmt.Sprintf(`{"name":%q,"error":%q}`, l.c.cfg.Name, err))
+	var doc []byte
+	if !l.call(func(st *termState) {
+		if st.statusJSON == nil || time.Since(st.statusAt) >= statusEvery {
+			b, err := json.Marshal(l.reportOn(st))
+			if err != nil { // a Status always marshals; say so if it ever does not
+				b = []byte(fmt.Sprintf(`{"name":%q,"error":%q}`, l.c.cfg.Name, err))
+			}
+			st.statusJSON, st.statusAt = b, time.Now()
 		}
-		l.statusJSON, l.statusAt = b, time.Now()
+		doc = st.statusJSON
+	}) {
+		doc, _ = json.Marshal(l.reportOn(nil))
 	}
-	return l.statusJSON
+	return doc
 }
 
 // event tells every watching observer what happened. It never blocks: an observer
 // that does not read is dropped by its queue's bound, like a Follower.
 func (l *leader) event(e Event) {
 	e.At, e.Name = time.Now(), l.c.cfg.Name
-	l.mu.Lock()
 	var watchers []*ipc.Conn
-	for conn, watching := range l.observers {
-		if watching {
-			watchers = append(watchers, conn)
+	l.call(func(st *termState) {
+		for conn, watching := range st.observers {
+			if watching {
+				watchers = append(watchers, conn)
+			}
 		}
-	}
-	l.mu.Unlock()
+	})
 	if len(watchers) == 0 {
 		return
 	}
@@ -129,12 +133,12 @@ func (l *leader) event(e Event) {
 
 // closeObservers ends every observer's connection (the term is over).
 func (l *leader) closeObservers() {
-	l.mu.Lock()
-	conns := make([]*ipc.Conn, 0, len(l.observers))
-	for conn := range l.observers {
-		conns = append(conns, conn)
-	}
-	l.mu.Unlock()
+	var conns []*ipc.Conn
+	l.call(func(st *termState) {
+		for conn := range st.observers {
+			conns = append(conns, conn)
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	for _, conn := range conns {

@@ -244,29 +244,17 @@ func (c *Client) replay(b backend) {
 	defer c.regs.op.Unlock()
 	upTo, gap := uint64(0), false
 	defer func() { c.regs.held(b, upTo) }()
-	for _, r := range c.regs.snapshot() {
-		if r.withdrawn || r.activeOn == b {
-			if !gap {
-				upTo = r.id
+	renew(c, b, c.regs.snapshot(), func(ctx context.Context, r *Registration) {
+		if !r.withdrawn && r.activeOn != b {
+			if err := b.register(ctx, r); err != nil {
+				gap = true
+				c.cfg.Logger.Warn("cluster: re-registering failed", "topic", r.topic, "err", err)
+				return
 			}
-			continue
-		}
-		ctx, cancel := context.WithTimeout(b.context(), c.callTimeoutOr(DefaultCallTimeout))
-		stop := context.AfterFunc(c.life, cancel)
-		err := b.register(ctx, r)
-		stop()
-		cancel()
-		if err == nil {
 			r.activeOn = b
-			if !gap {
-				upTo = r.id
-			}
-		} else {
-			gap = true
-			c.cfg.Logger.Warn("cluster: re-registering failed", "topic", r.topic, "err", err)
 		}
-		if b.context().Err() != nil || c.life.Err() != nil {
-			return
+		if !gap {
+			upTo = r.id
 		}
-	}
+	})
 }

@@ -18,7 +18,7 @@ type counters struct {
 	ops                                 [numOps]opCounters
 	// bytes of the connections that ended; with the live ones' (backend.bytes), under
 	// bytesMu, so that a connection that ends is counted once, and counters never go
-	// back. Lock order: bytesMu, then epochMu or leader.mu.
+	// back. Lock order: bytesMu, then epochMu or a call to the Leader's owner.
 	bytesMu           sync.Mutex
 	bytesIn, bytesOut uint64
 }

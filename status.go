@@ -112,6 +112,15 @@ var libraryVersion = sync.OnceValue(func() string {
 
 // report makes the Leader's Status.
 func (l *leader) report() *Status {
+	var st *Status
+	if !l.call(func(ts *termState) { st = l.reportOn(ts) }) {
+		st = l.reportOn(nil) // the term is over: no Followers, no topics
+	}
+	return st
+}
+
+// reportOn makes the Leader's Status from ts, on the term's owner (ts nil: none).
+func (l *leader) reportOn(ts *termState) *Status {
 	c := l.c
 	st := &Status{
 		Followers: []FollowerInfo{}, Topics: []TopicInfo{}, // [] rather than null in JSON
@@ -119,31 +128,23 @@ func (l *leader) report() *Status {
 		Transport: c.trk.Load().transport(), Address: c.trk.Load().where, At: time.Now(),
 		Leader: l.describe(),
 	}
-	l.mu.Lock()
-	peers := make([]*peerConn, 0, len(l.conns))
-	for _, pc := range l.conns {
-		peers = append(peers, pc)
-	}
-	st.Totals.Observers = len(l.observers)
-	topics := make([]*topic, 0, len(l.topics))
-	for _, t := range l.topics {
-		topics = append(topics, t)
-	}
-	l.mu.Unlock()
-	for _, pc := range peers {
-		fi := pc.info()
-		st.Followers = append(st.Followers, fi)
-		st.Totals.Subscriptions += fi.Subscriptions
-		st.Totals.Registrations += fi.Registrations
-		st.Totals.Served += fi.Served
-		st.Totals.Errors += fi.Errors
-		st.Totals.BytesIn += fi.BytesIn
-		st.Totals.BytesOut += fi.BytesOut
+	if ts != nil {
+		st.Totals.Observers = len(ts.observers)
+		for _, pc := range ts.conns {
+			fi := pc.info()
+			st.Followers = append(st.Followers, fi)
+			st.Totals.Subscriptions += fi.Subscriptions
+			st.Totals.Registrations += fi.Registrations
+			st.Totals.Served += fi.Served
+			st.Totals.Errors += fi.Errors
+			st.Totals.BytesIn += fi.BytesIn
+			st.Totals.BytesOut += fi.BytesOut
+		}
+		for _, t := range ts.topics {
+			st.Topics = append(st.Topics, t.info(st.At))
+		}
 	}
 	slices.SortFunc(st.Followers, func(a, b FollowerInfo) int { return a.ConnectedAt.Compare(b.ConnectedAt) })
-	for _, t := range topics {
-		st.Topics = append(st.Topics, t.info(st.At))
-	}
 	slices.SortFunc(st.Topics, func(a, b TopicInfo) int { return strings.Compare(a.Name, b.Name) })
 	st.Totals.Followers, st.Totals.Topics = len(st.Followers), len(st.Topics)
 	st.Totals.Refused, st.Totals.Panics = c.refused.counts(), c.stats.panics.Load()
@@ -155,7 +156,7 @@ func (l *leader) describe() LeaderInfo {
 	return LeaderInfo{PID: pid(), UID: os.Geteuid(), Started: processStarted, Term: l.term, Since: l.at}
 }
 
-// info describes the Follower of pc.
+// info describes the Follower of pc. Owner only.
 func (pc *peerConn) info() FollowerInfo {
 	p := pc.conn.Peer()
 	uid := -1
@@ -163,9 +164,7 @@ func (pc *peerConn) info() FollowerInfo {
 		uid = int(p.UID)
 	}
 	in, out := pc.conn.Bytes()
-	pc.mu.Lock()
-	subs, regs := len(pc.topics), len(pc.regs)
-	pc.mu.Unlock()
+	subs, regs := len(pc.subs), len(pc.regs)
 	return FollowerInfo{
 		PID: int(pc.hello.PID), UID: uid, ConnectedAt: pc.at,
 		Served: pc.served.Load(), Errors: pc.failed.Load(), InFlight: len(pc.sem),
@@ -173,15 +172,15 @@ func (pc *peerConn) info() FollowerInfo {
 	}
 }
 
-// info describes topic t as of now.
+// info describes topic t as of now. Owner only.
 func (t *topic) info(now time.Time) TopicInfo {
 	t.fan.Lock()
 	defer t.fan.Unlock()
-	ti := TopicInfo{Name: t.name, Subscribers: len(t.sinks), Shared: len(t.shared), Subscribed: t.active}
-	if t.has {
-		ti.LatestBytes = len(t.latest.Data)
-		if t.latest.Blob != nil {
-			ti.LatestBytes += t.latest.Blob.Len()
+	ti := TopicInfo{Name: t.name, Subscribers: len(t.out.broadcast), Shared: len(t.out.shared), Subscribed: t.active}
+	if latest := t.out.latest; t.out.has {
+		ti.LatestBytes = len(latest.Data)
+		if latest.Blob != nil {
+			ti.LatestBytes += latest.Blob.Len()
 		}
 		ti.LatestAge = now.Sub(t.latestAt)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -29,7 +28,7 @@ type Subscription struct {
 	gotFirst bool          // guarded by mu
 	stopped  chan struct{} // closed by stop
 
-	mu      sync.Mutex
+	mu      rankedMutex[subscriptionRank]
 	queue   []Message // ring buffer
 	head, n int
 	closed  bool
@@ -183,19 +182,17 @@ func (s *Subscription) dispatch() {
 // subscription of each per process.
 type localSubs struct {
 	c       *Client
-	mu      sync.Mutex
+	mu      rankedMutex[localSubsRank]
 	topics  map[subKey]*localTopic
 	dropped atomic.Uint64
 }
 
 type localTopic struct {
-	key  subKey
-	subs []*Subscription // guarded by localSubs.mu, in subscription order
-	next int             // shared: the subscriber the next message goes to
-	// latest is the last broadcast message seen on the topic, replayed to late local
-	// subscribers.
-	latest    Message
-	hasLatest bool
+	key subKey
+	// out holds the topic's subscribers (all broadcast or all shared, as key says) and
+	// the last broadcast message seen on it, replayed to late local subscribers.
+	// Guarded by localSubs.mu.
+	out fanout[*Subscription]
 
 	opMu     sync.Mutex // serialises subscribe/unsubscribe of this topic on the backend
 	activeOn backend    // the backend this topic is subscribed on; guarded by opMu
@@ -211,10 +208,7 @@ func (r *localSubs) add(s *Subscription) *localTopic {
 		lt = &localTopic{key: key}
 		r.topics[key] = lt
 	}
-	lt.subs = append(lt.subs, s)
-	if lt.hasLatest {
-		s.push(lt.latest)
-	}
+	lt.out.add(s, s.shared, func(s *Subscription, latest Message) { s.push(latest) })
 	return lt
 }
 
@@ -224,7 +218,7 @@ func (r *localSubs) deliver(topic string, m Message, shared bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lt := r.topics[subKey{topic, shared}]
-	if lt == nil || len(lt.subs) == 0 {
+	if lt == nil || lt.out.empty() {
 		if shared {
 			r.c.cfg.Logger.Warn("cluster: shared message arrived after the last shared subscriber left; dropped", "topic", topic)
 			r.dropped.Add(1)
@@ -232,17 +226,13 @@ func (r *localSubs) deliver(topic string, m Message, shared bool) {
 		return
 	}
 	if shared {
-		lt.next %= len(lt.subs)
-		if lt.subs[lt.next].push(m) {
+		if s, _ := lt.out.turn(); s.push(m) {
 			r.dropped.Add(1)
 		}
-		lt.next++
 		return
 	}
-	retain(m)
-	release(lt.latest)
-	lt.latest, lt.hasLatest = m, true
-	for _, s := range lt.subs {
+	lt.out.keep(m)
+	for _, s := range lt.out.broadcast {
 		if s.push(m) {
 			r.dropped.Add(1)
 		}
@@ -254,7 +244,7 @@ func (r *localSubs) ensure(ctx context.Context, lt *localTopic, b backend) error
 	lt.opMu.Lock()
 	defer lt.opMu.Unlock()
 	r.mu.Lock()
-	empty := len(lt.subs) == 0
+	empty := lt.out.empty()
 	r.mu.Unlock()
 	if empty || lt.activeOn == b {
 		return nil
@@ -274,13 +264,8 @@ func (r *localSubs) remove(ctx context.Context, s *Subscription) error {
 		r.mu.Unlock()
 		return nil
 	}
-	if i := slices.Index(lt.subs, s); i >= 0 {
-		lt.subs = slices.Delete(lt.subs, i, i+1)
-		if lt.next > i {
-			lt.next--
-		}
-	}
-	empty := len(lt.subs) == 0
+	lt.out.remove(s, s.shared)
+	empty := lt.out.empty()
 	r.mu.Unlock()
 	if !empty {
 		return nil
@@ -289,7 +274,7 @@ func (r *localSubs) remove(ctx context.Context, s *Subscription) error {
 	defer lt.opMu.Unlock()
 	var err error
 	r.mu.Lock()
-	empty = len(lt.subs) == 0
+	empty = lt.out.empty()
 	r.mu.Unlock()
 	if empty && lt.activeOn != nil {
 		b := lt.activeOn
@@ -304,10 +289,9 @@ func (r *localSubs) remove(ctx context.Context, s *Subscription) error {
 		}
 	}
 	r.mu.Lock()
-	if len(lt.subs) == 0 && r.topics[lt.key] == lt {
+	if lt.out.empty() && r.topics[lt.key] == lt {
 		delete(r.topics, lt.key)
-		release(lt.latest)
-		lt.latest, lt.hasLatest = Message{}, false
+		lt.out.forget()
 	}
 	r.mu.Unlock()
 	return err
@@ -318,8 +302,7 @@ func (r *localSubs) releaseLatest() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, lt := range r.topics {
-		release(lt.latest)
-		lt.latest, lt.hasLatest = Message{}, false
+		lt.out.forget()
 	}
 }
 
@@ -329,7 +312,7 @@ func (r *localSubs) snapshot() []*localTopic {
 	defer r.mu.Unlock()
 	out := make([]*localTopic, 0, len(r.topics))
 	for _, lt := range r.topics {
-		if len(lt.subs) > 0 {
+		if !lt.out.empty() {
 			out = append(out, lt)
 		}
 	}
@@ -341,7 +324,7 @@ func (r *localSubs) count() int {
 	defer r.mu.Unlock()
 	n := 0
 	for _, lt := range r.topics {
-		n += len(lt.subs)
+		n += len(lt.out.broadcast) + len(lt.out.shared)
 	}
 	return n
 }

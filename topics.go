@@ -1,27 +1,10 @@
 package cluster
 
 import (
-	"cmp"
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/cluster-client-go/cluster/frame"
-	"github.com/cluster-client-go/cluster/ipc"
 )
-
-// sink is a subscriber of a topic on the Leader: a Follower connection, or the Leader's
-// own process. deliver must not block; shared says the message is for one of the
-// sink's shared subscribers rather than all of its broadcast ones.
-type sink interface {
-	deliver(topic string, m Message, shared bool)
-}
 
 // subKey names one of a process's two subscriptions of a topic: broadcast (every
 // subscriber gets every message) or shared (each message goes to one subscriber).
@@ -32,790 +15,199 @@ type subKey struct {
 
 // topic is one entry of the Leader's subscription table: the Service's one
 // subscription, the latest message, and the sinks it fans out to: every broadcast sink
-// gets every message, and one shared sink (in turn) gets each message.
+// gets every message, and one shared sink (in turn) gets each message. The table
+// (termState.topics) and the fields up to fan belong to the term's owner.
 type topic struct {
 	name string
 	log  *slog.Logger
-	// sub serialises Service.Subscribe and the cancel of this topic. It is never held
-	// by emit, so a Service may emit from inside Subscribe.
-	sub sync.Mutex
 
-	fan      sync.Mutex // guards everything below
-	cancel   func()
-	active   bool // Service.Subscribe succeeded
+	cancel func() // the Service subscription's, once active
+	active bool   // Service.Subscribe succeeded
+	// busy is not nil while Service.Subscribe or the cancel function runs (on the
+	// goroutine that asked for it), and is closed when its outcome is in: others that
+	// want the topic meanwhile wait for it, then look again.
+	busy chan struct{}
+
+	// fan is held by emit while it fans out, and by the owner while it changes the
+	// sinks: see leader.go for what may be taken under it. It is never held while the
+	// Service runs, so a Service may emit from inside Subscribe.
+	fan      rankedMutex[topicFanRank]
 	dead     bool // removed from the table; emits are ignored
-	latest   Message
-	has      bool
-	latestAt time.Time         // when latest arrived
-	sinks    map[sink]struct{} // broadcast
-	shared   []sink            // shared, in subscription order
-	next     int               // the shared sink the next message goes to
+	out      fanout[sink]
+	latestAt time.Time // when out's latest message arrived
 }
 
-func (t *topic) empty() bool { return len(t.sinks) == 0 && len(t.shared) == 0 }
-
-// emit is the func given to Service.Subscribe. Holding fan while fanning out keeps the
-// per-topic order and makes "replay latest, then live messages" gap- and duplicate-free
-// for a sink that joins concurrently.
-//
-// emit takes m's Blob and Files: they are closed when the latest message no longer
-// needs them and no local subscriber holds them (peers get duplicates at once).
-func (t *topic) emit(m Message) {
-	m, err := own(m)
-	if err != nil {
-		t.log.Warn("cluster: emitted message not delivered", "topic", t.name, "err", err)
-		return
-	}
-	defer release(m)
+// add subscribes s, a broadcast sink getting the latest message at once. Owner only.
+func (t *topic) add(s sink, shared bool) {
 	t.fan.Lock()
 	defer t.fan.Unlock()
-	if t.dead {
-		return
-	}
-	retain(m)
-	release(t.latest)
-	t.latest, t.has, t.latestAt = m, true, time.Now()
-	for s := range t.sinks {
-		s.deliver(t.name, m, false)
-	}
-	if n := len(t.shared); n > 0 {
-		t.next %= n
-		t.shared[t.next].deliver(t.name, m, true)
-		t.next++
-	}
+	t.out.add(s, shared, func(s sink, latest Message) { s.deliver(t.name, latest, false) })
 }
 
-// kill cancels the Service subscription at the end of a term.
+// kill ends t's fan-out: later emits are ignored. Owner only.
 func (t *topic) kill() {
-	t.sub.Lock()
-	defer t.sub.Unlock()
 	t.fan.Lock()
-	cancel := t.cancel
-	t.dead, t.cancel = true, nil
-	clear(t.sinks)
-	t.shared = nil
-	release(t.latest)
-	t.latest, t.has = Message{}, false
-	t.fan.Unlock()
-	if cancel != nil {
-		cancel()
-	}
+	defer t.fan.Unlock()
+	t.dead = true
+	t.out.reset()
 }
 
 // addSink subscribes s to name: the first sink makes the one Service subscription, and
 // every broadcast sink gets the latest message at once. A shared sink gets no replay:
 // the latest message already went to one shared subscriber, and work is done once.
+// Service.Subscribe runs on the calling goroutine; others subscribing to the topic
+// meanwhile wait for it, within their ctx.
 func (l *leader) addSink(ctx context.Context, name string, s sink, shared bool) error {
 	for {
-		l.mu.Lock()
-		t := l.topics[name]
-		if t == nil {
-			t = &topic{name: name, log: l.c.cfg.Logger, sinks: make(map[sink]struct{})}
-			l.topics[name] = t
-		}
-		l.mu.Unlock()
-
-		t.sub.Lock()
-		t.fan.Lock()
-		dead, active := t.dead, t.active
-		t.fan.Unlock()
-		if dead { // removed while we waited: look it up again
-			t.sub.Unlock()
-			continue
-		}
-		if !active {
-			cancel, err := l.svc.subscribe(ctx, name, t.emit)
-			if err != nil {
-				t.fan.Lock()
-				gone := t.empty()
-				if gone {
-					t.dead = true
-				}
-				t.fan.Unlock()
-				if gone {
-					l.dropTopic(t)
-				}
-				t.sub.Unlock()
-				return l.c.serviceErr(ctx, "subscribe", name, err)
+		var t *topic
+		var wait chan struct{}
+		added := false
+		l.call(func(st *termState) {
+			if st.ended {
+				return
 			}
-			t.fan.Lock()
-			t.cancel, t.active = cancel, true
-			t.fan.Unlock()
-		}
-		t.fan.Lock()
+			t = st.topics[name]
+			if t == nil {
+				t = &topic{name: name, log: l.c.cfg.Logger}
+				st.topics[name] = t
+			}
+			switch {
+			case t.busy != nil:
+				wait = t.busy
+			case t.active:
+				t.add(s, shared)
+				added = true
+			default:
+				t.busy = make(chan struct{})
+			}
+		})
 		switch {
-		case shared:
-			if !slices.Contains(t.shared, s) {
-				t.shared = append(t.shared, s)
-			}
-		default:
-			if _, dup := t.sinks[s]; !dup {
-				t.sinks[s] = struct{}{}
-				if t.has {
-					s.deliver(name, t.latest, false)
-				}
+		case t == nil:
+			return errTermOver
+		case added:
+			return nil
+		case wait != nil:
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return ctxErr(ctx, "subscribe", name)
 			}
 		}
-		t.fan.Unlock()
-		t.sub.Unlock()
-		return nil
+		return l.subscribeService(ctx, t, s, shared)
 	}
+}
+
+// subscribeService makes t's one Service subscription, on the calling goroutine, with
+// s its first sink. t is busy.
+func (l *leader) subscribeService(ctx context.Context, t *topic, s sink, shared bool) error {
+	cancel, err := l.svc.subscribe(ctx, t.name, t.emit)
+	kept := false
+	l.call(func(st *termState) {
+		if err == nil && !st.ended {
+			t.cancel, t.active, kept = cancel, true, true
+			t.add(s, shared)
+			return
+		}
+		if st.topics[t.name] == t {
+			delete(st.topics, t.name)
+		}
+		t.kill()
+	})
+	if err == nil && !kept && cancel != nil {
+		cancel() // the term ended meanwhile
+	}
+	l.settle(t)
+	switch {
+	case err != nil:
+		return l.c.serviceErr(ctx, "subscribe", t.name, err)
+	case !kept:
+		return errTermOver
+	}
+	return nil
+}
+
+// settle ends t's busy spell: those waiting for it look again.
+func (l *leader) settle(t *topic) {
+	l.call(func(*termState) {
+		close(t.busy)
+		t.busy = nil
+	})
 }
 
 // removeSink unsubscribes s from name; the last sink cancels the Service subscription
-// and forgets the latest message.
+// (on the calling goroutine) and forgets the latest message. It waits for a
+// Service.Subscribe or cancel function of the topic that is running to return.
 func (l *leader) removeSink(name string, s sink, shared bool) {
-	l.mu.Lock()
-	t := l.topics[name]
-	l.mu.Unlock()
-	if t == nil {
-		return
-	}
-	t.sub.Lock()
-	defer t.sub.Unlock()
-	t.fan.Lock()
-	if shared {
-		if i := slices.Index(t.shared, s); i >= 0 {
-			t.shared = slices.Delete(t.shared, i, i+1)
-			if t.next > i {
-				t.next-- // keep the turn order of the others
+	for {
+		var t *topic
+		var wait chan struct{}
+		var cancel func()
+		last := false
+		l.call(func(st *termState) {
+			t = st.topics[name]
+			switch {
+			case t == nil:
+			case t.busy != nil:
+				wait = t.busy
+			default:
+				t.fan.Lock()
+				t.out.remove(s, shared)
+				if last = t.out.empty(); last {
+					t.dead = true
+					t.out.forget()
+				}
+				t.fan.Unlock()
+				if last {
+					cancel, t.cancel, t.active = t.cancel, nil, false
+					t.busy = make(chan struct{})
+				}
 			}
+		})
+		if wait != nil {
+			<-wait
+			continue
 		}
-	} else {
-		delete(t.sinks, s)
-	}
-	last := t.empty() && !t.dead
-	var cancel func()
-	if last {
-		cancel = t.cancel
-		t.dead, t.cancel = true, nil
-		release(t.latest)
-		t.latest, t.has = Message{}, false
-	}
-	t.fan.Unlock()
-	if last {
+		if !last {
+			return
+		}
 		if cancel != nil {
 			cancel()
 		}
-		l.dropTopic(t)
-	}
-}
-
-func (l *leader) dropTopic(t *topic) {
-	l.mu.Lock()
-	if l.topics[t.name] == t {
-		delete(l.topics, t.name)
-	}
-	l.mu.Unlock()
-}
-
-// peerConn is the Leader's side of one Follower connection; it is also that Follower's
-// sink in the topic table.
-type peerConn struct {
-	l      *leader
-	conn   *ipc.Conn
-	hello  frame.Hello
-	ctx    context.Context // ends with the connection or the term
-	cancel context.CancelFunc
-	sem    chan struct{} // bounds in-flight Service calls from this connection
-
-	acked   chan struct{} // closed when the Follower acknowledged our goodbye
-	ackOnce sync.Once
-
-	// Requests run on this connection's workers (see dispatch): work hands a request
-	// to an idle one; workers counts them all.
-	work    chan job
-	workers atomic.Int32
-	idle    atomic.Int32
-	// execAvg (nanoseconds) is the moving average of this connection's requests'
-	// run time; until slowUntil (unix nanos) they go to workers (see inlineBudget).
-	execAvg   atomic.Int64
-	slowUntil atomic.Int64
-	names     map[string]string // interned method and topic names; reader goroutine only
-
-	mu     sync.Mutex
-	topics map[subKey]struct{}     // nil once the connection ended
-	regs   map[uint64]registration // the Follower's live registrations; nil once ended
-	regSeq uint64                  // orders regs
-	// Places taken by requests still running, so that concurrent ones cannot pass a
-	// limit together: subscriptions, registrations and their bytes (see reserve).
-	subsTaken, regsTaken, regBytesTaken int
-	regBytes                            int // the payload bytes of regs
-	// inflight holds the ids of the requests being served: a second request with the
-	// same id breaks the protocol (ids are unique among those in flight).
-	inflight map[uint64]struct{}
-
-	fdsHeld atomic.Int64 // descriptors passed with requests being served (Limits.MaxFDs)
-
-	at             time.Time     // when the Follower was welcomed
-	served, failed atomic.Uint64 // requests served, and of them answered with an error (Status)
-}
-
-// registration is one the Leader holds for a Follower.
-type registration struct {
-	seq   uint64
-	topic string
-	msg   Message
-}
-
-// deliver queues a message frame; a Follower that does not keep up is dropped by the
-// connection's queue bound, then reconnects and gets the latest message again.
-func (pc *peerConn) deliver(topic string, m Message, shared bool) {
-	w, err := encodeMessage(pc.conn, m, int(pc.hello.MaxBody), "message on", topic, "the message")
-	if err != nil {
-		// A peer sets its own MaxBody: logged like a refusal, so that it cannot make
-		// the Leader write a line per message.
-		pc.l.c.refused.note(slog.LevelWarn, "undelivered", pc.conn.Peer(), err)
-		return
-	}
-	h := frame.Header{Kind: frame.KindMessage, Flags: w.flags}
-	if shared {
-		h.Flags |= frame.FlagShared
-	}
-	_ = pc.conn.SendParts(h, []byte(topic), w.body, w.tail, w.files)
-}
-
-// handle runs on the reader goroutine. Requests run there (a lone quick one, see
-// inlineBudget) or on the connection's workers (see dispatch); at most
-// maxInflightPerConn at once, after which reading this connection waits.
-// It owns files: only invoke, oneway and publish requests may pass them.
-func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
-	switch f.Kind {
-	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
-	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
-		if len(files) > 0 {
-			closeFiles(files)
-			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
-			return
-		}
-	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
-		closeFiles(files)
-		pc.ackOnce.Do(func() { close(pc.acked) })
-		return
-	case frame.KindStatus: // a member asks for the Leader's view (Client.LeaderStatus)
-		if len(files) > 0 {
-			closeFiles(files)
-			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: status frame passes %d file descriptors", frame.ErrProtocol, len(files)))
-			return
-		}
-		pc.l.answerStatus(conn, f, pc.hello.MaxBody)
-		return
-	default:
-		closeFiles(files)
-		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
-		return
-	}
-	if len(f.Meta) == 0 {
-		closeFiles(files)
-		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
-		return
-	}
-	if !pc.l.calls.enter() {
-		closeFiles(files)
-		if f.Kind != frame.KindOneway {
-			_ = conn.ReplyError(f.ID, frame.CodeClosed, "leader is handing over; retry on the next leader")
-		}
-		return
-	}
-	select {
-	case pc.sem <- struct{}{}:
-	case <-conn.Done():
-		closeFiles(files)
-		pc.l.calls.leave()
-		return
-	}
-	if err := pc.admit(f, len(files)); err != nil {
-		closeFiles(files)
-		<-pc.sem
-		pc.l.calls.leave()
-		var le *limitError
-		if !errors.As(err, &le) {
-			conn.Fail(frame.CodeProtocol, err) // a protocol violation
-			return
-		}
-		pc.l.c.refused.note(slog.LevelWarn, le.limit, conn.Peer(), err)
-		if f.Kind != frame.KindOneway {
-			_ = conn.ReplyError(f.ID, frame.CodeLimit, le.msg)
-		}
-		return
-	}
-	j := job{f: f, files: files, name: pc.intern(f.Meta)}
-	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
-		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
-		return
-	}
-	if !conn.Inline(takeoverAfter, func() { pc.timedExec(j) }) {
-		pc.slowUntil.Store(time.Now().Add(inlineCooldown).UnixNano())
-	}
-}
-
-// timedExec runs j and folds its duration into execAvg.
-func (pc *peerConn) timedExec(j job) {
-	start := time.Now()
-	pc.exec(j)
-	d := int64(time.Since(start))
-	avg := pc.execAvg.Load()
-	pc.execAvg.Store(avg + (d-avg)/8) // concurrent workers may lose an update: it is an estimate
-}
-
-// job is one request for a worker: its frame, the files passed with it and its method
-// or topic name.
-type job struct {
-	f     frame.Frame
-	files []*os.File
-	name  string
-}
-
-// A lone request (nothing more buffered behind it) runs on the connection's reader, with
-// no goroutine switch, while this connection's requests take under inlineBudget on
-// average (a moving average of the last eight or so); otherwise, and in a burst,
-// requests go to workers and run in parallel. A request that blocks on the reader holds
-// up the connection for about takeoverAfter (rounded up to the ipc watch's tick) before
-// another goroutine takes over reading (ipc.Conn.Inline); then requests go to workers
-// for inlineCooldown.
-const (
-	inlineBudget   = 100 * time.Microsecond
-	takeoverAfter  = 200 * time.Microsecond
-	inlineCooldown = time.Second
-)
-
-const (
-	// coreWorkers of a connection's workers, once started, wait for work until the
-	// connection ends; the others end after workerIdle without any.
-	coreWorkers = 4
-	workerIdle  = 2 * time.Second
-	// maxInterned and maxInternedLen bound a connection's table of names.
-	maxInterned    = 256
-	maxInternedLen = 64
-)
-
-// dispatch hands j to an idle worker, or starts one: a request never waits for another
-// to finish (the Service may block), and a connection that keeps sending costs no
-// goroutine per request. Runs on the reader goroutine.
-func (pc *peerConn) dispatch(j job) {
-	select {
-	case pc.work <- j:
-	default:
-		core := pc.workers.Add(1) <= coreWorkers
-		go pc.worker(j, core)
-	}
-}
-
-// worker runs j, then the requests dispatch hands it, until the connection ends (or,
-// unless core, it has been idle for workerIdle). The gate (calls) counts the requests
-// it runs, not its idle waits.
-func (pc *peerConn) worker(j job, core bool) {
-	defer pc.workers.Add(-1)
-	var idle <-chan time.Time
-	var t *time.Timer
-	if !core {
-		t = time.NewTimer(workerIdle)
-		defer t.Stop()
-		idle = t.C
-	}
-	for {
-		pc.timedExec(j)
-		if t != nil {
-			t.Reset(workerIdle)
-		}
-		pc.idle.Add(1)
-		select {
-		case j = <-pc.work:
-			pc.idle.Add(-1)
-		case <-pc.ctx.Done():
-			pc.idle.Add(-1)
-			return
-		case <-idle:
-			pc.idle.Add(-1)
-			return
-		}
-	}
-}
-
-// intern returns b as a string from the connection's table of names, so that names a
-// Follower repeats cost no allocation. Runs on the reader goroutine.
-func (pc *peerConn) intern(b []byte) string {
-	if s, ok := pc.names[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	if len(s) <= maxInternedLen && len(pc.names) < maxInterned {
-		if pc.names == nil {
-			pc.names = make(map[string]string)
-		}
-		pc.names[s] = s
-	}
-	return s
-}
-
-// request decodes the Message of an invoke, oneway or publish frame, under a lease the
-// caller releases when the Service is done with it. ok is false when the request was
-// answered (or the connection aborted) instead.
-func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool) {
-	m, err := decodeMessage(f, files, pc.l.c.cfg.MaxBlob)
-	if err != nil {
-		switch {
-		case errors.Is(err, frame.ErrProtocol):
-			pc.conn.Fail(frame.CodeProtocol, err)
-		case f.Kind != frame.KindOneway:
-			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("cluster: %s %q: the request: %v", requestOp(f.Kind), f.Meta, err))
-		default:
-			pc.l.c.refused.note(slog.LevelWarn, "oneway", pc.conn.Peer(), fmt.Errorf("oneway invoke %q refused: %w", f.Meta, err))
-		}
-		return Message{}, false
-	}
-	m, _ = own(m) // a fresh Message: own cannot fail
-	return m, true
-}
-
-// admit takes what a request holds while it is served: its id among those in flight,
-// and the descriptors passed with it, under Limits.MaxFDs and the process's descriptor
-// headroom. exec gives them back (done). A duplicate id is a protocol violation; the
-// rest are limitErrors.
-func (pc *peerConn) admit(f frame.Frame, fds int) error {
-	if f.ID != 0 {
-		pc.mu.Lock()
-		_, dup := pc.inflight[f.ID]
-		if !dup {
-			if pc.inflight == nil {
-				pc.inflight = make(map[uint64]struct{})
+		l.call(func(st *termState) {
+			if st.topics[name] == t {
+				delete(st.topics, name)
 			}
-			pc.inflight[f.ID] = struct{}{}
-		}
-		pc.mu.Unlock()
-		if dup {
-			return fmt.Errorf("%w: request id %d is already in flight on this connection", frame.ErrProtocol, f.ID)
-		}
-	}
-	if fds == 0 {
-		return nil
-	}
-	lim := &pc.l.c.cfg.lim
-	err := error(nil)
-	if held := pc.fdsHeld.Add(int64(fds)); held > int64(lim.MaxFDs) {
-		err = overLimit("MaxFDs", lim.MaxFDs, "this connection's requests would hold %d descriptors", held)
-	} else if err = pc.l.adm.fds.room(fds, lim.FDHeadroom, pc.foreign()); err == nil {
-		pc.l.adm.fds.add(fds, pc.foreign())
-		return nil
-	}
-	pc.fdsHeld.Add(-int64(fds))
-	pc.forget(f.ID)
-	return err
-}
-
-// foreign reports whether the peer runs as another uid than the Leader.
-func (pc *peerConn) foreign() bool {
-	p := pc.conn.Peer()
-	return p.Known && p.UID != pc.l.adm.self
-}
-
-// reserveSub takes a place for a subscription of key under Limits.MaxSubscriptions (a
-// topic this connection already subscribes to takes none); the caller gives it back
-// (subsTaken--) when addSink returned. ended: the connection ended, nothing to answer.
-func (pc *peerConn) reserveSub(key subKey) (ended bool, err error) {
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	if pc.topics == nil {
-		return true, nil
-	}
-	if _, ok := pc.topics[key]; !ok {
-		max := pc.l.c.cfg.lim.MaxSubscriptions
-		if n := len(pc.topics) + pc.subsTaken; n >= max {
-			return false, overLimit("MaxSubscriptions", max, "this connection subscribes to %d topics", n)
-		}
-	}
-	pc.subsTaken++
-	return false, nil
-}
-
-// done gives back what admit took for a request.
-func (pc *peerConn) done(f frame.Frame, fds int) {
-	if fds > 0 {
-		pc.fdsHeld.Add(-int64(fds))
-		pc.l.adm.fds.add(-fds, pc.foreign())
-	}
-	pc.forget(f.ID)
-}
-
-func (pc *peerConn) forget(id uint64) {
-	if id != 0 {
-		pc.mu.Lock()
-		delete(pc.inflight, id)
-		pc.mu.Unlock()
+			close(t.busy)
+			t.busy = nil
+		})
+		return
 	}
 }
 
-func (pc *peerConn) exec(j job) {
-	f, files := j.f, j.files
-	defer func() {
-		pc.done(f, len(files))
-		pc.served.Add(1)
-		<-pc.sem
-		pc.l.calls.leave()
-	}()
-	ctx := pc.ctx
-	if f.Timeout > 0 {
-		cc := withDeadline(ctx, time.Now().Add(msDuration(f.Timeout)))
-		defer cc.end()
-		ctx = cc
-	}
-	l, name := pc.l, j.name
-	var err error
-	var shared bool
-	if f.Kind == frame.KindSubscribe || f.Kind == frame.KindUnsubscribe {
-		if shared, err = subscriptionMode(f.Body); err != nil {
-			pc.conn.Fail(frame.CodeProtocol, err)
-			return
-		}
-	}
-	switch f.Kind {
-	case frame.KindInvoke, frame.KindOneway:
-		req, ok := pc.request(f, files)
-		if !ok {
-			return
-		}
-		defer release(req)
-		var out Message
-		out, err = l.svc.invoke(ctx, name, req)
-		if f.Kind == frame.KindOneway {
-			_ = out.Close()
-			if err != nil {
-				pc.failed.Add(1)
-				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", errText(err))
+// closeTopics ends the Service's subscriptions at the end of the term: it cancels
+// those that are active and waits for a Service.Subscribe or cancel function that is
+// running to return (it cancels what such a Subscribe made).
+func (l *leader) closeTopics() {
+	var cancels []func()
+	var busy []chan struct{}
+	l.call(func(st *termState) {
+		st.ended = true
+		for _, t := range st.topics {
+			if t.busy != nil {
+				busy = append(busy, t.busy)
+			} else if t.cancel != nil {
+				cancels = append(cancels, t.cancel)
 			}
-			return
+			t.cancel, t.active = nil, false
+			t.kill()
 		}
-		if err == nil {
-			pc.respond(f.ID, name, out)
-			return
-		}
-		err = l.c.serviceErr(ctx, "invoke", name, err)
-	case frame.KindPublish:
-		msg, ok := pc.request(f, files)
-		if !ok {
-			return
-		}
-		defer release(msg)
-		if err = l.svc.publish(ctx, name, msg); err != nil {
-			err = l.c.serviceErr(ctx, "publish", name, err)
-		}
-	case frame.KindSubscribe:
-		key := subKey{name, shared}
-		ended, rerr := pc.reserveSub(key)
-		if ended {
-			return
-		}
-		if err = rerr; err != nil {
-			break
-		}
-		err = l.addSink(ctx, name, pc, key.shared)
-		pc.mu.Lock()
-		pc.subsTaken--
-		kept := err == nil && pc.topics != nil
-		if kept {
-			pc.topics[key] = struct{}{}
-		}
-		pc.mu.Unlock()
-		if err == nil && !kept { // the connection ended meanwhile: undo
-			l.removeSink(name, pc, key.shared)
-		}
-	case frame.KindUnsubscribe:
-		key := subKey{name, shared}
-		pc.mu.Lock()
-		if pc.topics != nil {
-			delete(pc.topics, key)
-		}
-		pc.mu.Unlock()
-		l.removeSink(name, pc, key.shared)
-	case frame.KindRegister:
-		err = pc.register(ctx, name, f.Body)
-	case frame.KindWithdraw:
-		err = pc.withdraw(ctx, name, f.Body)
+		st.topics = make(map[string]*topic)
+	})
+	for _, cancel := range cancels {
+		cancel()
 	}
-	pc.reply(f.ID, err)
-}
-
-// respond sends the Service's response to request id, then closes it: the Service gave
-// it to us, and the Follower got duplicates of its descriptors.
-func (pc *peerConn) respond(id uint64, name string, out Message) {
-	defer out.Close()
-	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "invoke", name, "the response")
-	if err != nil {
-		pc.reply(id, responseErr(err, name))
-		return
+	for _, b := range busy {
+		<-b
 	}
-	_ = pc.conn.SendParts(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.tail, w.files)
-}
-
-// reply answers a request with an empty response or the error's code and message.
-func (pc *peerConn) reply(id uint64, err error) {
-	if err == nil {
-		_ = pc.conn.Reply(id, nil)
-		return
-	}
-	pc.failed.Add(1)
-	code := frame.CodeRemote
-	msg := err.Error()
-	var le *limitError
-	if errors.As(err, &le) {
-		code = frame.CodeLimit
-		pc.l.c.refused.note(slog.LevelWarn, le.limit, pc.conn.Peer(), err)
-	} else if errors.Is(err, ErrTooLarge) {
-		code = frame.CodeTooLarge
-	} else if re, ok := err.(*RemoteError); ok {
-		msg = re.Message
-		switch {
-		case re.panicked():
-			code = frame.CodePanic
-		case len(re.Codes) > 0:
-			code, msg = frame.CodeRemoteCodes, string(frame.AppendRemoteCodes(nil, re.Codes, re.Message))
-		}
-	} else if isTimeout(err) {
-		code = frame.CodeTimeout
-	}
-	_ = pc.conn.ReplyError(id, code, msg)
-}
-
-// register publishes a Follower's registration and remembers it for the life of the
-// connection.
-func (pc *peerConn) register(ctx context.Context, topic string, body []byte) error {
-	id, payload, err := frame.ParseRegister(body)
-	if err != nil {
-		pc.conn.Fail(frame.CodeProtocol, err)
-		return err
-	}
-	lim := &pc.l.c.cfg.lim
-	pc.mu.Lock()
-	_, dup := pc.regs[id]
-	ended := pc.regs == nil
-	n, bytes := len(pc.regs)+pc.regsTaken, pc.regBytes+pc.regBytesTaken+len(payload)
-	switch {
-	case ended || dup:
-	case n >= lim.MaxRegistrations:
-		err = overLimit("MaxRegistrations", lim.MaxRegistrations, "this connection holds %d registrations", n)
-	case bytes > lim.MaxRegisteredBytes:
-		err = overLimit("MaxRegisteredBytes", lim.MaxRegisteredBytes, "this connection's registrations would hold %d bytes", bytes)
-	default:
-		pc.regsTaken++
-		pc.regBytesTaken += len(payload)
-	}
-	pc.mu.Unlock()
-	switch {
-	case ended:
-		return fmt.Errorf("the connection ended")
-	case dup:
-		return nil // a replay of what we hold: nothing to do
-	case err != nil:
-		return err
-	}
-	msg := Message{Data: slices.Clone(payload)}
-	err = pc.l.svc.publish(ctx, topic, msg)
-	pc.mu.Lock()
-	pc.regsTaken--
-	pc.regBytesTaken -= len(payload)
-	if err != nil {
-		pc.mu.Unlock()
-		return pc.l.c.serviceErr(ctx, "register", topic, err)
-	}
-	if _, dup := pc.regs[id]; dup {
-		// The same id twice at once (a broken peer): the first holds it, this one's
-		// publish is undone, as for a connection that ended meanwhile.
-		pc.mu.Unlock()
-		pc.l.withdrawFromService(topic, msg)
-		return nil
-	}
-	if pc.regs != nil {
-		pc.regSeq++
-		pc.regs[id] = registration{seq: pc.regSeq, topic: topic, msg: msg}
-		pc.regBytes += len(msg.Data)
-		pc.mu.Unlock()
-		return nil
-	}
-	pc.mu.Unlock()
-	// The connection ended while the Service registered it: its owner is gone.
-	pc.l.withdrawFromService(topic, msg)
-	return nil
-}
-
-// withdraw takes back a Follower's registration.
-func (pc *peerConn) withdraw(ctx context.Context, topic string, body []byte) error {
-	id, err := frame.ParseWithdraw(body)
-	if err != nil {
-		pc.conn.Fail(frame.CodeProtocol, err)
-		return err
-	}
-	pc.mu.Lock()
-	r, ok := pc.regs[id]
-	if ok {
-		delete(pc.regs, id)
-		pc.regBytes -= len(r.msg.Data)
-	}
-	pc.mu.Unlock()
-	if !ok {
-		return nil // not held: nothing to undo
-	}
-	if err := pc.l.svc.withdraw(ctx, r.topic, r.msg); err != nil {
-		return pc.l.c.serviceErr(ctx, "withdraw", topic, err)
-	}
-	return nil
-}
-
-// endRegistrations withdraws, in registration order, what a Follower whose connection
-// ended still had registered: its process left or died, and nobody will renew them. At
-// the end of the term they are left to the Service's Close instead: the Followers
-// register them again with the next Leader.
-func (pc *peerConn) endRegistrations() {
-	pc.mu.Lock()
-	regs := pc.regs
-	pc.regs = nil
-	pc.mu.Unlock()
-	if len(regs) == 0 || pc.l.ctx.Err() != nil {
-		return
-	}
-	pc.l.mu.Lock()
-	stopping := pc.l.stopping
-	pc.l.mu.Unlock()
-	if stopping {
-		return
-	}
-	ordered := make([]registration, 0, len(regs))
-	for _, r := range regs {
-		ordered = append(ordered, r)
-	}
-	slices.SortFunc(ordered, func(a, b registration) int { return cmp.Compare(a.seq, b.seq) })
-	for _, r := range ordered {
-		pc.l.withdrawFromService(r.topic, r.msg)
-	}
-}
-
-// withdrawFromService tells a Withdrawer Service that a registration's owner is gone.
-func (l *leader) withdrawFromService(topic string, msg Message) {
-	if !l.svc.withdrawer() || !l.calls.enter() {
-		return
-	}
-	defer l.calls.leave()
-	ctx, cancel := context.WithTimeout(l.ctx, l.c.callTimeoutOr(DefaultCallTimeout))
-	defer cancel()
-	if err := l.svc.withdraw(ctx, topic, msg); err != nil {
-		l.c.cfg.Logger.Warn("cluster: withdrawing a departed member's registration failed", "topic", topic, "err", errText(err))
-	}
-}
-
-// subscriptionMode reads the body of a subscribe or unsubscribe frame.
-func subscriptionMode(body []byte) (shared bool, err error) {
-	switch {
-	case len(body) == 0:
-		return false, nil
-	case len(body) == 1 && body[0] == frame.SubscribeShared:
-		return true, nil
-	}
-	return false, fmt.Errorf("%w: subscribe body must be empty or 0x01, got %d bytes", frame.ErrProtocol, len(body))
-}
-
-// requestOp names a request kind as errors name operations.
-func requestOp(k frame.Kind) string {
-	if k == frame.KindPublish {
-		return "publish"
-	}
-	return "invoke"
 }

@@ -61,13 +61,20 @@ func (c *Client) recovered(k userCode, in, name string, err *error) {
 	if v == nil {
 		return
 	}
-	pe := &panicError{in: in, name: name, value: v}
-	c.stats.panics.Add(1)
-	c.cfg.Logger.Error("cluster: recovered a panic in application code; the member goes on",
-		"name", c.cfg.Name, "in", in, "what", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	pe := c.notePanic(in, name, v)
 	if err != nil {
 		*err = pe
 	}
+}
+
+// notePanic logs, with its stack, and counts a panic recovered from user code (in, and
+// name, say where), and returns it as an error. Call it from the deferred function that
+// recovered it, so that the stack is the panic's.
+func (c *Client) notePanic(in, name string, v any) *panicError {
+	c.stats.panics.Add(1)
+	c.cfg.Logger.Error("cluster: recovered a panic in application code; the member goes on",
+		"name", c.cfg.Name, "in", in, "what", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	return &panicError{in: in, name: name, value: v}
 }
 
 // errText is an error of the application's as text, for a log line: fmt recovers a

@@ -1,0 +1,491 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/ipc"
+)
+
+// peerConn is the Leader's side of one Follower connection; it is also that Follower's
+// sink in the topic table.
+type peerConn struct {
+	l      *leader
+	conn   *ipc.Conn
+	hello  frame.Hello
+	ctx    context.Context // ends with the connection or the term
+	cancel context.CancelFunc
+	sem    chan struct{} // bounds in-flight Service calls from this connection
+
+	acked   chan struct{} // closed when the Follower acknowledged our goodbye
+	ackOnce sync.Once
+
+	// Requests run on this connection's workers (see dispatch): work hands a request
+	// to an idle one; workers counts them all.
+	work    chan job
+	workers atomic.Int32
+	idle    atomic.Int32
+	// execAvg (nanoseconds) is the moving average of this connection's requests'
+	// run time; until slowUntil (unix nanos) they go to workers (see inlineBudget).
+	execAvg   atomic.Int64
+	slowUntil atomic.Int64
+	names     map[string]string // interned method and topic names; reader goroutine only
+
+	// The Follower's subscriptions and registrations belong to the term's owner (see
+	// owner.go), as does what they count against Config.Limits.
+	subs   map[subKey]struct{}     // nil once the connection ended
+	regs   map[uint64]registration // the Follower's live registrations; nil once ended
+	regSeq uint64                  // orders regs
+	// Places taken by requests still running, so that concurrent ones cannot pass a
+	// limit together: subscriptions, registrations and their bytes (see subscribe
+	// and register).
+	subsTaken, regsTaken, regBytesTaken int
+	regBytes                            int // the payload bytes of regs
+
+	// inflight holds the ids of the requests being served: a second request with the
+	// same id breaks the protocol (ids are unique among those in flight). A leaf lock
+	// guards it: every request takes it, and requests do not pass through the owner.
+	idsMu    sync.Mutex
+	inflight map[uint64]struct{}
+
+	fdsHeld atomic.Int64 // descriptors passed with requests being served (Limits.MaxFDs)
+
+	at             time.Time     // when the Follower was welcomed
+	served, failed atomic.Uint64 // requests served, and of them answered with an error (Status)
+}
+
+// handle runs on the reader goroutine. Requests run there (a lone quick one, see
+// inlineBudget) or on the connection's workers (see dispatch); at most
+// maxInflightPerConn at once, after which reading this connection waits.
+// It owns files: only invoke, oneway and publish requests may pass them.
+func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
+	switch f.Kind {
+	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
+	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
+		if len(files) > 0 {
+			closeFiles(files)
+			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
+			return
+		}
+	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
+		closeFiles(files)
+		pc.ackOnce.Do(func() { close(pc.acked) })
+		return
+	case frame.KindStatus: // a member asks for the Leader's view (Client.LeaderStatus)
+		if len(files) > 0 {
+			closeFiles(files)
+			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: status frame passes %d file descriptors", frame.ErrProtocol, len(files)))
+			return
+		}
+		pc.l.answerStatus(conn, f, pc.hello.MaxBody)
+		return
+	default:
+		closeFiles(files)
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
+		return
+	}
+	if len(f.Meta) == 0 {
+		closeFiles(files)
+		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
+		return
+	}
+	if !pc.l.calls.enter() {
+		closeFiles(files)
+		if f.Kind != frame.KindOneway {
+			_ = conn.ReplyError(f.ID, frame.CodeClosed, "leader is handing over; retry on the next leader")
+		}
+		return
+	}
+	select {
+	case pc.sem <- struct{}{}:
+	case <-conn.Done():
+		closeFiles(files)
+		pc.l.calls.leave()
+		return
+	}
+	if err := pc.admit(f, len(files)); err != nil {
+		closeFiles(files)
+		<-pc.sem
+		pc.l.calls.leave()
+		var le *limitError
+		if !errors.As(err, &le) {
+			conn.Fail(frame.CodeProtocol, err) // a protocol violation
+			return
+		}
+		pc.l.c.refused.note(slog.LevelWarn, le.limit, conn.Peer(), err)
+		if f.Kind != frame.KindOneway {
+			_ = conn.ReplyError(f.ID, frame.CodeLimit, le.msg)
+		}
+		return
+	}
+	j := job{f: f, files: files, name: pc.intern(f.Meta)}
+	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
+		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
+		return
+	}
+	if !conn.Inline(takeoverAfter, func() { pc.timedExec(j) }) {
+		pc.slowUntil.Store(time.Now().Add(inlineCooldown).UnixNano())
+	}
+}
+
+// timedExec runs j and folds its duration into execAvg.
+func (pc *peerConn) timedExec(j job) {
+	start := time.Now()
+	pc.exec(j)
+	d := int64(time.Since(start))
+	avg := pc.execAvg.Load()
+	pc.execAvg.Store(avg + (d-avg)/8) // concurrent workers may lose an update: it is an estimate
+}
+
+// job is one request for a worker: its frame, the files passed with it and its method
+// or topic name.
+type job struct {
+	f     frame.Frame
+	files []*os.File
+	name  string
+}
+
+// A lone request (nothing more buffered behind it) runs on the connection's reader, with
+// no goroutine switch, while this connection's requests take under inlineBudget on
+// average (a moving average of the last eight or so); otherwise, and in a burst,
+// requests go to workers and run in parallel. A request that blocks on the reader holds
+// up the connection for about takeoverAfter (rounded up to the ipc watch's tick) before
+// another goroutine takes over reading (ipc.Conn.Inline); then requests go to workers
+// for inlineCooldown.
+const (
+	inlineBudget   = 100 * time.Microsecond
+	takeoverAfter  = 200 * time.Microsecond
+	inlineCooldown = time.Second
+)
+
+const (
+	// coreWorkers of a connection's workers, once started, wait for work until the
+	// connection ends; the others end after workerIdle without any.
+	coreWorkers = 4
+	workerIdle  = 2 * time.Second
+	// maxInterned and maxInternedLen bound a connection's table of names.
+	maxInterned    = 256
+	maxInternedLen = 64
+)
+
+// dispatch hands j to an idle worker, or starts one: a request never waits for another
+// to finish (the Service may block), and a connection that keeps sending costs no
+// goroutine per request. Runs on the reader goroutine.
+func (pc *peerConn) dispatch(j job) {
+	select {
+	case pc.work <- j:
+	default:
+		core := pc.workers.Add(1) <= coreWorkers
+		go pc.worker(j, core)
+	}
+}
+
+// worker runs j, then the requests dispatch hands it, until the connection ends (or,
+// unless core, it has been idle for workerIdle). The gate (calls) counts the requests
+// it runs, not its idle waits.
+func (pc *peerConn) worker(j job, core bool) {
+	defer pc.workers.Add(-1)
+	var idle <-chan time.Time
+	var t *time.Timer
+	if !core {
+		t = time.NewTimer(workerIdle)
+		defer t.Stop()
+		idle = t.C
+	}
+	for {
+		pc.timedExec(j)
+		if t != nil {
+			t.Reset(workerIdle)
+		}
+		pc.idle.Add(1)
+		select {
+		case j = <-pc.work:
+			pc.idle.Add(-1)
+		case <-pc.ctx.Done():
+			pc.idle.Add(-1)
+			return
+		case <-idle:
+			pc.idle.Add(-1)
+			return
+		}
+	}
+}
+
+// intern returns b as a string from the connection's table of names, so that names a
+// Follower repeats cost no allocation. Runs on the reader goroutine.
+func (pc *peerConn) intern(b []byte) string {
+	if s, ok := pc.names[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(s) <= maxInternedLen && len(pc.names) < maxInterned {
+		if pc.names == nil {
+			pc.names = make(map[string]string)
+		}
+		pc.names[s] = s
+	}
+	return s
+}
+
+// request decodes the Message of an invoke, oneway or publish frame, under a lease the
+// caller releases when the Service is done with it. ok is false when the request was
+// answered (or the connection aborted) instead.
+func (pc *peerConn) request(f frame.Frame, files []*os.File) (m Message, ok bool) {
+	m, err := decodeMessage(f, files, pc.l.c.cfg.MaxBlob)
+	if err != nil {
+		switch {
+		case errors.Is(err, frame.ErrProtocol):
+			pc.conn.Fail(frame.CodeProtocol, err)
+		case f.Kind != frame.KindOneway:
+			_ = pc.conn.ReplyError(f.ID, frame.CodeTooLarge, fmt.Sprintf("cluster: %s %q: the request: %v", requestOp(f.Kind), f.Meta, err))
+		default:
+			pc.l.c.refused.note(slog.LevelWarn, "oneway", pc.conn.Peer(), fmt.Errorf("oneway invoke %q refused: %w", f.Meta, err))
+		}
+		return Message{}, false
+	}
+	m, _ = own(m) // a fresh Message: own cannot fail
+	return m, true
+}
+
+// admit takes what a request holds while it is served: its id among those in flight,
+// and the descriptors passed with it, under Limits.MaxFDs and the process's descriptor
+// headroom. exec gives them back (done). A duplicate id is a protocol violation; the
+// rest are limitErrors.
+func (pc *peerConn) admit(f frame.Frame, fds int) error {
+	if f.ID != 0 {
+		pc.idsMu.Lock()
+		_, dup := pc.inflight[f.ID]
+		if !dup {
+			if pc.inflight == nil {
+				pc.inflight = make(map[uint64]struct{})
+			}
+			pc.inflight[f.ID] = struct{}{}
+		}
+		pc.idsMu.Unlock()
+		if dup {
+			return fmt.Errorf("%w: request id %d is already in flight on this connection", frame.ErrProtocol, f.ID)
+		}
+	}
+	if fds == 0 {
+		return nil
+	}
+	lim := &pc.l.c.cfg.lim
+	err := error(nil)
+	if held := pc.fdsHeld.Add(int64(fds)); held > int64(lim.MaxFDs) {
+		err = overLimit("MaxFDs", lim.MaxFDs, "this connection's requests would hold %d descriptors", held)
+	} else if err = pc.l.adm.fds.room(fds, lim.FDHeadroom, pc.foreign()); err == nil {
+		pc.l.adm.fds.add(fds, pc.foreign())
+		return nil
+	}
+	pc.fdsHeld.Add(-int64(fds))
+	pc.forget(f.ID)
+	return err
+}
+
+// foreign reports whether the peer runs as another uid than the Leader.
+func (pc *peerConn) foreign() bool {
+	p := pc.conn.Peer()
+	return p.Known && p.UID != pc.l.adm.self
+}
+
+// subscribe subscribes the Follower to key, within a place it takes under
+// Limits.MaxSubscriptions (a topic this connection already subscribes to takes none)
+// until addSink returned. ended: the connection or the term ended, nothing to answer.
+func (pc *peerConn) subscribe(ctx context.Context, key subKey) (ended bool, err error) {
+	ended = true
+	pc.l.call(func(*termState) {
+		if ended = pc.subs == nil; ended {
+			return
+		}
+		if _, ok := pc.subs[key]; !ok {
+			max := pc.l.c.cfg.lim.MaxSubscriptions
+			if n := len(pc.subs) + pc.subsTaken; n >= max {
+				err = overLimit("MaxSubscriptions", max, "this connection subscribes to %d topics", n)
+				return
+			}
+		}
+		pc.subsTaken++
+	})
+	if ended || err != nil {
+		return ended, err
+	}
+	err = pc.l.addSink(ctx, key.topic, pc, key.shared)
+	kept := false
+	pc.l.call(func(*termState) {
+		pc.subsTaken--
+		if kept = err == nil && pc.subs != nil; kept {
+			pc.subs[key] = struct{}{}
+		}
+	})
+	if err == nil && !kept { // the connection ended meanwhile: undo
+		pc.l.removeSink(key.topic, pc, key.shared)
+	}
+	return false, err
+}
+
+// unsubscribe ends the Follower's subscription of key.
+func (pc *peerConn) unsubscribe(key subKey) {
+	pc.l.call(func(*termState) {
+		if pc.subs != nil {
+			delete(pc.subs, key)
+		}
+	})
+	pc.l.removeSink(key.topic, pc, key.shared)
+}
+
+// done gives back what admit took for a request.
+func (pc *peerConn) done(f frame.Frame, fds int) {
+	if fds > 0 {
+		pc.fdsHeld.Add(-int64(fds))
+		pc.l.adm.fds.add(-fds, pc.foreign())
+	}
+	pc.forget(f.ID)
+}
+
+func (pc *peerConn) forget(id uint64) {
+	if id != 0 {
+		pc.idsMu.Lock()
+		delete(pc.inflight, id)
+		pc.idsMu.Unlock()
+	}
+}
+
+func (pc *peerConn) exec(j job) {
+	f, files := j.f, j.files
+	defer func() {
+		pc.done(f, len(files))
+		pc.served.Add(1)
+		<-pc.sem
+		pc.l.calls.leave()
+	}()
+	ctx := pc.ctx
+	if f.Timeout > 0 {
+		cc := withDeadline(ctx, time.Now().Add(msDuration(f.Timeout)))
+		defer cc.end()
+		ctx = cc
+	}
+	l, name := pc.l, j.name
+	var err error
+	var shared bool
+	if f.Kind == frame.KindSubscribe || f.Kind == frame.KindUnsubscribe {
+		if shared, err = subscriptionMode(f.Body); err != nil {
+			pc.conn.Fail(frame.CodeProtocol, err)
+			return
+		}
+	}
+	switch f.Kind {
+	case frame.KindInvoke, frame.KindOneway:
+		req, ok := pc.request(f, files)
+		if !ok {
+			return
+		}
+		defer release(req)
+		var out Message
+		out, err = l.svc.invoke(ctx, name, req)
+		if f.Kind == frame.KindOneway {
+			_ = out.Close()
+			if err != nil {
+				pc.failed.Add(1)
+				l.c.cfg.Logger.Warn("cluster: oneway invoke failed", "method", name, "peer", pc.conn.Peer(), "err", errText(err))
+			}
+			return
+		}
+		if err == nil {
+			pc.respond(f.ID, name, out)
+			return
+		}
+		err = l.c.serviceErr(ctx, "invoke", name, err)
+	case frame.KindPublish:
+		msg, ok := pc.request(f, files)
+		if !ok {
+			return
+		}
+		defer release(msg)
+		if err = l.svc.publish(ctx, name, msg); err != nil {
+			err = l.c.serviceErr(ctx, "publish", name, err)
+		}
+	case frame.KindSubscribe:
+		var ended bool
+		if ended, err = pc.subscribe(ctx, subKey{name, shared}); ended {
+			return
+		}
+	case frame.KindUnsubscribe:
+		pc.unsubscribe(subKey{name, shared})
+	case frame.KindRegister:
+		err = pc.register(ctx, name, f.Body)
+	case frame.KindWithdraw:
+		err = pc.withdraw(ctx, name, f.Body)
+	}
+	pc.reply(f.ID, err)
+}
+
+// respond sends the Service's response to request id, then closes it: the Service gave
+// it to us, and the Follower got duplicates of its descriptors.
+func (pc *peerConn) respond(id uint64, name string, out Message) {
+	defer out.Close()
+	w, err := encodeMessage(pc.conn, out, int(pc.hello.MaxBody), "invoke", name, "the response")
+	if err != nil {
+		pc.reply(id, responseErr(err, name))
+		return
+	}
+	_ = pc.conn.SendParts(frame.Header{Kind: frame.KindResponse, ID: id, Flags: w.flags}, nil, w.body, w.tail, w.files)
+}
+
+// reply answers a request with an empty response or the error's code and message.
+func (pc *peerConn) reply(id uint64, err error) {
+	if err == nil {
+		_ = pc.conn.Reply(id, nil)
+		return
+	}
+	if errors.Is(err, errNotSent) { // the term is over: the next Leader takes it
+		_ = pc.conn.ReplyError(id, frame.CodeClosed, "leader is handing over; retry on the next leader")
+		return
+	}
+	pc.failed.Add(1)
+	code := frame.CodeRemote
+	msg := err.Error()
+	var le *limitError
+	if errors.As(err, &le) {
+		code = frame.CodeLimit
+		pc.l.c.refused.note(slog.LevelWarn, le.limit, pc.conn.Peer(), err)
+	} else if errors.Is(err, ErrTooLarge) {
+		code = frame.CodeTooLarge
+	} else if re, ok := err.(*RemoteError); ok {
+		msg = re.Message
+		switch {
+		case re.panicked():
+			code = frame.CodePanic
+		case len(re.Codes) > 0:
+			code, msg = frame.CodeRemoteCodes, string(frame.AppendRemoteCodes(nil, re.Codes, re.Message))
+		}
+	} else if isTimeout(err) {
+		code = frame.CodeTimeout
+	}
+	_ = pc.conn.ReplyError(id, code, msg)
+}
+
+// subscriptionMode reads the body of a subscribe or unsubscribe frame.
+func subscriptionMode(body []byte) (shared bool, err error) {
+	switch {
+	case len(body) == 0:
+		return false, nil
+	case len(body) == 1 && body[0] == frame.SubscribeShared:
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: subscribe body must be empty or 0x01, got %d bytes", frame.ErrProtocol, len(body))
+}
+
+// requestOp names a request kind as errors name operations.
+func requestOp(k frame.Kind) string {
+	if k == frame.KindPublish {
+		return "publish"
+	}
+	return "invoke"
+}
