@@ -27,6 +27,8 @@ var (
 	flagDuration = flag.Duration("chaos.duration", 0, "inject faults for this long (a soak run); 0 injects -chaos.faults faults")
 	flagFaults   = flag.Int("chaos.faults", 24, "faults to inject when -chaos.duration is 0")
 	flagMembers  = flag.Int("chaos.members", 4, "member processes")
+	flagMany     = flag.Int("chaos.many", 32, "member processes of TestChaosManyFollowers (0 skips it)")
+	flagManyN    = flag.Int("chaos.many-faults", 4, "faults TestChaosManyFollowers injects")
 	flagSeed     = flag.Uint64("chaos.seed", 0, "seed for the choice of faults; 0 picks one (printed)")
 )
 
@@ -123,6 +125,7 @@ type run struct {
 	t    *testing.T
 	dir  string
 	up   *upstream.Server
+	seed uint64 // of rng, printed with any failure to replay it (-chaos.seed)
 	rng  *rand.Rand
 	seq  int
 	stop chan struct{}
@@ -218,10 +221,8 @@ func (r *run) fail(format string, args ...any) {
 	for _, p := range procs {
 		fmt.Fprintf(&b, "\n--- member pid %d (alive %v) stderr tail:\n%s", p.pid, p.alive(), lastLines(p.Stderr(), 15))
 	}
-	r.t.Fatalf(format+"\n(seed %d)%s", append(args, r.seed(), b.String())...)
+	r.t.Fatalf(format+"\n(seed %d)%s", append(args, r.seed, b.String())...)
 }
-
-func (r *run) seed() uint64 { return *flagSeed }
 
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
@@ -418,9 +419,30 @@ func (r *run) checkLeadership() {
 	}
 }
 
+// TestChaos injects faults into a small pool under load (-chaos.faults of them, or for
+// -chaos.duration in a soak run).
 func TestChaos(t *testing.T) {
-	if *flagSeed == 0 {
-		*flagSeed = uint64(time.Now().UnixNano())
+	chaos(t, *flagMembers, *flagFaults, *flagDuration)
+}
+
+// TestChaosManyFollowers injects a few faults into a large pool (-chaos.many member
+// processes), where a failover is many Followers reconnecting to the new Leader at
+// once: the invariants are the same.
+func TestChaosManyFollowers(t *testing.T) {
+	if *flagMany == 0 || testing.Short() {
+		t.Skip("-chaos.many is 0, or -short")
+	}
+	chaos(t, *flagMany, *flagManyN, 0)
+}
+
+// chaos starts n members under load, injects faults (a SIGKILL, a pause or a Close of
+// the Leader) until it has injected faults of them or, when soak is positive, for that
+// long, checking the invariants after each, then closes every survivor and checks what
+// each reported.
+func chaos(t *testing.T, n, faults int, soak time.Duration) {
+	seed := *flagSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
 	}
 	dir, err := os.MkdirTemp("", "")
 	if err != nil {
@@ -432,10 +454,9 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Close()
-	r := &run{t: t, dir: dir, up: up, rng: rand.New(rand.NewPCG(*flagSeed, 0)), stop: make(chan struct{}), changed: make(chan struct{}), faults: map[string]int{}}
-	t.Logf("chaos: %d members, seed %d", *flagMembers, *flagSeed)
+	r := &run{t: t, dir: dir, up: up, seed: seed, rng: rand.New(rand.NewPCG(seed, 0)), stop: make(chan struct{}), changed: make(chan struct{}), faults: map[string]int{}}
+	t.Logf("chaos: %d members, seed %d", n, seed)
 
-	n := *flagMembers
 	for range n {
 		r.start()
 	}
@@ -451,7 +472,7 @@ func TestChaos(t *testing.T) {
 	leader := r.stable(n, time.Time{})
 	began := time.Now()
 	for i := 0; ; i++ {
-		if *flagDuration > 0 && time.Since(began) > *flagDuration || *flagDuration == 0 && i >= *flagFaults {
+		if soak > 0 && time.Since(began) > soak || soak == 0 && i >= faults {
 			break
 		}
 		var reconnected time.Time
@@ -581,7 +602,7 @@ func (r *run) close(p *proc) {
 
 func (r *run) report(took time.Duration, calls map[string]int, overrun time.Duration) {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "chaos: %d faults in %v (seed %d):", sum(r.faults), took.Round(time.Millisecond), r.seed())
+	fmt.Fprintf(&b, "chaos: %d faults in %v (seed %d):", sum(r.faults), took.Round(time.Millisecond), r.seed)
 	for _, k := range sortedKeys(r.faults) {
 		fmt.Fprintf(&b, " %s %d,", k, r.faults[k])
 	}

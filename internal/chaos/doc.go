@@ -9,7 +9,9 @@
 // continuity (no gap, repeat or reordering that a re-subscription does not explain) and
 // replay of the latest value to late subscribers; no goroutine or descriptor leak in a
 // member that closes. It reports failover times and counts per fault kind.
+// TestChaosManyFollowers does the same with 32 members and 4 faults: a failover is then
+// many Followers reconnecting to the new Leader at once.
 //
-//	go test -race ./internal/chaos/                          # the short form, 24 faults
+//	go test -race ./internal/chaos/                          # the short form, 24 faults; 4 with 32 members
 //	go test ./internal/chaos/ -chaos.duration=10m -timeout 0 # a soak run
 package chaos
