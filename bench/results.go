@@ -31,6 +31,7 @@ type results struct {
 	Failover     []failoverRow `json:"failover"`
 	Blob         []blobRow     `json:"blob_vs_inline"`
 	IdleFollower *idleRow      `json:"idle_follower,omitempty"`
+	Scale        []scaleRow    `json:"scale,omitempty"`
 	Notes        []string      `json:"notes,omitempty"`
 
 	seqSamples map[string][]int64
@@ -360,6 +361,7 @@ func (r *results) print(w io.Writer) {
 	if r.IdleFollower != nil {
 		fmt.Fprintf(tw, "\nAn idle Follower costs the Leader (Go heap + stacks, %d joined)\t%.1f KiB\t\t\t\t\t\n", r.IdleFollower.Followers, float64(r.IdleFollower.BytesEach)/1024)
 	}
+	r.printScale(tw)
 	for _, n := range r.Notes {
 		fmt.Fprintf(tw, "note: %s\n", n)
 	}

@@ -36,6 +36,11 @@ type options struct {
 	chart     string
 	agentWait time.Duration
 	only      map[string]bool // nil: everything
+
+	scaleN       []int // Follower counts of the scaling measurement
+	scaleKills   int
+	scaleFan     int // messages fanned out after each failover
+	scaleNodeMax int // the largest N the Node.js peer is measured at
 }
 
 // group is one system under test: its processes and how to start another member.
@@ -112,7 +117,11 @@ func run(args []string) int {
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
 	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke, results/partial.svg with -only`)
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
-	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle)")
+	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle,scale)")
+	scaleN := fs.String("scale", "4,16,64,256", "Follower counts of the scaling measurement (each a process)")
+	fs.IntVar(&o.scaleKills, "scale-kills", 10, "SIGKILLs of the Leader per system at each N of the scaling measurement")
+	fs.IntVar(&o.scaleFan, "scale-fanout", 5, "messages fanned out to the N Followers after each of those failovers")
+	fs.IntVar(&o.scaleNodeMax, "scale-node-max", 64, "the largest N the Node.js peer is measured at")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
 	if o.smoke { // tiny counts, except where a flag says otherwise
@@ -128,6 +137,11 @@ func run(args []string) int {
 		smoke("tput-ms", &o.tputMs, 200)
 		smoke("kills", &o.kills, 1)
 		smoke("idle", &o.farm, 4)
+		smoke("scale-kills", &o.scaleKills, 2)
+		smoke("scale-fanout", &o.scaleFan, 2)
+		if !set["scale"] {
+			*scaleN = "4"
+		}
 		o.seqMs, o.pubPaced, o.pubBurst = 2000, 50, 200
 		if !set["blob"] {
 			*blobs = "1"
@@ -150,6 +164,16 @@ func run(args []string) int {
 				return 2
 			}
 			o.blobMiB = append(o.blobMiB, n)
+		}
+	}
+	for _, f := range strings.Split(*scaleN, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			var n int
+			if _, err := fmt.Sscan(f, &n); err != nil || n <= 0 {
+				fmt.Fprintf(os.Stderr, "bench: -scale: bad count %q\n", f)
+				return 2
+			}
+			o.scaleN = append(o.scaleN, n)
 		}
 	}
 	if *only != "" {
@@ -196,8 +220,10 @@ func (b *bench) main() error {
 		}
 	}()
 
-	if err := b.startAll(); err != nil {
-		return err
+	if b.opt.only == nil || len(b.opt.only) > 1 || !b.opt.only["scale"] { // scale starts its own
+		if err := b.startAll(); err != nil {
+			return err
+		}
 	}
 	steps := []struct {
 		key, name string
@@ -209,6 +235,7 @@ func (b *bench) main() error {
 		{"failover", "failover", b.measureFailover},
 		{"blob", "blob vs inline", b.measureBlob},
 		{"idle", "idle follower", b.measureIdle},
+		{"scale", "scaling with the Followers", b.measureScale},
 	}
 	for _, s := range steps {
 		if b.opt.only != nil && !b.opt.only[s.key] {
