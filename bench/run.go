@@ -39,8 +39,9 @@ type options struct {
 
 	scaleN       []int // Follower counts of the scaling measurement
 	scaleKills   int
-	scaleFan     int // messages fanned out after each failover
-	scaleNodeMax int // the largest N the Node.js peer is measured at
+	scaleFan     int             // messages fanned out after each failover
+	scaleNodeMax int             // the largest N the Node.js peer is measured at
+	scaleOnly    map[string]bool // nil: every system
 }
 
 // group is one system under test: its processes and how to start another member.
@@ -122,6 +123,7 @@ func run(args []string) int {
 	fs.IntVar(&o.scaleKills, "scale-kills", 10, "SIGKILLs of the Leader per system at each N of the scaling measurement")
 	fs.IntVar(&o.scaleFan, "scale-fanout", 5, "messages fanned out to the N Followers after each of those failovers")
 	fs.IntVar(&o.scaleNodeMax, "scale-node-max", 64, "the largest N the Node.js peer is measured at")
+	scaleOnly := fs.String("scale-systems", "", "measure only these systems when scaling (comma-separated, e.g. floor/unix,cluster/unix; default all)")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
 	if o.smoke { // tiny counts, except where a flag says otherwise
@@ -174,6 +176,12 @@ func run(args []string) int {
 				return 2
 			}
 			o.scaleN = append(o.scaleN, n)
+		}
+	}
+	if *scaleOnly != "" {
+		o.scaleOnly = map[string]bool{}
+		for _, s := range strings.Split(*scaleOnly, ",") {
+			o.scaleOnly[strings.TrimSpace(s)] = true
 		}
 	}
 	if *only != "" {

@@ -164,30 +164,44 @@ func (b *bench) startMemberHerd(name string, n int, start func(i int64) (*agent,
 // killHerd SIGKILLs h's leader (the floor: its serving server) and returns how long
 // until the first survivor, and until every one, had its call answered by the next;
 // then it starts an agent in place of the dead one.
-func (h *herd) kill() (first, all time.Duration, err error) {
+func (h *herd) kill() (first, all time.Duration, cpu cpuUse, err error) {
 	old := h.leader
 	survivors := h.survivors()
+	next := survivors
+	if h.kind == "floor" {
+		next = append(slices.Clone(survivors), h.standby)
+	}
+	before := cpuOf(next)
 	t0 := mono()
 	if err := old.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	rs, err := doAll(survivors, request{Op: "probe", OldPID: old.pid}, 2*time.Minute)
 	old.reap()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	lo, hi := rs[0].T, rs[0].T
 	for _, r := range rs {
 		lo, hi = min(lo, r.T), max(hi, r.T)
 	}
 	newPID := rs[0].PID
+	after := cpuOf(next)
+	for i, a := range next {
+		d := after[i].sub(before[i])
+		if a.pid == newPID {
+			cpu.leader = d
+		} else {
+			cpu.others = cpu.others.add(d)
+		}
+	}
 	if h.kind == "floor" {
 		h.leader, h.standby = h.standby, nil
 		if h.leader.pid != newPID {
-			return 0, 0, fmt.Errorf("%s: the clients are served by pid %d, not the standby %d", h.name, newPID, h.leader.pid)
+			return 0, 0, cpu, fmt.Errorf("%s: the clients are served by pid %d, not the standby %d", h.name, newPID, h.leader.pid)
 		}
 		if h.standby, err = h.start(); err != nil {
-			return 0, 0, err
+			return 0, 0, cpu, err
 		}
 	} else {
 		h.members = slices.DeleteFunc(h.members, func(a *agent) bool { return a == old })
@@ -198,15 +212,45 @@ func (h *herd) kill() (first, all time.Duration, err error) {
 			}
 		}
 		if h.leader == nil {
-			return 0, 0, fmt.Errorf("%s: the survivors are served by pid %d, none of them", h.name, newPID)
+			return 0, 0, cpu, fmt.Errorf("%s: the survivors are served by pid %d, none of them", h.name, newPID)
 		}
 		a, err := h.start()
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, cpu, err
 		}
 		h.members = append(h.members, a)
 	}
-	return time.Duration(lo - t0), time.Duration(hi - t0), nil
+	return time.Duration(lo - t0), time.Duration(hi - t0), cpu, nil
+}
+
+// schedStat is what /proc/<pid>/task/*/schedstat say of a process's threads together:
+// the time they ran and the time they waited for a CPU, nanoseconds.
+type schedStat struct{ run, wait int64 }
+
+func (a schedStat) sub(b schedStat) schedStat { return schedStat{a.run - b.run, a.wait - b.wait} }
+func (a schedStat) add(b schedStat) schedStat { return schedStat{a.run + b.run, a.wait + b.wait} }
+
+// cpuUse is what a failover cost: the next Leader (the floor: its standby server), and
+// the other survivors together.
+type cpuUse struct{ leader, others schedStat }
+
+// cpuOf reads, for each agent, the CPU time its threads ran and waited for a CPU.
+func cpuOf(as []*agent) []schedStat {
+	out := make([]schedStat, len(as))
+	for i, a := range as {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.pid))
+		for _, e := range ents {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", a.pid, e.Name()))
+			if err != nil {
+				continue
+			}
+			var run, wait int64
+			if _, err := fmt.Sscan(string(b), &run, &wait); err == nil {
+				out[i] = out[i].add(schedStat{run, wait})
+			}
+		}
+	}
+	return out
 }
 
 // fanout has the leader publish m messages, paced, after every survivor hears it; for
@@ -291,6 +335,7 @@ func rssKiB(pid int) int64 {
 type scaleSample struct {
 	first, all, fanP50, fanLast []time.Duration
 	rss                         []int64
+	cpu                         []cpuUse
 }
 
 func (b *bench) measureScale() error {
@@ -331,7 +376,11 @@ func (b *bench) measureScale() error {
 
 func (b *bench) startHerds(n int, transports []string) ([]*herd, error) {
 	var herds []*herd
+	want := func(name string) bool { return b.opt.scaleOnly == nil || b.opt.scaleOnly[name] }
 	for _, tr := range transports {
+		if !want("floor/" + tr) {
+			continue
+		}
 		h, err := b.startFloorHerd(tr, n)
 		if err != nil {
 			return herds, err
@@ -339,6 +388,9 @@ func (b *bench) startHerds(n int, transports []string) ([]*herd, error) {
 		herds = append(herds, h)
 	}
 	for _, tr := range transports {
+		if !want("cluster/" + tr) {
+			continue
+		}
 		dir, err := os.MkdirTemp(b.dir, tr)
 		if err != nil {
 			return herds, err
@@ -357,6 +409,9 @@ func (b *bench) startHerds(n int, transports []string) ([]*herd, error) {
 			return herds, err
 		}
 		herds = append(herds, h)
+	}
+	if b.node != nil && !want("node/tcp") {
+		return herds, nil
 	}
 	if b.node != nil && n <= b.opt.scaleNodeMax {
 		port, err := freePort()
@@ -388,7 +443,7 @@ func (b *bench) scaleRounds(n int, herds []*herd) error {
 	for k := range b.opt.scaleKills {
 		for _, h := range herds {
 			time.Sleep(50 * time.Millisecond)
-			first, all, err := h.kill()
+			first, all, cpu, err := h.kill()
 			if err != nil {
 				return fmt.Errorf("kill %d: %w", k+1, err)
 			}
@@ -406,6 +461,7 @@ func (b *bench) scaleRounds(n int, herds []*herd) error {
 				s.fanP50, s.fanLast = append(s.fanP50, time.Duration(p50s[i])), append(s.fanLast, time.Duration(lasts[i]))
 			}
 			s.rss = append(s.rss, rssKiB(h.leader.pid))
+			s.cpu = append(s.cpu, cpu)
 		}
 	}
 	load := loadavg()

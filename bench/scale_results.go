@@ -9,22 +9,28 @@ import (
 
 // scaleRow is one system at one N of the scaling measurement.
 type scaleRow struct {
-	System   string    `json:"system"`
-	N        int       `json:"followers"`
-	Kills    int       `json:"kills"`
-	AllP50   float64   `json:"all_p50_ms"`
-	AllP99   float64   `json:"all_p99_ms"`
-	FirstP50 float64   `json:"first_p50_ms"`
-	FirstP99 float64   `json:"first_p99_ms"`
-	FanP50   float64   `json:"fanout_p50_ms"`      // the median over messages of the median subscriber's delivery
-	FanLast  float64   `json:"fanout_last_p50_ms"` // ... of the last subscriber's
-	RSSMiB   float64   `json:"leader_rss_mib"`
-	XAll     float64   `json:"all_p50_x_floor,omitempty"`
-	XFirst   float64   `json:"first_p50_x_floor,omitempty"`
-	XFanLast float64   `json:"fanout_last_x_floor,omitempty"`
-	Load     string    `json:"loadavg"`
-	AllMs    []float64 `json:"all_ms"`
-	FirstMs  []float64 `json:"first_ms"`
+	System   string  `json:"system"`
+	N        int     `json:"followers"`
+	Kills    int     `json:"kills"`
+	AllP50   float64 `json:"all_p50_ms"`
+	AllP99   float64 `json:"all_p99_ms"`
+	FirstP50 float64 `json:"first_p50_ms"`
+	FirstP99 float64 `json:"first_p99_ms"`
+	FanP50   float64 `json:"fanout_p50_ms"`      // the median over messages of the median subscriber's delivery
+	FanLast  float64 `json:"fanout_last_p50_ms"` // ... of the last subscriber's
+	RSSMiB   float64 `json:"leader_rss_mib"`
+	XAll     float64 `json:"all_p50_x_floor,omitempty"`
+	XFirst   float64 `json:"first_p50_x_floor,omitempty"`
+	XFanLast float64 `json:"fanout_last_x_floor,omitempty"`
+	// What a failover cost, medians over the kills: the CPU time the next Leader and
+	// the other survivors (together) ran, and the time they waited for a CPU.
+	LeaderCPUms  float64   `json:"leader_cpu_ms"`
+	LeaderWaitms float64   `json:"leader_runqueue_ms"`
+	OthersCPUms  float64   `json:"survivors_cpu_ms"`
+	OthersWaitms float64   `json:"survivors_runqueue_ms"`
+	Load         string    `json:"loadavg"`
+	AllMs        []float64 `json:"all_ms"`
+	FirstMs      []float64 `json:"first_ms"`
 }
 
 func quantMs(ds []time.Duration, q float64) float64 {
@@ -47,6 +53,16 @@ func (r *results) addScale(system string, n int, load string, s *scaleSample) {
 		row.AllMs = append(row.AllMs, ms(int64(s.all[i])))
 		row.FirstMs = append(row.FirstMs, ms(int64(s.first[i])))
 	}
+	med := func(f func(cpuUse) int64) float64 {
+		var v []int64
+		for _, c := range s.cpu {
+			v = append(v, f(c))
+		}
+		slices.Sort(v)
+		return ms(pct(v, 0.5))
+	}
+	row.LeaderCPUms, row.LeaderWaitms = med(func(c cpuUse) int64 { return c.leader.run }), med(func(c cpuUse) int64 { return c.leader.wait })
+	row.OthersCPUms, row.OthersWaitms = med(func(c cpuUse) int64 { return c.others.run }), med(func(c cpuUse) int64 { return c.others.wait })
 	r.Scale = append(r.Scale, row)
 	// Ratios to the floor of the same transport at the same N (measured before it).
 	for i := range r.Scale {
@@ -63,9 +79,10 @@ func (r *results) printScale(w io.Writer) {
 	if len(r.Scale) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nScaling: SIGKILL of the Leader with N Followers (floor: blocking flock, inotify, raw reconnect)\tN\tall p50\tall p99\tx floor\tfirst p50\tfirst p99\tx floor\tfan-out p50\tlast\tx floor\tleader RSS\tkills\tload\n")
+	fmt.Fprintf(w, "\nScaling: SIGKILL of the Leader with N Followers (floor: blocking flock, inotify, raw reconnect)\tN\tall p50\tall p99\tx floor\tfirst p50\tfirst p99\tx floor\tfan-out p50\tlast\tx floor\tleader RSS\tCPU: leader\tsurvivors\twait: leader\tsurvivors\tkills\tload\n")
 	for _, s := range r.Scale {
-		fmt.Fprintf(w, "  %s\t%d\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%.2f ms\t%s\t%.1f MiB\t%d\t%s\n",
-			s.System, s.N, s.AllP50, s.AllP99, x(s.XAll), s.FirstP50, s.FirstP99, x(s.XFirst), s.FanP50, s.FanLast, x(s.XFanLast), s.RSSMiB, s.Kills, s.Load)
+		fmt.Fprintf(w, "  %s\t%d\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%.2f ms\t%s\t%.2f ms\t%.2f ms\t%s\t%.1f MiB\t%.1f ms\t%.1f ms\t%.1f ms\t%.1f ms\t%d\t%s\n",
+			s.System, s.N, s.AllP50, s.AllP99, x(s.XAll), s.FirstP50, s.FirstP99, x(s.XFirst), s.FanP50, s.FanLast, x(s.XFanLast), s.RSSMiB,
+			s.LeaderCPUms, s.OthersCPUms, s.LeaderWaitms, s.OthersWaitms, s.Kills, s.Load)
 	}
 }
