@@ -249,6 +249,9 @@ func (b *bench) main() error {
 		if b.opt.only != nil && !b.opt.only[s.key] {
 			continue
 		}
+		if b.opt.only == nil && !b.opt.smoke && s.key == "scale" {
+			continue // ten minutes and a thousand processes: only when asked for
+		}
 		b.logf("measuring %s", s.name)
 		if err := s.fn(); err != nil {
 			return fmt.Errorf("%s: %w (agents' stderr: %s)", s.name, err, logPath)

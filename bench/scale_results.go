@@ -5,6 +5,10 @@ import (
 	"io"
 	"slices"
 	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
 )
 
 // scaleRow is one system at one N of the scaling measurement.
@@ -85,4 +89,47 @@ func (r *results) printScale(w io.Writer) {
 			s.System, s.N, s.AllP50, s.AllP99, x(s.XAll), s.FirstP50, s.FirstP99, x(s.XFirst), s.FanP50, s.FanLast, x(s.XFanLast), s.RSSMiB,
 			s.LeaderCPUms, s.OthersCPUms, s.LeaderWaitms, s.OthersWaitms, s.Kills, s.Load)
 	}
+}
+
+// scalePlot draws failover time against the number of Followers, log-log: every
+// survivor served (solid) and the first (dashed), for each system.
+func scalePlot(r *results) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = "Failover with N Follower processes (p50)"
+	p.X.Label.Text = "Followers (log scale)"
+	p.Y.Label.Text = "after SIGKILL of the Leader (ms, log scale)"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = ticks125{}, ticks125{}
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Add(plotter.NewGrid())
+	var systems []string
+	for _, s := range r.Scale {
+		if !slices.Contains(systems, s.System) {
+			systems = append(systems, s.System)
+		}
+	}
+	for _, sys := range systems {
+		var all, first plotter.XYs
+		for _, s := range r.Scale {
+			if s.System == sys {
+				all = append(all, plotter.XY{X: float64(s.N), Y: max(s.AllP50, 0.01)})
+				first = append(first, plotter.XY{X: float64(s.N), Y: max(s.FirstP50, 0.01)})
+			}
+		}
+		for i, xys := range []plotter.XYs{all, first} {
+			l, pts, err := plotter.NewLinePoints(xys)
+			if err != nil {
+				return nil, err
+			}
+			l.Color, pts.Color = colorOf(sys), colorOf(sys)
+			l.Width = vg.Points(1.6)
+			if i == 1 {
+				l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+			} else {
+				p.Legend.Add(sys+" (dashed: first survivor)", l)
+			}
+			p.Add(l, pts)
+		}
+	}
+	return p, nil
 }
