@@ -99,18 +99,18 @@ func (b *bench) startFloorHerd(tr string, n int) (*herd, error) {
 	if err != nil {
 		return nil, err
 	}
-	lockPath, addr, marker := filepath.Join(dir, "lock"), filepath.Join(dir, "s"), filepath.Join(dir, "s")
+	lockPath, gate, addr := filepath.Join(dir, "lock"), filepath.Join(dir, "gate"), filepath.Join(dir, "s")
 	if tr == "tcp" {
 		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
-		addr, marker = fmt.Sprintf("127.0.0.1:%d", port), filepath.Join(dir, "up")
+		addr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	h := &herd{name: "floor/" + tr, kind: "floor", n: n}
 	var servers, clients atomic.Int64
 	h.start = func() (*agent, error) {
-		return b.startAgent(fmt.Sprintf("%s@%d server %d", h.name, n, servers.Add(1)), b.agentCmd("scale-server", "-lock", lockPath, "-net", tr, "-addr", addr, "-marker", marker))
+		return b.startAgent(fmt.Sprintf("%s@%d server %d", h.name, n, servers.Add(1)), b.agentCmd("scale-server", "-lock", lockPath, "-gate", gate, "-net", tr, "-addr", addr))
 	}
 	if h.leader, err = h.start(); err != nil {
 		return nil, err
@@ -122,7 +122,7 @@ func (b *bench) startFloorHerd(tr string, n int) (*herd, error) {
 		return nil, err
 	}
 	h.members, err = startMany(n, func() (*agent, error) {
-		return b.startAgent(fmt.Sprintf("%s@%d client %d", h.name, n, clients.Add(1)), b.agentCmd("scale-client", "-net", tr, "-addr", addr, "-marker", marker))
+		return b.startAgent(fmt.Sprintf("%s@%d client %d", h.name, n, clients.Add(1)), b.agentCmd("scale-client", "-net", tr, "-addr", addr, "-gate", gate))
 	})
 	return h, err
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,13 +15,15 @@ import (
 )
 
 // The floor of the scaling measurement: the work of a failover done with raw sockets
-// and the best waiting there is, no library. A standby server waits for the flock in a
+// and the best waiting there is, no library. A standby server waits for the lock in a
 // blocking flock(2) (the kernel hands the lock over the moment the holder dies), then
-// listens and publishes that it does by renaming a file into place (the Unix socket
-// itself; a marker file beside the TCP port); clients that lost their server wait for
-// that rename with inotify, connect, and do two round trips of a hello's size (a
-// handshake, then the call). After that the server can fan a message out to every
-// client it accepted.
+// listens (a Unix socket is bound under a staging name and renamed into place) and
+// opens a gate: a second lock file it held exclusively while it waited, on which the
+// clients that lost their server wait in a blocking shared flock(2), so that the
+// kernel wakes them all the moment the next server listens (inotify would do as well,
+// but a user has only 128 instances). Then each connects and makes two round trips of
+// a hello's size (a handshake, then the call). After that the server can fan a message
+// out to every client it accepted.
 
 // floorMsg is the size of every message of the scaling floor: about a hello's.
 const floorMsg = 64
@@ -32,11 +33,18 @@ const floorMsg = 64
 func scaleServerMain(args []string) {
 	fs := flag.NewFlagSet("scale-server", flag.ExitOnError)
 	lockPath := fs.String("lock", "", "lock file")
+	gatePath := fs.String("gate", "", "gate file: held exclusively until this server listens")
 	network := fs.String("net", "unix", "unix or tcp")
 	addr := fs.String("addr", "", "socket path, or 127.0.0.1:port")
-	marker := fs.String("marker", "", "the file renamed into place once listening (tcp; unix: the socket)")
 	_ = fs.Parse(args)
 	lf, err := os.OpenFile(*lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	var gate *os.File
+	if err == nil {
+		gate, err = os.OpenFile(*gatePath, os.O_RDWR|os.O_CREATE, 0o600)
+	}
+	if err == nil {
+		err = unix.Flock(int(gate.Fd()), unix.LOCK_EX) // free: the serving server opened it
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "scale-server:", err)
 		os.Exit(1)
@@ -49,7 +57,10 @@ func scaleServerMain(args []string) {
 			fmt.Fprintln(os.Stderr, "scale-server: flock:", err)
 			os.Exit(1)
 		}
-		ln, err := floorListen(*network, *addr, *marker)
+		ln, err := floorListen(*network, *addr)
+		if err == nil {
+			err = unix.Flock(int(gate.Fd()), unix.LOCK_UN)
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "scale-server:", err)
 			os.Exit(1)
@@ -110,29 +121,20 @@ func scaleServerMain(args []string) {
 	})
 }
 
-// floorListen listens on addr and then makes that known the way a Leader does: a Unix
-// socket is bound under a staging name and renamed into place, a TCP listener is
-// followed by the rename of a marker file.
-func floorListen(network, addr, marker string) (net.Listener, error) {
-	if network == "unix" {
-		staging := addr + "~"
-		_ = os.Remove(staging)
-		ln, err := net.Listen("unix", staging)
-		if err != nil {
-			return nil, err
-		}
-		ln.(*net.UnixListener).SetUnlinkOnClose(false)
-		return ln, os.Rename(staging, addr)
+// floorListen listens on addr; a Unix socket is bound under a staging name and
+// renamed into place, as a Leader does.
+func floorListen(network, addr string) (net.Listener, error) {
+	if network != "unix" {
+		return net.Listen(network, addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	staging := addr + "~"
+	_ = os.Remove(staging)
+	ln, err := net.Listen("unix", staging)
 	if err != nil {
 		return nil, err
 	}
-	tmp := marker + "~"
-	if err := os.WriteFile(tmp, []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
-		return nil, err
-	}
-	return ln, os.Rename(tmp, marker)
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	return ln, os.Rename(staging, addr)
 }
 
 // floorConn is a scaling floor client's current connection: the server's pid and when
@@ -145,14 +147,14 @@ type floorConn struct {
 }
 
 // scaleClientMain is the "scale-client" agent: it connects, and after its server dies
-// it waits for the next one (inotify), connects and makes the same two round trips.
+// it waits at the gate for the next one, connects and makes the same two round trips.
 func scaleClientMain(args []string) {
 	fs := flag.NewFlagSet("scale-client", flag.ExitOnError)
 	network := fs.String("net", "unix", "unix or tcp")
 	addr := fs.String("addr", "", "socket path, or 127.0.0.1:port")
-	marker := fs.String("marker", "", "the file renamed into place once a server listens")
+	gatePath := fs.String("gate", "", "the gate file a standby server holds until it listens")
 	_ = fs.Parse(args)
-	w, err := newRenameWatch(filepath.Dir(*marker), filepath.Base(*marker))
+	gate, err := os.OpenFile(*gatePath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "scale-client:", err)
 		os.Exit(1)
@@ -160,37 +162,39 @@ func scaleClientMain(args []string) {
 	cur := &floorConn{}
 	cur.cond = sync.NewCond(&cur.mu)
 	var subs subStats
-	var connect func(lastIno uint64)
-	connect = func(lastIno uint64) {
+	var connect func(first bool)
+	connect = func(first bool) {
 		for {
-			ino := fileIno(*marker)
-			if ino != 0 && ino != lastIno {
-				c, pid, err := floorHello(*network, *addr)
-				if err == nil {
-					t := mono()
-					cur.mu.Lock()
-					cur.pid, cur.t = pid, t
-					cur.cond.Broadcast()
-					cur.mu.Unlock()
-					go func() {
-						msg := make([]byte, floorMsg)
-						for {
-							if _, err := io.ReadFull(c, msg); err != nil {
-								c.Close()
-								connect(ino)
-								return
-							}
-							subs.record(int64(binary.BigEndian.Uint64(msg)))
-						}
-					}()
-					return
+			if !first { // wait until a standby server listens
+				if err := unix.Flock(int(gate.Fd()), unix.LOCK_SH); err == nil {
+					_ = unix.Flock(int(gate.Fd()), unix.LOCK_UN)
 				}
-				lastIno = ino // a dead server's: wait for the next
 			}
-			w.wait()
+			c, pid, err := floorHello(*network, *addr)
+			if err != nil {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			t := mono()
+			cur.mu.Lock()
+			cur.pid, cur.t = pid, t
+			cur.cond.Broadcast()
+			cur.mu.Unlock()
+			go func() {
+				msg := make([]byte, floorMsg)
+				for {
+					if _, err := io.ReadFull(c, msg); err != nil {
+						c.Close()
+						connect(false)
+						return
+					}
+					subs.record(int64(binary.BigEndian.Uint64(msg)))
+				}
+			}()
+			return
 		}
 	}
-	connect(0)
+	connect(true)
 	serveAgent(response{}, func(req request) response {
 		switch req.Op {
 		case "probe": // until a server other than req.OldPID has answered the call
@@ -231,13 +235,4 @@ func floorHello(network, addr string) (net.Conn, int, error) {
 		}
 	}
 	return c, pid, nil
-}
-
-// fileIno is the inode number of path, or 0.
-func fileIno(path string) uint64 {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0
-	}
-	return uint64(st.Ino)
 }
