@@ -29,9 +29,10 @@ const quietBackoff = 25 * time.Millisecond
 //
 // The run goroutine calls its methods, except notify (the watchers' goroutines).
 type herald struct {
-	wake  chan struct{} // holds a value when something may have changed
-	names []string      // base names in Dir that announce a Leader
-	dir   *dirWatch     // nil: Dir is not watched
+	wake    chan struct{} // holds a value when something may have changed
+	dir     string        // Config.Dir
+	names   []string      // base names in Dir that announce a Leader
+	watcher *dirWatch     // nil: Dir is not watched (only a Follower watches it)
 
 	exit     *os.File      // the followed Leader's pidfd; nil when not watched
 	exitDone chan struct{} // closed when the goroutine waiting on exit returned
@@ -39,10 +40,18 @@ type herald struct {
 }
 
 func newHerald(cfg *config) *herald {
-	h := &herald{wake: make(chan struct{}, 1)}
-	h.names = []string{filepath.Base(cfg.sockPath), filepath.Base(cfg.Name + ".token")}
-	h.dir = watchDir(cfg.Dir, h)
-	return h
+	return &herald{
+		wake:  make(chan struct{}, 1),
+		dir:   cfg.Dir,
+		names: []string{filepath.Base(cfg.sockPath), filepath.Base(cfg.Name + ".token")},
+	}
+}
+
+// watch starts watching Dir, if it is not watched yet and can be.
+func (h *herald) watch() {
+	if h.watcher == nil {
+		h.watcher = watchDir(h.dir, h)
+	}
 }
 
 // notify records that something may have changed; it never blocks.
@@ -66,13 +75,14 @@ func (h *herald) drain() {
 
 // quiet reports whether an electing member may wait for news instead of retrying
 // fast: Dir is watched, and the Leader it lost is watched until its process exits.
-func (h *herald) quiet() bool { return h.watched && h.dir != nil && h.dir.alive() }
+func (h *herald) quiet() bool { return h.watched && h.watcher != nil && h.watcher.alive() }
 
 // follow starts watching for the exit of the Leader just followed (its pid as it
 // said in the welcome), if the lock file names that process and it can be watched.
 func (h *herald) follow(lockPath string, pid int) {
 	h.stopExit()
-	if h.dir == nil {
+	h.watch()
+	if h.watcher == nil {
 		return
 	}
 	o, err := lock.ReadOwner(lockPath)
@@ -115,11 +125,15 @@ func (h *herald) stopExit() {
 	}
 }
 
-// close stops every watch of h.
-func (h *herald) close() {
+// lead stops every watch of h: a Leader waits for nothing (and keeps its descriptors
+// for its Followers).
+func (h *herald) lead() {
 	h.stopExit()
-	if h.dir != nil {
-		h.dir.remove(h)
-		h.dir = nil
+	if h.watcher != nil {
+		h.watcher.remove(h)
+		h.watcher = nil
 	}
 }
+
+// close stops every watch of h.
+func (h *herald) close() { h.lead() }

@@ -37,8 +37,10 @@ func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
 	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
 	require.NoError(t, err)
 	a, b := newHerald(cfg), newHerald(cfg)
-	require.NotNil(t, a.dir)
-	require.Same(t, a.dir, b.dir, "the members of a process share one watch of Dir")
+	a.watch()
+	b.watch()
+	require.NotNil(t, a.watcher)
+	require.Same(t, a.watcher, b.watcher, "the members of a process share one watch of Dir")
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "h.sock~"), nil, 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "other"), nil, 0o600))
@@ -86,6 +88,9 @@ func TestHeraldWakesWhenTheFollowedLeaderExits(t *testing.T) {
 
 	h.leftGracefully()
 	require.False(t, h.quiet(), "a Leader that said goodbye may live on: nothing to wait for")
+
+	h.lead()
+	require.Nil(t, h.watcher, "a Leader keeps no watch")
 }
 
 // writeOwner writes the lock file's record of a Leader with pid, as that Leader would

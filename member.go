@@ -84,7 +84,7 @@ func (c *Client) run(joinCtx context.Context) {
 		if f, ok := b.(*follower); ok {
 			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID))
 		} else {
-			c.herald.stopExit()
+			c.herald.lead()
 		}
 		switch b := b.(type) {
 		case *leader:
