@@ -123,6 +123,8 @@ type epoch struct {
 type Client struct {
 	cfg *config
 	tr  transport // owned by the run goroutine
+	// herald wakes the run goroutine's elections (see herald.go); owned by it.
+	herald *herald
 	// dirChecked: Dir passed lock.PrepareDir; false only for a LeadNever member that
 	// found no Dir at Join, until it appears (see dirReady). Owned by the run goroutine.
 	dirChecked bool

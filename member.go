@@ -35,6 +35,8 @@ const (
 // published epoch.
 func (c *Client) run(joinCtx context.Context) {
 	defer close(c.runDone)
+	c.herald = newHerald(c.cfg)
+	defer c.herald.close()
 	joined, followed := false, false
 	var lostAt time.Time
 	var draining []*follower // Followers of old Leaders that said goodbye, still answering
@@ -79,6 +81,11 @@ func (c *Client) run(joinCtx context.Context) {
 			joined = true
 			c.joined <- nil
 		}
+		if f, ok := b.(*follower); ok {
+			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID))
+		} else {
+			c.herald.lead()
+		}
 		switch b := b.(type) {
 		case *leader:
 			select {
@@ -102,6 +109,7 @@ func (c *Client) run(joinCtx context.Context) {
 				b.conn.Close()
 				c.accountBytes(b)
 			case <-b.goodbye:
+				c.herald.leftGracefully()
 				draining = append(draining, b)
 				c.accountBytes(b) // what it carries while it drains is not counted
 			}
@@ -155,6 +163,7 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 	var avoidLockUntil time.Time
 	refusals, hungUp, serviceFailures := 0, 0, 0
 	var avoidFollowUntil time.Time // a Leader of another identity leads: ask it again then
+	c.herald.drain()               // the first attempts look at everything anyway
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-c.closing:
@@ -260,15 +269,21 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 				c.clearCause(ErrIdentityMismatch) // the Leader that refused us is gone
 			}
 		}
-		// The first couple of attempts are immediate; then back off with jitter.
-		if attempt >= 2 {
+		// The first couple of attempts are immediate (one when news will come); then
+		// back off with jitter.
+		quiet := c.herald.quiet()
+		if attempt >= 2 || (quiet && attempt >= 1) {
 			if backoff == 0 {
 				backoff = minBackoff
 			} else if backoff < maxBackoff {
 				backoff *= 2
 			}
 			d := backoff/2 + rand.N(backoff/2+1)
-			if d > fastBackoff && time.Now().Before(fastUntil) {
+			switch {
+			case quiet:
+				// The lost Leader's exit and the next one's socket wake this member.
+				d = max(d, quietBackoff)
+			case d > fastBackoff && time.Now().Before(fastUntil):
 				d = fastBackoff
 			}
 			if d < time.Millisecond {
@@ -278,6 +293,8 @@ func (c *Client) elect(ctx context.Context, joined bool, fastUntil time.Time) (b
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
+			case <-c.herald.wake:
+				t.Stop()
 			case <-c.closing:
 				t.Stop()
 				return nil, ErrClosed

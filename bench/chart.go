@@ -62,6 +62,13 @@ func writeChart(r *results, path string) (bool, error) {
 		}
 		panels = append(panels, rp)
 	}
+	if len(r.Scale) > 0 {
+		sc, err := scalePlot(r)
+		if err != nil {
+			return false, err
+		}
+		panels = append(panels, sc)
+	}
 	if len(panels) == 0 {
 		return false, nil
 	}

@@ -41,6 +41,10 @@ func main() {
 			redisWorkerMain(args)
 		case "lock-holder":
 			lockHolderMain(args)
+		case "scale-server":
+			scaleServerMain(args)
+		case "scale-client":
+			scaleClientMain(args)
 		default:
 			fmt.Fprintln(os.Stderr, "bench: unknown agent", os.Args[2])
 			os.Exit(2)

@@ -87,7 +87,7 @@ func (b *bench) wantsGroups() bool {
 		return true
 	}
 	for k := range b.opt.only {
-		if k != "redis" {
+		if k != "redis" && k != "scale" { // they start their own
 			return true
 		}
 	}

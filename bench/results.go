@@ -33,6 +33,7 @@ type results struct {
 	IdleFollower *idleRow      `json:"idle_follower,omitempty"`
 	Redis        []redisRow    `json:"redis_incr,omitempty"`
 	RedisServer  string        `json:"redis_server,omitempty"`
+	Scale        []scaleRow    `json:"scale,omitempty"`
 	Notes        []string      `json:"notes,omitempty"`
 
 	seqSamples map[string][]int64
@@ -363,6 +364,7 @@ func (r *results) print(w io.Writer) {
 		fmt.Fprintf(tw, "\nAn idle Follower costs the Leader (Go heap + stacks, %d joined)\t%.1f KiB\t\t\t\t\t\n", r.IdleFollower.Followers, float64(r.IdleFollower.BytesEach)/1024)
 	}
 	r.printRedis(tw)
+	r.printScale(tw)
 	for _, n := range r.Notes {
 		fmt.Fprintf(tw, "note: %s\n", n)
 	}

@@ -40,6 +40,12 @@ type options struct {
 	redisMs      int
 	redisProfile string
 	only         map[string]bool // nil: everything
+
+	scaleN       []int // Follower counts of the scaling measurement
+	scaleKills   int
+	scaleFan     int             // messages fanned out after each failover
+	scaleNodeMax int             // the largest N the Node.js peer is measured at
+	scaleOnly    map[string]bool // nil: every system
 }
 
 // group is one system under test: its processes and how to start another member.
@@ -116,10 +122,15 @@ func run(args []string) int {
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
 	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke, results/partial.svg with -only`)
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
-	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle,redis)")
+	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle,redis,scale)")
 	redisWorkers := fs.String("redis-workers", "4,16,64", "worker processes of the Redis measurement, one pool size after another")
 	fs.IntVar(&o.redisMs, "redis-ms", 1000, "duration of one round of the Redis measurement, milliseconds")
 	fs.StringVar(&o.redisProfile, "redis-profile", "", "after the Redis measurement of the first pool size, profile the shared pool into this directory (CPU profiles, execution traces, perf stat counts)")
+	scaleN := fs.String("scale", "4,16,64,256", "Follower counts of the scaling measurement (each a process)")
+	fs.IntVar(&o.scaleKills, "scale-kills", 10, "SIGKILLs of the Leader per system at each N of the scaling measurement")
+	fs.IntVar(&o.scaleFan, "scale-fanout", 5, "messages fanned out to the N Followers after each of those failovers")
+	fs.IntVar(&o.scaleNodeMax, "scale-node-max", 64, "the largest N the Node.js peer is measured at")
+	scaleOnly := fs.String("scale-systems", "", "measure only these systems when scaling (comma-separated, e.g. floor/unix,cluster/unix; default all)")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
 	if o.smoke { // tiny counts, except where a flag says otherwise
@@ -139,6 +150,11 @@ func run(args []string) int {
 			*redisWorkers = "4"
 		}
 		smoke("idle", &o.farm, 4)
+		smoke("scale-kills", &o.scaleKills, 2)
+		smoke("scale-fanout", &o.scaleFan, 2)
+		if !set["scale"] {
+			*scaleN = "4"
+		}
 		o.seqMs, o.pubPaced, o.pubBurst = 2000, 50, 200
 		if !set["blob"] {
 			*blobs = "1"
@@ -171,6 +187,22 @@ func run(args []string) int {
 				return 2
 			}
 			o.redisWorkers = append(o.redisWorkers, n)
+		}
+	}
+	for _, f := range strings.Split(*scaleN, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			var n int
+			if _, err := fmt.Sscan(f, &n); err != nil || n <= 0 {
+				fmt.Fprintf(os.Stderr, "bench: -scale: bad count %q\n", f)
+				return 2
+			}
+			o.scaleN = append(o.scaleN, n)
+		}
+	}
+	if *scaleOnly != "" {
+		o.scaleOnly = map[string]bool{}
+		for _, s := range strings.Split(*scaleOnly, ",") {
+			o.scaleOnly[strings.TrimSpace(s)] = true
 		}
 	}
 	if *only != "" {
@@ -233,10 +265,14 @@ func (b *bench) main() error {
 		{"blob", "blob vs inline", b.measureBlob},
 		{"idle", "idle follower", b.measureIdle},
 		{"redis", "Redis INCR, own vs shared", b.measureRedis},
+		{"scale", "scaling with the Followers", b.measureScale},
 	}
 	for _, s := range steps {
 		if b.opt.only != nil && !b.opt.only[s.key] {
 			continue
+		}
+		if b.opt.only == nil && !b.opt.smoke && s.key == "scale" {
+			continue // ten minutes and a thousand processes: only when asked for
 		}
 		b.logf("measuring %s", s.name)
 		if err := s.fn(); err != nil {

@@ -67,6 +67,30 @@ func readStat(name string) (pid int, start uint64, err error) {
 	return pid, start, err
 }
 
+// ExitFile returns a pidfd of the process o describes: a descriptor that becomes
+// readable when that process has completely exited, which means its flock is released
+// (the kernel closes a process's files before it reports the exit). A member that
+// follows o's Leader waits on it, with poll or Go's poller, instead of polling the
+// lock. The descriptor is non-blocking; the caller closes it. It fails, with nothing to
+// close, when o is this process, lives in another pid namespace, is no longer running,
+// or its pid now belongs to another process.
+func ExitFile(o Owner) (*os.File, error) {
+	me := self()
+	if o.PID <= 0 || o.PID == me.PID || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
+		return nil, fmt.Errorf("lock: %s cannot be watched from this process", o)
+	}
+	fd, err := unix.PidfdOpen(o.PID, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("lock: watching %s: %w", o, err)
+	}
+	// The pidfd pins whatever process has the pid now: check it is the holder.
+	if start, err := startTime(o.PID); err != nil || start != o.Start {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock: %s is no longer running", o)
+	}
+	return os.NewFile(uintptr(fd), "pidfd"), nil
+}
+
 // WaitExited waits, at most limit, until the process o describes has completely exited:
 // all its descriptors closed, not only the lock. The kernel releases a killed process's
 // flock while it is still closing its other descriptors, so a new Leader that waits here

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // holder starts a process that stands for a Leader, and returns its lock record.
@@ -83,4 +84,34 @@ func TestUnlockClearsTheIdentitySoNobodyWaits(t *testing.T) {
 	require.True(t, won)
 	require.Equal(t, Owner{Term: 1, PID: os.Getpid()}, next.Previous())
 	require.NoError(t, next.Unlock())
+}
+
+func TestExitFileBecomesReadableWhenTheHolderExits(t *testing.T) {
+	cmd, o := holder(t)
+	f, err := ExitFile(o)
+	require.NoError(t, err)
+	defer f.Close()
+	readable := func(timeout int) bool {
+		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, timeout)
+		require.NoError(t, err)
+		return n > 0
+	}
+	require.False(t, readable(20), "the holder is alive")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	require.True(t, readable(int(time.Minute.Milliseconds())), "the holder was killed")
+}
+
+func TestExitFileRefusesWhatItCannotIdentify(t *testing.T) {
+	_, o := holder(t)
+	for name, other := range map[string]Owner{
+		"the pid now names another process": {Term: 1, PID: o.PID, Start: o.Start + 1, PIDNS: o.PIDNS},
+		"another pid namespace":             {Term: 1, PID: o.PID, Start: o.Start, PIDNS: o.PIDNS + 1},
+		"a record without identity":         {Term: 1, PID: o.PID},
+		"this process":                      self(),
+	} {
+		f, err := ExitFile(other)
+		require.Error(t, err, name)
+		require.Nil(t, f, name)
+	}
 }

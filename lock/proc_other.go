@@ -3,6 +3,8 @@
 package lock
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"time"
 )
@@ -17,3 +19,9 @@ func WaitExited(Owner, time.Duration) error { return nil }
 
 // State cannot be told here: it is "".
 func (o Owner) State() string { return "" }
+
+// ExitFile is unsupported off Linux (there is no pidfd): the error matches
+// errors.ErrUnsupported. See the Linux documentation.
+func ExitFile(o Owner) (*os.File, error) {
+	return nil, fmt.Errorf("lock: watching %s: %w", o, errors.ErrUnsupported)
+}

@@ -1,0 +1,111 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster/lock"
+)
+
+// woken reports whether h was woken within d.
+func woken(h *herald, d time.Duration) bool {
+	select {
+	case <-h.wake:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// The survivors of a Leader's death wait for news instead of retrying: a Leader's
+// socket or token file put in place in Dir wakes every member watching it, and other
+// files there wake none.
+func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
+	require.NoError(t, err)
+	a, b := newHerald(cfg), newHerald(cfg)
+	a.watch()
+	b.watch()
+	require.NotNil(t, a.watcher)
+	require.Same(t, a.watcher, b.watcher, "the members of a process share one watch of Dir")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "h.sock~"), nil, 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "other"), nil, 0o600))
+	require.False(t, woken(a, 50*time.Millisecond), "a staging name or another file is no news")
+
+	for _, name := range []string{"h.sock", "h.token"} {
+		require.NoError(t, os.Rename(filepath.Join(dir, "h.sock~"), filepath.Join(dir, name)))
+		require.True(t, woken(a, time.Minute), name)
+		require.True(t, woken(b, time.Minute), name)
+		require.NoError(t, os.Rename(filepath.Join(dir, name), filepath.Join(dir, "h.sock~")))
+	}
+	a.close()
+	require.NoError(t, os.Rename(filepath.Join(dir, "h.sock~"), filepath.Join(dir, "h.sock")))
+	require.True(t, woken(b, time.Minute), "one member closing leaves the others watched")
+	b.close()
+	dirWatches.mu.Lock()
+	defer dirWatches.mu.Unlock()
+	require.Empty(t, dirWatches.m, "the last one closes the watch")
+}
+
+// A member that followed a Leader is woken when that Leader's process exits, and only
+// then may it wait quietly; a goodbye (the Leader lives on) ends that.
+func TestHeraldWakesWhenTheFollowedLeaderExits(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
+	require.NoError(t, err)
+	h := newHerald(cfg)
+	defer h.close()
+
+	// The Leader: another process, recorded in the lock file as a Leader records itself.
+	leader := exec.Command("sleep", "60")
+	require.NoError(t, leader.Start())
+	defer func() { _ = leader.Process.Kill(); _ = leader.Wait() }()
+	writeOwner(t, cfg.lockPath, leader.Process.Pid)
+
+	h.follow(cfg.lockPath, leader.Process.Pid+1)
+	require.False(t, h.quiet(), "a welcome that names another process than the lock file is not watched")
+	h.follow(cfg.lockPath, leader.Process.Pid)
+	require.True(t, h.quiet())
+	require.False(t, woken(h, 50*time.Millisecond), "the Leader is alive")
+	require.NoError(t, leader.Process.Signal(syscall.SIGKILL))
+	require.True(t, woken(h, time.Minute), "the Leader was killed")
+
+	h.leftGracefully()
+	require.False(t, h.quiet(), "a Leader that said goodbye may live on: nothing to wait for")
+
+	h.lead()
+	require.Nil(t, h.watcher, "a Leader keeps no watch")
+}
+
+// writeOwner writes the lock file's record of a Leader with pid, as that Leader would
+// have written it: its start time and pid namespace identify the process.
+func writeOwner(t *testing.T, path string, pid int) {
+	t.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	require.NoError(t, err)
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	var ns syscall.Stat_t
+	require.NoError(t, syscall.Stat("/proc/self/ns/pid", &ns))
+	record := fmt.Sprintf("term=1 pid=%d start=%s pidns=%d\n", pid, fields[19], ns.Ino)
+	require.NoError(t, os.WriteFile(path, []byte(record), 0o600))
+	o, err := lock.ReadOwner(path)
+	require.NoError(t, err)
+	require.Equal(t, pid, o.PID)
+	require.NotZero(t, o.Start)
+}
