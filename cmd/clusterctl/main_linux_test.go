@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -18,6 +20,13 @@ func TestStatusOfAStoppedLeader(t *testing.T) {
 	p := startLeader(t, dir, nil)
 	require.NoError(t, p.Process.Signal(syscall.SIGSTOP))
 	t.Cleanup(func() { _ = p.Process.Signal(syscall.SIGCONT) })
+	// SIGSTOP is delivered asynchronously: until the kernel shows the process stopped,
+	// it may still answer.
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Process.Pid))
+		i := bytes.LastIndexByte(b, ')')
+		return err == nil && i >= 0 && i+2 < len(b) && b[i+2] == 'T'
+	}, 30*time.Second, time.Millisecond, "the leader did not stop")
 	code, _, errOut := ctl(t, "status", "-name", "demo", "-dir", dir, "-timeout", "500ms")
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, fmt.Sprintf("the lock is held (recorded holder: pid %d, term 1, which is stopped) but the leader did not answer", p.Process.Pid))
