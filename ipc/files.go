@@ -1,0 +1,113 @@
+package ipc
+
+import (
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/cluster-client-go/cluster/frame"
+)
+
+// fdFrame marks a queued frame that carries descriptors: wbuf[off:end] goes out in its
+// own sendmsg with fds attached. The fds are the Conn's own duplicates of the caller's
+// files; they are closed once written, or when the Conn ends without writing them.
+type fdFrame struct {
+	off, end int
+	fds      []int
+}
+
+// CanPassFiles reports whether files can be sent and received on this Conn: it runs
+// over a Unix socket, on Linux. Elsewhere SendFiles, CallFiles, CallHeader and
+// ReplyFiles with files fail with ErrFDUnsupported.
+func (c *Conn) CanPassFiles() bool { return canPassFiles(c.nc) }
+
+// SendFiles is Send with files passed alongside the frame (SCM_RIGHTS); h.FDs is set to
+// len(files), at most frame.MaxFDs (else ErrTooManyFiles). The Conn duplicates every
+// file's descriptor before SendFiles returns, so the caller may close its files at once;
+// the duplicates are closed after the write, or when the Conn ends without writing them.
+// The frame goes out in its own sendmsg, with the descriptors attached to its first
+// byte. With no files it is Send. Files on a Conn that cannot pass them (see
+// CanPassFiles) fail with ErrFDUnsupported. It does not wait for the write.
+func (c *Conn) SendFiles(h frame.Header, meta, body []byte, files []*os.File) error {
+	fds, err := c.dupFiles(files)
+	if err != nil {
+		return err
+	}
+	return c.send(h, meta, body, nil, fds, false, true)
+}
+
+// dupFiles duplicates the descriptors of files for the writer, after checking that they
+// can be sent. Nil files give nil.
+func (c *Conn) dupFiles(files []*os.File) ([]int, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	if !c.CanPassFiles() {
+		return nil, fmt.Errorf("%w: %s (only Unix sockets on Linux pass them)", ErrFDUnsupported, describeConn(c.nc))
+	}
+	if len(files) > frame.MaxFDs {
+		return nil, fmt.Errorf("%w: %d files, a frame passes at most %d", ErrTooManyFiles, len(files), frame.MaxFDs)
+	}
+	fds := make([]int, 0, len(files))
+	for i, f := range files {
+		fd, err := dupFile(f)
+		if err != nil {
+			closeFDs(fds)
+			return nil, fmt.Errorf("duplicating file %d of %d (%v): %w", i+1, len(files), fileName(f), err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func fileName(f *os.File) string {
+	if f == nil {
+		return "nil"
+	}
+	return f.Name()
+}
+
+func describeConn(nc net.Conn) string {
+	return fmt.Sprintf("%s connection to %v", nc.LocalAddr().Network(), nc.RemoteAddr())
+}
+
+// ReplyFiles answers request id with a response frame that passes files, as SendFiles
+// does: the caller may close its files when ReplyFiles returns. (A response with header
+// flags is SendFiles with Kind frame.KindResponse and the request's id.)
+func (c *Conn) ReplyFiles(id uint64, body []byte, files []*os.File) error {
+	return c.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body, files)
+}
+
+// newFiles wraps received descriptors; nil for none.
+func newFiles(fds []int) []*os.File {
+	if len(fds) == 0 {
+		return nil
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), fmt.Sprintf("fd %d from peer", fd))
+	}
+	return files
+}
+
+// closeFiles closes files the Conn received and could not deliver.
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+// checkFDKind is called for a frame that passes descriptors: only responses, and frames
+// for a FileHandler, may.
+func (c *Conn) checkFDKind(h frame.Header) error {
+	switch h.Kind {
+	case frame.KindResponse:
+		return nil
+	case frame.KindError, frame.KindPing, frame.KindPong, frame.KindHello, frame.KindWelcome:
+		return fmt.Errorf("%w: %s frame declares %d file descriptors; only responses and requests pass descriptors", frame.ErrProtocol, h.Kind, h.FDs)
+	}
+	if c.opts.FileHandler == nil {
+		return fmt.Errorf("%w: %s frame declares %d file descriptors, but this connection does not accept descriptors", frame.ErrProtocol, h.Kind, h.FDs)
+	}
+	return nil
+}
