@@ -22,52 +22,39 @@ type result struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// Call sends a request of kind with a fresh id and waits for its response. timeout is
-// carried in the header for the peer (milliseconds, 0 for none); the wait itself is
-// bounded by ctx. An error frame from the peer is returned as a *FrameError. If the Conn
-// ends first the error wraps ErrConnLost and the Conn's cause; if ctx ends first,
-// ctx.Err() is returned and a late response is discarded. A failure before the request
-// was queued also matches ErrNotSent. A response that passes file descriptors is an
-// error matching ErrUnexpectedFiles (the descriptors are closed): use CallFiles.
-func (c *Conn) Call(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte) (frame.Frame, error) {
-	r := c.call(ctx, time.Time{}, frame.Header{Kind: kind, Timeout: timeout}, meta, body, nil, nil)
-	if len(r.files) > 0 {
-		closeFiles(r.files)
-		return frame.Frame{}, fmt.Errorf("%w: the %s to request %d passes %d; use CallFiles", ErrUnexpectedFiles, r.f.Kind, r.f.ID, len(r.files))
-	}
-	return r.f, r.err
+// A Request is what Call sends.
+type Request struct {
+	// Header's Kind, Flags and Timeout (milliseconds, carried for the peer; 0 for
+	// none) are sent; the id is assigned, and FDs set from Files.
+	Header frame.Header
+	Meta   []byte
+	// Body, then Tail, make the request's body: the peer receives one. Neither is
+	// copied but into the queue, so a large Tail behind a small Body costs what the
+	// same bytes as one Body do. Meta, Body and Tail may be reused once Call returns.
+	Body, Tail []byte
+	// Files are passed alongside the request, as by SendParts: they are duplicated,
+	// so the caller may close them once Call returns.
+	Files []*os.File
+	// Deadline, when not zero, bounds the wait besides ctx: when it passes first, Call
+	// returns context.DeadlineExceeded as if ctx had expired. It spares a caller with
+	// a deadline of its own the cost of deriving a context for each call.
+	Deadline time.Time
 }
 
-// CallFiles is Call with files passed alongside the request (see SendFiles: they are
-// duplicated, so the caller may close them when CallFiles returns) and returning the
-// files passed with the response, which the caller then owns and must close. files may
-// be empty, and the response may carry none (nil). On error no files are returned.
-func (c *Conn) CallFiles(ctx context.Context, kind frame.Kind, timeout uint32, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
-	return c.CallHeader(ctx, frame.Header{Kind: kind, Timeout: timeout}, meta, body, files)
-}
-
-// CallHeader is CallFiles for a request that needs header flags: Kind, Flags and
-// Timeout of h are used, the id is assigned and FDs set from files.
-func (c *Conn) CallHeader(ctx context.Context, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
-	return c.CallHeaderUntil(ctx, time.Time{}, h, meta, body, files)
-}
-
-// CallHeaderUntil is CallHeader with a deadline of its own besides ctx's (zero for
-// none): when it passes first, the call returns context.DeadlineExceeded as if ctx had
-// expired. It saves a caller who would otherwise derive a context per call for the
-// deadline the cost of one.
-func (c *Conn) CallHeaderUntil(ctx context.Context, deadline time.Time, h frame.Header, meta, body []byte, files []*os.File) (frame.Frame, []*os.File, error) {
-	return c.CallParts(ctx, deadline, h, meta, body, nil, files)
-}
-
-// CallParts is CallHeaderUntil with the request's body in two parts, body then tail
-// (see SendParts).
-func (c *Conn) CallParts(ctx context.Context, deadline time.Time, h frame.Header, meta, body, tail []byte, files []*os.File) (frame.Frame, []*os.File, error) {
-	fds, err := c.dupFiles(files)
+// Call sends req with a fresh id and waits for its response, until ctx ends or
+// req.Deadline passes. It returns the response and the files passed with it (nil for
+// none), which the caller then owns and must close. An error frame from the peer is
+// returned as a *FrameError. If the Conn ends first the error wraps ErrConnLost and the
+// Conn's cause; if ctx ends first, ctx.Err() is returned and a late response is
+// discarded (its files closed). A failure before the request was queued also matches
+// ErrNotSent: the peer cannot have seen it. On error no files are returned.
+func (c *Conn) Call(ctx context.Context, req Request) (frame.Frame, []*os.File, error) {
+	fds, err := c.dupFiles(req.Files)
 	if err != nil {
 		return frame.Frame{}, nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
-	r := c.call(ctx, deadline, frame.Header{Kind: h.Kind, Flags: h.Flags, Timeout: h.Timeout}, meta, body, tail, fds)
+	h := frame.Header{Kind: req.Header.Kind, Flags: req.Header.Flags, Timeout: req.Header.Timeout}
+	r := c.call(ctx, req.Deadline, h, req.Meta, req.Body, req.Tail, fds)
 	return r.f, r.files, r.err
 }
 

@@ -19,8 +19,8 @@
 // # File descriptors
 //
 // On a Unix socket on Linux a frame may pass up to frame.MaxFDs open files
-// (SCM_RIGHTS): SendFiles, CallFiles, CallHeader and ReplyFiles send them, a
-// FileHandler and CallFiles receive them; CanPassFiles says whether a Conn can. Elsewhere
+// (SCM_RIGHTS): SendParts and Call send them, a FileHandler and Call receive them;
+// CanPassFiles says whether a Conn can. Elsewhere
 // (TCP, other systems) sending files fails with ErrFDUnsupported and a frame declaring
 // descriptors is a protocol violation.
 //

@@ -17,24 +17,9 @@ type fdFrame struct {
 }
 
 // CanPassFiles reports whether files can be sent and received on this Conn: it runs
-// over a Unix socket, on Linux. Elsewhere SendFiles, CallFiles, CallHeader and
-// ReplyFiles with files fail with ErrFDUnsupported.
+// over a Unix socket, on Linux. Elsewhere SendParts and Call with files fail with
+// ErrFDUnsupported.
 func (c *Conn) CanPassFiles() bool { return canPassFiles(c.nc) }
-
-// SendFiles is Send with files passed alongside the frame (SCM_RIGHTS); h.FDs is set to
-// len(files), at most frame.MaxFDs (else ErrTooManyFiles). The Conn duplicates every
-// file's descriptor before SendFiles returns, so the caller may close its files at once;
-// the duplicates are closed after the write, or when the Conn ends without writing them.
-// The frame goes out in its own sendmsg, with the descriptors attached to its first
-// byte. With no files it is Send. Files on a Conn that cannot pass them (see
-// CanPassFiles) fail with ErrFDUnsupported. It does not wait for the write.
-func (c *Conn) SendFiles(h frame.Header, meta, body []byte, files []*os.File) error {
-	fds, err := c.dupFiles(files)
-	if err != nil {
-		return err
-	}
-	return c.send(h, meta, body, nil, fds, false, true)
-}
 
 // dupFiles duplicates the descriptors of files for the writer, after checking that they
 // can be sent. Nil files give nil.
@@ -69,13 +54,6 @@ func fileName(f *os.File) string {
 
 func describeConn(nc net.Conn) string {
 	return fmt.Sprintf("%s connection to %v", nc.LocalAddr().Network(), nc.RemoteAddr())
-}
-
-// ReplyFiles answers request id with a response frame that passes files, as SendFiles
-// does: the caller may close its files when ReplyFiles returns. (A response with header
-// flags is SendFiles with Kind frame.KindResponse and the request's id.)
-func (c *Conn) ReplyFiles(id uint64, body []byte, files []*os.File) error {
-	return c.SendFiles(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body, files)
 }
 
 // newFiles wraps received descriptors; nil for none.

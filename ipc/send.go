@@ -45,9 +45,16 @@ func (c *Conn) Send(h frame.Header, meta, body []byte) error {
 	return c.send(h, meta, body, nil, nil, false, true)
 }
 
-// SendParts is SendFiles with the body in two parts, body then tail, which the peer
-// receives as one body: neither is copied but into the queue, so a large tail behind a
-// small header costs what the same bytes as one body do.
+// SendParts is Send with the body in two parts, body then tail, and files passed
+// alongside the frame. The peer receives body and tail as one body: neither is copied
+// but into the queue, so a large tail behind a small header costs what the same bytes
+// as one body do. Files (SCM_RIGHTS) set h.FDs, at most frame.MaxFDs (else
+// ErrTooManyFiles); the Conn duplicates their descriptors before SendParts returns, so
+// the caller may close its files at once, and closes the duplicates after the write, or
+// when the Conn ends without writing them. A frame with files goes out in its own
+// sendmsg, with the descriptors attached to its first byte. Files on a Conn that cannot
+// pass them (see CanPassFiles) fail with ErrFDUnsupported. It does not wait for the
+// write.
 func (c *Conn) SendParts(h frame.Header, meta, body, tail []byte, files []*os.File) error {
 	fds, err := c.dupFiles(files)
 	if err != nil {
