@@ -15,9 +15,9 @@ import (
 
 // Defaults for Options fields left zero.
 const (
-	DefaultMaxQueue         = 64 << 20
-	DefaultHeartbeat        = time.Second
-	DefaultHeartbeatTimeout = 10 * time.Second
+	defaultMaxQueue         = 64 << 20
+	defaultHeartbeat        = time.Second
+	defaultHeartbeatTimeout = 10 * time.Second
 	readBufferSize          = 64 << 10 // what a busy connection's read buffer grows to
 	initialReadBufferSize   = 8 << 10  // what every connection starts with: idle ones stay cheap
 	maxReusedWriteBuffer    = 1 << 20
@@ -40,14 +40,13 @@ type Options struct {
 	FrameTimeout time.Duration
 	// MaxQueue bounds the bytes queued for the peer but not yet written. A peer that does
 	// not read fast enough to stay under it is dropped with ErrSlowConsumer rather than
-	// allowed to grow this process's memory. Default DefaultMaxQueue.
+	// allowed to grow this process's memory. Default 64 MiB.
 	MaxQueue int
 	// Heartbeat is how long the Conn may send nothing before it sends a ping.
-	// Default DefaultHeartbeat; negative disables pings and the silence check.
+	// Default 1 s; negative disables pings and the silence check.
 	Heartbeat time.Duration
 	// HeartbeatTimeout is how long the peer may stay silent (no frame of any kind, pongs
-	// included) before the Conn is closed with ErrHeartbeatTimeout. Default
-	// DefaultHeartbeatTimeout.
+	// included) before the Conn is closed with ErrHeartbeatTimeout. Default 10 s.
 	HeartbeatTimeout time.Duration
 	// Handler receives every frame that is not a response, an error answer, a ping or a
 	// pong, one frame at a time and in order. It runs on the goroutine that holds the
@@ -168,13 +167,13 @@ type Conn struct {
 // first.
 func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 	if opts.MaxQueue <= 0 {
-		opts.MaxQueue = DefaultMaxQueue
+		opts.MaxQueue = defaultMaxQueue
 	}
 	if opts.Heartbeat == 0 {
-		opts.Heartbeat = DefaultHeartbeat
+		opts.Heartbeat = defaultHeartbeat
 	}
 	if opts.HeartbeatTimeout <= 0 {
-		opts.HeartbeatTimeout = DefaultHeartbeatTimeout
+		opts.HeartbeatTimeout = defaultHeartbeatTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
