@@ -10,6 +10,10 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// Calls: pmu guards pending. A call completes exactly once: whoever removes it from
+// pending under pmu (complete, for its answer; forget, for a caller that gave up; the
+// reader, when the Conn ends) sends its one result, and nobody else touches it.
+
 type call struct {
 	ch chan result
 }

@@ -13,6 +13,13 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// A Conn's life: it ends once, when closeOnce records the cause in err and then closes
+// done, so err is read only after done is closed. Every other piece of a Conn's state
+// has one owner, named where the field is declared and at the top of the file that
+// uses it. Locks (pmu, wmu, and the process-wide ones of the Inline watch, the
+// FrameTimeout sweeper, the staging spare and Budget) are leaves: none is held while
+// another is taken, so they have no order to keep.
+
 // Defaults for Options fields left zero.
 const (
 	defaultMaxQueue         = 64 << 20
@@ -73,7 +80,7 @@ type Options struct {
 	// that window wait for it. After a long run of calls during which the peer sent
 	// nothing unasked, the window stretches to up to 5 ms, which spares the run a timer
 	// wake-up every 200 µs; the first frame the peer sends unasked shortens it again.
-	// Inline must not be used on such a Conn. See lend.go.
+	// Inline must not be used on such a Conn.
 	CallerReads bool
 }
 
@@ -89,32 +96,40 @@ type Options struct {
 // documentation). Either way a sender never blocks on the socket. All methods are safe
 // for concurrent use.
 type Conn struct {
-	nc   net.Conn
-	opts Options
-	peer PeerCred
-	log  *slog.Logger
+	// Set by NewConn and Start, before the goroutines start; read-only after.
+	nc         net.Conn
+	opts       Options
+	peer       PeerCred
+	log        *slog.Logger
+	heartbeats bool // Options.Heartbeat > 0: keep lastRecv and lastSend
+	direct     bool // nc takes non-blocking writes from any goroutine (see writeDirect)
 
-	nextID atomic.Uint64
+	// The Conn's end (this file): closeOnce writes err, then closes done.
+	closeOnce  sync.Once
+	err        error // the first cause; read only once done is closed
+	done       chan struct{}
+	ctx        context.Context // cancelled with done
+	cancel     context.CancelFunc
+	failed     atomic.Pointer[error] // the cause given to Fail, set once (see fail.go)
+	readerDone chan struct{}
+	writerDone chan struct{}
 
+	// Calls (call.go): pmu guards pending.
+	nextID  atomic.Uint64
 	pmu     sync.Mutex
 	pending map[uint64]*call
 
+	// The send side (send.go): wmu guards the queue and writing; the holder of writing
+	// owns the socket's send side, dw and dbuf.
 	wmu     sync.Mutex
 	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
 	wfds    []fdFrame     // the frames in wbuf that carry descriptors, in order
 	writing bool          // someone (the writer, or a sender writing directly) holds the socket's send side
+	flushed chan struct{} // made by waitFlushed; closed and cleared when everything queued was written
 	wake    chan struct{} // capacity 1: "wbuf became non-empty"
-	flushed chan struct{} // made by Drain; closed and cleared when everything queued was written
-	dbuf    []byte        // a reusable buffer for direct writes (see writeDirect)
-
-	// direct is set by Start when nc allows non-blocking writes from any goroutine
-	// (see writeDirect). dw is the state of the one direct write in progress, owned by
-	// whoever holds writing.
-	direct bool
-	dw     directWriter
-
-	heartbeats bool // Options.Heartbeat > 0: keep lastRecv and lastSend
+	dw      directWriter
+	dbuf    []byte // a reusable buffer for direct writes
 
 	// Signs of load, which make a sender queue its frame for the writer (which
 	// coalesces) rather than write it directly: answers owed to the peer (requests
@@ -123,42 +138,28 @@ type Conn struct {
 	owed       atomic.Int64
 	readerMore atomic.Bool
 
-	// The reading role (see Inline): role is the generation of the goroutine that holds
-	// it (bumped by each takeover) times 2, plus 1 while that goroutine runs an Inline
-	// function, which should end by inlineEnd (monotonic nanoseconds). rd is the receive
-	// side's state and watched says the Conn is in the watch's set; both go with the
-	// role.
-	role      atomic.Uint64
-	inlineEnd atomic.Int64
+	// The receive side (recv.go), owned by whoever holds the reading role.
 	rd        *frameReader
-	watched   bool
+	rdl       time.Time // the read deadline set on nc
+	completed bool      // the last frame dispatched completed a call
+	watched   bool      // the Conn is in the Inline watch's set
 
-	// With Options.CallerReads, the reading role also goes to callers: lend says who
-	// holds it (see lend.go).
+	// The reading role's hand-off (role.go): role says which goroutine holds it
+	// (Inline), lend whether a caller does (Options.CallerReads).
+	role         atomic.Uint64
+	inlineEnd    atomic.Int64
 	lend         atomic.Int32
 	lendBack     chan struct{} // capacity 1: the role is the reader goroutine's again
 	reclaim      *time.Timer   // gives a role left free back to the reader goroutine
-	reclaimAfter time.Duration // how long the role may stay free (see lend.go)
+	reclaimAfter time.Duration // how long the role may stay free
 	freedAt      atomic.Int64  // monotonic nanoseconds when the role was last left free
 	reclaimArmed atomic.Bool   // reclaim is set (or its function is running)
 	reclaimWait  atomic.Int64  // the reclaim's period now, nanoseconds: reclaimAfter, longer while calls keep the role busy
-	rdl          time.Time     // the read deadline set on nc; the role's holder owns it
-	completed    bool          // the last frame dispatched completed a call; the role's holder owns it
 
-	lastRecv atomic.Int64 // unix nanos of the last frame read
-	lastSend atomic.Int64 // unix nanos of the last write
-
+	// Counters, each written by one side and read by anyone.
+	lastRecv          atomic.Int64  // unix nanos of the last frame read
+	lastSend          atomic.Int64  // unix nanos of the last write
 	bytesIn, bytesOut atomic.Uint64 // read from and written to the socket (see Bytes)
-
-	failed atomic.Pointer[error] // the cause given to Fail (see fail.go)
-
-	closeOnce  sync.Once
-	ctx        context.Context
-	cancel     context.CancelFunc
-	done       chan struct{}
-	err        error // first cause; written once before done is closed
-	readerDone chan struct{}
-	writerDone chan struct{}
 }
 
 // NewConn wraps nc, whose handshake is already done. peer is what the listener learned
@@ -196,6 +197,7 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 		c.reclaim = time.AfterFunc(time.Hour, c.reclaimRole)
 		c.reclaim.Stop()
 	}
+	c.direct = c.dw.init(nc)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	now := time.Now().UnixNano()
 	c.lastRecv.Store(now)
@@ -206,9 +208,6 @@ func NewConn(nc net.Conn, peer PeerCred, opts Options) *Conn {
 // Start starts the reader and writer goroutines. Call it exactly once.
 func (c *Conn) Start() {
 	c.reclaimWait.Store(int64(c.reclaimAfter)) // tests may have changed it
-	c.wmu.Lock()
-	c.direct = c.dw.init(c.nc)
-	c.wmu.Unlock()
 	go c.readLoop()
 	go c.writeLoop()
 }

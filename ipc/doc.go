@@ -13,8 +13,8 @@
 // The reading role can move, one holder at a time, without losing a byte: a Handler
 // may run a quick request where it was read and have another goroutine take over if
 // it blocks (Conn.Inline), and with Options.CallerReads a call alone in flight reads
-// its own response, so that the response wakes the goroutine that wants it directly
-// (see lend.go). A frame reader resumes a frame that a read deadline cut anywhere.
+// its own response, so that the response wakes the goroutine that wants it directly.
+// A frame reader resumes a frame that a read deadline cut anywhere.
 //
 // # File descriptors
 //

@@ -8,6 +8,12 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// Descriptor passing: every descriptor has one owner. A caller's files are duplicated
+// when a frame is queued, and the duplicates belong to the queue (wfds) until they are
+// written or the Conn ends; received descriptors belong to the reader until their
+// frame is dispatched, then to the Handler or the caller. Whoever owns a descriptor
+// it cannot deliver closes it.
+
 // fdFrame marks a queued frame that carries descriptors: wbuf[off:end] goes out in its
 // own sendmsg with fds attached. The fds are the Conn's own duplicates of the caller's
 // files; they are closed once written, or when the Conn ends without writing them.

@@ -12,6 +12,10 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// The receive path: rd and the Conn's rdl, completed and watched belong to the
+// goroutine that holds the reading role (see role.go); only it calls rd.step, so
+// frames are dispatched one at a time, in order.
+
 // frameReader is the receive side's state: it reads frames from src and dispatches
 // them. Whoever holds the reading role (the reader goroutine, a goroutine that took
 // over from an Inline function, or with Options.CallerReads a caller) calls step, one
@@ -152,9 +156,6 @@ func (r *frameReader) readFrame() error {
 	}
 	return nil
 }
-
-// errHandedOff ends a reader goroutine whose role another goroutine has taken (Inline).
-var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 
 func (c *Conn) readLoop() {
 	c.rd = c.newReader()

@@ -12,6 +12,10 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// The send path: wmu guards the queue (wbuf, wfds, wclosed, flushed) and writing; the
+// goroutine that set writing under wmu (the writer goroutine, or one sender writing
+// directly) owns the socket's send side, dw and dbuf until it clears writing.
+
 // waitFlushed waits until every queued frame has been written (nil), the Conn ends (its
 // cause) or ctx ends (ctx.Err()).
 func (c *Conn) waitFlushed(ctx context.Context) error {
