@@ -16,30 +16,6 @@ import (
 // goroutine that set writing under wmu (the writer goroutine, or one sender writing
 // directly) owns the socket's send side, dw and dbuf until it clears writing.
 
-// waitFlushed waits until every queued frame has been written (nil), the Conn ends (its
-// cause) or ctx ends (ctx.Err()).
-func (c *Conn) waitFlushed(ctx context.Context) error {
-	for {
-		c.wmu.Lock()
-		empty := len(c.wbuf) == 0 && !c.writing
-		if !empty && c.flushed == nil {
-			c.flushed = make(chan struct{})
-		}
-		ch := c.flushed
-		c.wmu.Unlock()
-		if empty {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-c.done:
-			return c.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
 // Send queues one frame for the peer and returns without waiting for the write. Only
 // Kind, Flags, ID and Timeout of h are used. Meta and body are copied before Send
 // returns (as by every method that sends): the caller may reuse them at once. If the
@@ -65,6 +41,23 @@ func (c *Conn) SendParts(h frame.Header, meta, body, tail []byte, files []*os.Fi
 		return err
 	}
 	return c.send(h, meta, body, tail, fds, false, true)
+}
+
+// CloseSend queues h as the last frame this side sends: every later Send fails with
+// ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
+// follows h. Reading goes on.
+func (c *Conn) CloseSend(h frame.Header) error {
+	return c.send(h, nil, nil, nil, nil, true, true)
+}
+
+// Reply answers request id with a response frame.
+func (c *Conn) Reply(id uint64, body []byte) error {
+	return c.Send(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body)
+}
+
+// ReplyError answers request id with an error frame carrying code and msg.
+func (c *Conn) ReplyError(id uint64, code, msg string) error {
+	return c.Send(frame.Header{Kind: frame.KindError, ID: id}, []byte(code), []byte(msg))
 }
 
 // send queues a frame, or writes it at once (see writeDirect) when alone says no other
@@ -125,42 +118,6 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 	return nil
 }
 
-// bigBufs recycles write buffers too large to keep per connection (over
-// maxReusedWriteBuffer), shared by every Conn: without it each large frame got a fresh
-// buffer, whose pages fault in as the frame is copied into it (a 1 MiB frame: 256
-// faults, more than the copy). Being a sync.Pool, it is emptied by the garbage
-// collector: a process that sent a large frame once does not keep its buffer.
-var bigBufs sync.Pool // of *[]byte
-
-// growFor returns b if it can take n more bytes, or if the result stays small enough
-// to leave to append; else a pooled buffer large enough, holding b's bytes, when the
-// pool has one.
-func growFor(b []byte, n int) []byte {
-	need := len(b) + n
-	if need <= cap(b) || need <= maxReusedWriteBuffer {
-		return b
-	}
-	if p, _ := bigBufs.Get().(*[]byte); p != nil && cap(*p) >= need {
-		return append((*p)[:0], b...)
-	}
-	return b
-}
-
-// recycle gives a large write buffer, written and referenced nowhere else, to bigBufs.
-func recycle(b []byte) {
-	if cap(b) > maxReusedWriteBuffer {
-		b = b[:0]
-		bigBufs.Put(&b)
-	}
-}
-
-func (c *Conn) wakeWriter() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
 // maxDirectRounds bounds how many backlogs a direct writer writes on behalf of other
 // senders before it hands the rest to the writer goroutine.
 const maxDirectRounds = 4
@@ -218,9 +175,8 @@ func (c *Conn) writeDirect(buf []byte) {
 			recycle(buf)
 		}
 		backlog := len(c.wbuf) > 0
-		if !backlog && c.flushed != nil {
-			close(c.flushed)
-			c.flushed = nil
+		if !backlog {
+			c.signalFlushed()
 		}
 		c.wmu.Unlock()
 		if backlog {
@@ -230,21 +186,11 @@ func (c *Conn) writeDirect(buf []byte) {
 	}
 }
 
-// CloseSend queues h as the last frame this side sends: every later Send fails with
-// ErrSendClosed, atomically with respect to the queue, so the peer knows that nothing
-// follows h. Reading goes on.
-func (c *Conn) CloseSend(h frame.Header) error {
-	return c.send(h, nil, nil, nil, nil, true, true)
-}
-
-// Reply answers request id with a response frame.
-func (c *Conn) Reply(id uint64, body []byte) error {
-	return c.Send(frame.Header{Kind: frame.KindResponse, ID: id}, nil, body)
-}
-
-// ReplyError answers request id with an error frame carrying code and msg.
-func (c *Conn) ReplyError(id uint64, code, msg string) error {
-	return c.Send(frame.Header{Kind: frame.KindError, ID: id}, []byte(code), []byte(msg))
+func (c *Conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (c *Conn) writeLoop() {
@@ -301,10 +247,7 @@ func (c *Conn) writeLoop() {
 			out, marks := c.wbuf, c.wfds
 			if len(out) == 0 {
 				c.writing = false
-				if c.flushed != nil {
-					close(c.flushed)
-					c.flushed = nil
-				}
+				c.signalFlushed()
 				c.wmu.Unlock()
 				break
 			}
@@ -376,5 +319,67 @@ func (c *Conn) write(b []byte) error {
 func (c *Conn) setWriteDeadline() {
 	if c.opts.Heartbeat > 0 {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.opts.HeartbeatTimeout))
+	}
+}
+
+// signalFlushed wakes waitFlushed: the queue is empty and the send side is free. wmu
+// is held; both writers call it when they leave the send side with nothing queued.
+func (c *Conn) signalFlushed() {
+	if c.flushed != nil {
+		close(c.flushed)
+		c.flushed = nil
+	}
+}
+
+// waitFlushed waits until every queued frame has been written (nil), the Conn ends (its
+// cause) or ctx ends (ctx.Err()).
+func (c *Conn) waitFlushed(ctx context.Context) error {
+	for {
+		c.wmu.Lock()
+		empty := len(c.wbuf) == 0 && !c.writing
+		if !empty && c.flushed == nil {
+			c.flushed = make(chan struct{})
+		}
+		ch := c.flushed
+		c.wmu.Unlock()
+		if empty {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// bigBufs recycles write buffers too large to keep per connection (over
+// maxReusedWriteBuffer), shared by every Conn: without it each large frame got a fresh
+// buffer, whose pages fault in as the frame is copied into it (a 1 MiB frame: 256
+// faults, more than the copy). Being a sync.Pool, it is emptied by the garbage
+// collector: a process that sent a large frame once does not keep its buffer.
+var bigBufs sync.Pool // of *[]byte
+
+// growFor returns b if it can take n more bytes, or if the result stays small enough
+// to leave to append; else a pooled buffer large enough, holding b's bytes, when the
+// pool has one.
+func growFor(b []byte, n int) []byte {
+	need := len(b) + n
+	if need <= cap(b) || need <= maxReusedWriteBuffer {
+		return b
+	}
+	if p, _ := bigBufs.Get().(*[]byte); p != nil && cap(*p) >= need {
+		return append((*p)[:0], b...)
+	}
+	return b
+}
+
+// recycle gives a large write buffer, written and referenced nowhere else, to bigBufs.
+func recycle(b []byte) {
+	if cap(b) > maxReusedWriteBuffer {
+		b = b[:0]
+		bigBufs.Put(&b)
 	}
 }
