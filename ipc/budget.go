@@ -23,7 +23,7 @@ import (
 type Budget struct {
 	limit int64
 
-	mu    sync.Mutex
+	mu    sync.Mutex // a leaf: held while taking no other lock
 	used  int64
 	freed chan struct{} // made by a reader that waits; closed (and cleared) by the next release
 }

@@ -116,12 +116,12 @@ type Conn struct {
 
 	// Calls (call.go): pmu guards pending.
 	nextID  atomic.Uint64
-	pmu     sync.Mutex
+	pmu     sync.Mutex // a leaf: held while taking no other lock
 	pending map[uint64]*call
 
 	// The send side (send.go): wmu guards the queue and writing; the holder of writing
 	// owns the socket's send side, dw and dbuf.
-	wmu     sync.Mutex
+	wmu     sync.Mutex    // a leaf: held while taking no other lock
 	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
 	wfds    []fdFrame     // the frames in wbuf that carry descriptors, in order

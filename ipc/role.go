@@ -68,7 +68,7 @@ type inlineWatch struct {
 	busy  atomic.Int64 // Inline calls since the last tick
 	armed atomic.Bool  // the timer is set, or a tick is running
 
-	mu     sync.Mutex
+	mu     sync.Mutex         // a leaf: held while taking no other lock (a tick swaps atomics under it)
 	conns  map[*Conn]struct{} // open Conns that have run Inline
 	timer  *time.Timer
 	period time.Duration // the timer's period now: inlineTick up to inlineTickMax
