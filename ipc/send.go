@@ -118,71 +118,57 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 	return nil
 }
 
-// maxDirectRounds bounds how many backlogs a direct writer writes on behalf of other
-// senders before it hands the rest to the writer goroutine.
-const maxDirectRounds = 4
-
 // writeDirect writes buf (whole frames, none passing descriptors) from the sender's
-// goroutine, which holds c.writing, with non-blocking writes: it never waits for the
-// socket. What other senders queued meanwhile is written the same way (coalesced, a
-// few rounds at most); what the socket does not take at once goes first in the queue,
-// and the writer goroutine finishes the job.
+// goroutine, which holds c.writing, with one non-blocking write: it never waits for the
+// socket. What the socket does not take at once goes first in the queue, and the
+// writer goroutine finishes the job, as it writes what other senders queued meanwhile.
 func (c *Conn) writeDirect(buf []byte) {
-	for round := 1; ; round++ {
-		n, err := c.dw.write(buf)
-		c.bytesOut.Add(uint64(max(n, 0)))
-		if err != nil {
-			c.wmu.Lock()
-			c.writing = false
-			c.wmu.Unlock()
-			c.Abort(fmt.Errorf("write: %w", err))
-			return
-		}
-		if n > 0 && c.heartbeats {
-			c.lastSend.Store(time.Now().UnixNano())
-		}
+	n, err := c.dw.write(buf)
+	c.bytesOut.Add(uint64(max(n, 0)))
+	if err != nil {
 		c.wmu.Lock()
-		if n < len(buf) {
-			// The socket is full (or a deadline or the Conn's end needs the writer's
-			// attention): the rest goes ahead of what was queued meanwhile.
-			if len(c.wbuf) == 0 {
-				// Nothing queued meanwhile: the rest, moved to the front, becomes the
-				// queue (buf is this writer's alone, and not kept for the next direct
-				// write).
-				rest := copy(buf, buf[n:])
-				c.wbuf, buf = buf[:rest], nil
-			} else {
-				rest := len(buf) - n
-				q := growFor(nil, rest+len(c.wbuf))
-				q = append(append(q, buf[n:]...), c.wbuf...)
-				for i := range c.wfds {
-					c.wfds[i].off += rest
-					c.wfds[i].end += rest
-				}
-				c.wbuf = q
-			}
-		} else if len(c.wbuf) > 0 && len(c.wfds) == 0 && round < maxDirectRounds {
-			next := c.wbuf
-			c.wbuf = buf[:0]
-			c.wmu.Unlock()
-			buf = next
-			continue
-		}
 		c.writing = false
-		if cap(buf) <= maxReusedWriteBuffer {
-			c.dbuf = buf[:0]
-		} else {
-			recycle(buf)
-		}
-		backlog := len(c.wbuf) > 0
-		if !backlog {
-			c.signalFlushed()
-		}
 		c.wmu.Unlock()
-		if backlog {
-			c.wakeWriter()
-		}
+		c.Abort(fmt.Errorf("write: %w", err))
 		return
+	}
+	if n > 0 && c.heartbeats {
+		c.lastSend.Store(time.Now().UnixNano())
+	}
+	c.wmu.Lock()
+	if n < len(buf) {
+		// The socket is full (or a deadline or the Conn's end needs the writer's
+		// attention): the rest goes ahead of what was queued meanwhile.
+		if len(c.wbuf) == 0 {
+			// Nothing queued meanwhile: the rest, moved to the front, becomes the
+			// queue (buf is this writer's alone, and not kept for the next direct
+			// write).
+			rest := copy(buf, buf[n:])
+			c.wbuf, buf = buf[:rest], nil
+		} else {
+			rest := len(buf) - n
+			q := growFor(nil, rest+len(c.wbuf))
+			q = append(append(q, buf[n:]...), c.wbuf...)
+			for i := range c.wfds {
+				c.wfds[i].off += rest
+				c.wfds[i].end += rest
+			}
+			c.wbuf = q
+		}
+	}
+	c.writing = false
+	if cap(buf) <= maxReusedWriteBuffer {
+		c.dbuf = buf[:0]
+	} else {
+		recycle(buf)
+	}
+	backlog := len(c.wbuf) > 0
+	if !backlog {
+		c.signalFlushed()
+	}
+	c.wmu.Unlock()
+	if backlog {
+		c.wakeWriter()
 	}
 }
 
