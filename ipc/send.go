@@ -14,7 +14,7 @@ import (
 
 // The send path: wmu guards the queue (wbuf, wfds, wclosed, flushed) and writing; the
 // goroutine that set writing under wmu (the writer goroutine, or one sender writing
-// directly) owns the socket's send side, dw and dbuf until it clears writing.
+// directly) owns the socket's send side and dw until it clears writing.
 
 // Send queues one frame for the peer and returns without waiting for the write. Only
 // Kind, Flags, ID and Timeout of h are used. Meta and body are copied before Send
@@ -98,8 +98,7 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 	if alone && len(fds) == 0 && c.direct && !c.writing && len(c.wbuf) == 0 {
 		// Nothing queued and nobody writing: write it from this goroutine.
 		c.writing = true
-		buf := frame.AppendFrameParts(growFor(c.dbuf[:0], size), h, meta, body, tail)
-		c.dbuf = nil
+		buf := frame.AppendFrameParts(growFor(nil, size), h, meta, body, tail)
 		c.wclosed = last
 		c.wmu.Unlock()
 		c.writeDirect(buf)
@@ -141,8 +140,7 @@ func (c *Conn) writeDirect(buf []byte) {
 		// attention): the rest goes ahead of what was queued meanwhile.
 		if len(c.wbuf) == 0 {
 			// Nothing queued meanwhile: the rest, moved to the front, becomes the
-			// queue (buf is this writer's alone, and not kept for the next direct
-			// write).
+			// queue (buf is this writer's alone).
 			rest := copy(buf, buf[n:])
 			c.wbuf, buf = buf[:rest], nil
 		} else {
@@ -157,11 +155,7 @@ func (c *Conn) writeDirect(buf []byte) {
 		}
 	}
 	c.writing = false
-	if cap(buf) <= maxReusedWriteBuffer {
-		c.dbuf = buf[:0]
-	} else {
-		recycle(buf)
-	}
+	recycle(buf)
 	backlog := len(c.wbuf) > 0
 	if !backlog {
 		c.signalFlushed()
