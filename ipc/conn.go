@@ -133,7 +133,9 @@ type Conn struct {
 	// Signs of load, which make a sender queue its frame for the writer (which
 	// coalesces) rather than write it directly: answers owed to the peer (requests
 	// handed to the Handler and not yet answered), and the reader holding further
-	// frames it has not dispatched yet.
+	// frames it has not dispatched yet. Pays: throughput 4.4 → 7.4 µs a call when
+	// such senders write directly too (1.7×, IQR 1.5–1.9; 40 interleaved pairs on 2
+	// loaded cores).
 	owed       atomic.Int64
 	readerMore atomic.Bool
 

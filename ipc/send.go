@@ -191,10 +191,8 @@ func (c *Conn) writeLoop() {
 		defer t.Stop()
 		tick = t.C
 	}
-	var spare []byte
-	var spareFDs []fdFrame
+	var spare writerSpare
 	for {
-		held := false // this goroutine holds c.writing
 		select {
 		case <-c.done:
 			return
@@ -202,6 +200,8 @@ func (c *Conn) writeLoop() {
 			// Woken for a backlog: the senders that made it are likely still
 			// running. Let them queue more before the write, so that one write
 			// carries many frames (the peer then also reads them in one go).
+			// Pays: throughput 6.8 → 11.8 µs a call without the yield (2.0×, IQR
+			// 1.6–2.8; 40 interleaved pairs on 2 loaded cores).
 			c.wmu.Lock()
 			small := len(c.wbuf) < coalesceBelow
 			c.wmu.Unlock()
@@ -209,50 +209,78 @@ func (c *Conn) writeLoop() {
 				runtime.Gosched()
 			}
 		case now := <-tick:
-			if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.opts.HeartbeatTimeout {
-				c.Abort(fmt.Errorf("%w: nothing heard from the peer for %v (limit %v)", ErrHeartbeatTimeout, silent.Round(time.Millisecond), c.opts.HeartbeatTimeout))
+			if err := c.heartbeat(now); err != nil {
+				c.Abort(err)
 				return
 			}
-			if now.Sub(time.Unix(0, c.lastSend.Load())) >= c.opts.Heartbeat {
-				_ = c.Send(frame.Header{Kind: frame.KindPing, ID: 0}, nil, nil)
-			}
 		}
-		for {
-			c.wmu.Lock()
-			if c.writing && !held {
-				// A sender is writing directly; it wakes us if it leaves a backlog.
-				c.wmu.Unlock()
-				break
-			}
-			out, marks := c.wbuf, c.wfds
-			if len(out) == 0 {
-				c.writing = false
-				c.signalFlushed()
-				c.wmu.Unlock()
-				break
-			}
-			c.wbuf, c.wfds = spare[:0], spareFDs[:0]
-			c.writing, held = true, true
+		if err := c.writeQueued(&spare); err != nil {
+			c.Abort(err)
+			return
+		}
+	}
+}
+
+// heartbeat is the writer's periodic check: a peer silent for too long ends the Conn
+// (the error returned), and a line idle for a heartbeat gets a ping.
+func (c *Conn) heartbeat(now time.Time) error {
+	if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.opts.HeartbeatTimeout {
+		return fmt.Errorf("%w: nothing heard from the peer for %v (limit %v)", ErrHeartbeatTimeout, silent.Round(time.Millisecond), c.opts.HeartbeatTimeout)
+	}
+	if now.Sub(time.Unix(0, c.lastSend.Load())) >= c.opts.Heartbeat {
+		_ = c.Send(frame.Header{Kind: frame.KindPing, ID: 0}, nil, nil)
+	}
+	return nil
+}
+
+// writerSpare is the writer goroutine's last written queue, emptied, which becomes the
+// next queue, so that a busy Conn's queue does not grow from nothing for every write.
+// Pays: throughput 10.3 → 13.8 µs a call with a new queue for every write (1.47×, IQR
+// 0.96–2.77; the process's CPU a call 1.34×, IQR 1.19–1.54; 40 interleaved pairs on 2
+// loaded cores).
+type writerSpare struct {
+	buf   []byte
+	marks []fdFrame
+}
+
+// writeQueued writes what is queued, batch after batch, until the queue is empty (and
+// leaves the send side then), unless a sender writing directly holds the send side:
+// that sender wakes the writer if it leaves a backlog. An error is a failed write.
+func (c *Conn) writeQueued(spare *writerSpare) error {
+	held := false // this goroutine holds c.writing
+	for {
+		c.wmu.Lock()
+		if c.writing && !held {
 			c.wmu.Unlock()
-			if err := c.writeOut(out, marks); err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					err = fmt.Errorf("%w: the peer read nothing for %v", ErrHeartbeatTimeout, c.opts.HeartbeatTimeout)
-				}
-				c.Abort(fmt.Errorf("write: %w", err))
-				return
-			}
-			if c.heartbeats {
-				c.lastSend.Store(time.Now().UnixNano())
-			}
-			if cap(out) <= maxReusedWriteBuffer {
-				spare = out[:0]
-			} else {
-				spare = nil
-				recycle(out)
-			}
-			clear(marks) // drop the closed fd slices
-			spareFDs = marks[:0]
+			return nil
 		}
+		out, marks := c.wbuf, c.wfds
+		if len(out) == 0 {
+			c.writing = false
+			c.signalFlushed()
+			c.wmu.Unlock()
+			return nil
+		}
+		c.wbuf, c.wfds = spare.buf[:0], spare.marks[:0]
+		c.writing, held = true, true
+		c.wmu.Unlock()
+		if err := c.writeOut(out, marks); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w: the peer read nothing for %v", ErrHeartbeatTimeout, c.opts.HeartbeatTimeout)
+			}
+			return fmt.Errorf("write: %w", err)
+		}
+		if c.heartbeats {
+			c.lastSend.Store(time.Now().UnixNano())
+		}
+		if cap(out) <= maxReusedWriteBuffer {
+			spare.buf = out[:0]
+		} else {
+			spare.buf = nil
+			recycle(out)
+		}
+		clear(marks) // drop the closed fd slices
+		spare.marks = marks[:0]
 	}
 }
 
@@ -340,6 +368,8 @@ func (c *Conn) waitFlushed(ctx context.Context) error {
 // buffer, whose pages fault in as the frame is copied into it (a 1 MiB frame: 256
 // faults, more than the copy). Being a sync.Pool, it is emptied by the garbage
 // collector: a process that sent a large frame once does not keep its buffer.
+// Pays: a 1 MiB invoke (inline Data) 3.2 → 5.6 ms without it (1.8×, IQR 1.5–2.3; 40
+// interleaved pairs on 2 loaded cores).
 var bigBufs sync.Pool // of *[]byte
 
 // growFor returns b if it can take n more bytes, or if the result stays small enough
