@@ -269,7 +269,6 @@ func (p *plainReader) discard() {} // no descriptors on this transport
 // It returns errHandedOff when the Handler ran an Inline function that outlived its
 // time: another goroutine reads now.
 func (c *Conn) dispatch(f frame.Frame, files []*os.File) (err error) {
-	h := f.Header
 	gen := c.role.Load()
 	defer func() {
 		if c.role.Load() != gen {
@@ -279,45 +278,56 @@ func (c *Conn) dispatch(f frame.Frame, files []*os.File) (err error) {
 	if c.heartbeats {
 		c.lastRecv.Store(time.Now().UnixNano())
 	}
+	switch h := f.Header; h.Kind {
+	case frame.KindResponse, frame.KindError:
+		return c.answer(f, files)
+	case frame.KindPing:
+		return c.Send(frame.Header{Kind: frame.KindPong, ID: h.ID}, nil, nil)
+	case frame.KindPong:
+		return nil
+	case frame.KindHello, frame.KindWelcome:
+		return fmt.Errorf("%w: unexpected %s frame after the handshake", frame.ErrProtocol, h.Kind)
+	}
+	return c.handle(f, files)
+}
+
+// answer completes the call that f, a response or an error frame, answers. An error
+// frame with id 0 is the peer's about the whole connection: it ends reading.
+func (c *Conn) answer(f frame.Frame, files []*os.File) error {
+	h := f.Header
+	if h.Kind == frame.KindError && h.ID == 0 {
+		return &FrameError{Code: string(f.Meta), Message: string(f.Body)}
+	}
 	// Answers to abandoned calls are dropped quietly, but an answer to an id this
 	// side never issued is a broken or hostile peer.
-	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError && h.ID != 0) && h.ID > c.nextID.Load() {
+	if h.ID > c.nextID.Load() {
 		closeFiles(files)
 		return fmt.Errorf("%w: %s for request %d, which was never sent", frame.ErrProtocol, h.Kind, h.ID)
 	}
-	switch h.Kind {
-	case frame.KindResponse:
-		c.complete(h.ID, result{f: f, files: files})
-		c.completed = true
-	case frame.KindError:
-		fe := &FrameError{Code: string(f.Meta), Message: string(f.Body)}
-		if h.ID == 0 {
-			return fe // a connection-level error from the peer
-		}
-		c.complete(h.ID, result{f: f, err: fe})
-		c.completed = true
-	case frame.KindPing:
-		if err := c.Send(frame.Header{Kind: frame.KindPong, ID: h.ID}, nil, nil); err != nil {
-			return err
-		}
-	case frame.KindPong:
-	case frame.KindHello, frame.KindWelcome:
-		return fmt.Errorf("%w: unexpected %s frame after the handshake", frame.ErrProtocol, h.Kind)
+	r := result{f: f, files: files}
+	if h.Kind == frame.KindError {
+		r = result{f: f, err: &FrameError{Code: string(f.Meta), Message: string(f.Body)}}
+	}
+	c.complete(h.ID, r)
+	c.completed = true
+	return nil
+}
+
+// handle gives f, a frame the peer sent unasked, to the Handler (or the FileHandler).
+func (c *Conn) handle(f frame.Frame, files []*os.File) error {
+	if f.ID != 0 {
+		c.owed.Add(1) // a request: its answer will be owed
+	}
+	if c.opts.CallerReads {
+		c.pushed() // frames come unasked: keep the role's reclaim prompt
+	}
+	switch {
+	case c.opts.FileHandler != nil:
+		c.opts.FileHandler(c, f, files)
+	case c.opts.Handler != nil:
+		c.opts.Handler(c, f)
 	default:
-		if h.ID != 0 {
-			c.owed.Add(1) // a request: its answer will be owed
-		}
-		if c.opts.CallerReads {
-			c.pushed() // frames come unasked: keep the role's reclaim prompt
-		}
-		switch {
-		case c.opts.FileHandler != nil:
-			c.opts.FileHandler(c, f, files)
-		case c.opts.Handler != nil:
-			c.opts.Handler(c, f)
-		default:
-			return fmt.Errorf("%w: unexpected %s frame", frame.ErrProtocol, h.Kind)
-		}
+		return fmt.Errorf("%w: unexpected %s frame", frame.ErrProtocol, f.Kind)
 	}
 	return nil
 }

@@ -66,25 +66,13 @@ func (c *Conn) ReplyError(id uint64, code, msg string) error {
 // ownership of fds: they are queued or closed.
 func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, alone bool) error {
 	h.FDs = uint8(len(fds))
-	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError) && h.ID != 0 {
-		if c.owed.Add(-1) < 0 {
-			c.owed.Add(1) // an answer to a request not counted (or counted as lost)
-		}
-	}
-	alone = alone && c.owed.Load() <= 0 && !c.readerMore.Load()
+	alone = c.unloaded(h, alone)
 	size := frame.HeaderSize + len(meta) + len(body) + len(tail)
 	c.wmu.Lock()
-	select {
-	case <-c.done:
+	if err := c.sendClosed(); err != nil {
 		c.wmu.Unlock()
 		closeFDs(fds)
-		return c.lostErr()
-	default:
-	}
-	if c.wclosed {
-		c.wmu.Unlock()
-		closeFDs(fds)
-		return ErrSendClosed
+		return err
 	}
 	if len(c.wbuf) > 0 && len(c.wbuf)+size > c.opts.MaxQueue {
 		queued := len(c.wbuf)
@@ -113,6 +101,32 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 	c.wmu.Unlock()
 	if wasEmpty {
 		c.wakeWriter()
+	}
+	return nil
+}
+
+// unloaded counts the answer h pays, if it answers a request, and reports whether a
+// frame sent alone (no other call of this side waiting) finds the Conn without signs
+// of load: no answers owed, no frames the reader holds undispatched.
+func (c *Conn) unloaded(h frame.Header, alone bool) bool {
+	if (h.Kind == frame.KindResponse || h.Kind == frame.KindError) && h.ID != 0 {
+		if c.owed.Add(-1) < 0 {
+			c.owed.Add(1) // an answer to a request not counted (or counted as lost)
+		}
+	}
+	return alone && c.owed.Load() <= 0 && !c.readerMore.Load()
+}
+
+// sendClosed says, with wmu held, why nothing more may be queued: the Conn has ended,
+// or CloseSend was called. Nil: frames may be queued.
+func (c *Conn) sendClosed() error {
+	select {
+	case <-c.done:
+		return c.lostErr()
+	default:
+	}
+	if c.wclosed {
+		return ErrSendClosed
 	}
 	return nil
 }
