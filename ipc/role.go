@@ -157,9 +157,7 @@ func monotonic() int64 { return int64(time.Since(epoch)) }
 // call takes it with a compare-and-swap, and a caller done with it leaves it free
 // again. reclaim gives a role left free for its period back to the reader goroutine,
 // so frames that arrive after the last call (pushes, pings, the peer's end) wait at
-// most that long, plus the runtime's timer latency. The period is reclaimAfter, and
-// stretches up to reclaimMax while a run of calls keeps the reclaim needless (see
-// reclaimMax). A caller that leaves the role while other calls are pending, or the
+// most that long, plus the runtime's timer latency. A caller that leaves the role while other calls are pending, or the
 // connection has failed, hands it straight back. Whoever makes the role the reader
 // goroutine's again while it waits sends the one token on lendBack.
 //
@@ -175,48 +173,20 @@ const (
 )
 
 // reclaimAfter is how long the role may stay free after a call (Conn.reclaimAfter,
-// which tests change) while the peer sends frames unasked (pushes, requests).
+// which tests change).
 const reclaimAfter = 200 * time.Microsecond
-
-// reclaimMax is how long the role may stay free after the last of a run of calls
-// during which the peer sent nothing unasked. The reclaim's period doubles, up to it,
-// each time it fires and finds that calls used the role since it was set: a timer
-// that fires makes the runtime wake a thread, and on a small machine a wake-up every
-// few hundred microseconds costs a stream of calls a quarter of its speed. The first
-// frame the peer sends unasked after such a run waits at most this long; any such
-// frame brings the period back to reclaimAfter.
-const reclaimMax = 5 * time.Millisecond
-
-// pushed brings the reclaim's period back to reclaimAfter: the peer sends unasked.
-func (c *Conn) pushed() {
-	if c.reclaimWait.Load() != int64(c.reclaimAfter) {
-		c.reclaimWait.Store(int64(c.reclaimAfter))
-	}
-}
-
-// busyReclaim doubles the reclaim's period, up to reclaimMax (or reclaimAfter, if a
-// test made that longer), and returns it. Only the reclaim's function calls it.
-func (c *Conn) busyReclaim() int64 {
-	for {
-		old := c.reclaimWait.Load()
-		w := min(2*old, max(int64(reclaimMax), int64(c.reclaimAfter)))
-		if c.reclaimWait.CompareAndSwap(old, w) { // not over a push's reset
-			return w
-		}
-	}
-}
 
 // freeRole leaves the role free and sees that reclaim will fire after it. The timer
 // is not reset by every call: resetting a timer to fire earlier than the network
 // poller's wait makes the runtime interrupt that wait (a write and a read of an
 // eventfd, and a thread woken), which would cost more than the switch this saves.
 // So one timer runs at a time, and when it fires while calls are using the role it
-// sets itself again, for a longer period (reclaimRole).
+// sets itself again (reclaimRole).
 func (c *Conn) freeRole() {
 	c.freedAt.Store(monotonic())
 	c.lend.Store(lendFree)
 	if !c.reclaimArmed.Swap(true) {
-		c.reclaim.Reset(time.Duration(c.reclaimWait.Load()))
+		c.reclaim.Reset(c.reclaimAfter)
 	}
 }
 
@@ -285,19 +255,16 @@ func (c *Conn) park() {
 func (c *Conn) reclaimRole() {
 	c.reclaimArmed.Store(false)
 	if c.lend.Load() != lendFree {
-		c.busyReclaim()
 		return // held: whoever frees it next sets the timer
 	}
-	if c.freedAt.Load()+c.reclaimWait.Load() > monotonic() {
-		// Freed again since the timer was set: calls are using the role. Wait
-		// longer, from when it was last freed.
-		rest := c.freedAt.Load() + c.busyReclaim() - monotonic()
+	if rest := c.freedAt.Load() + int64(c.reclaimAfter) - monotonic(); rest > 0 {
+		// Freed again since the timer was set: calls are using the role. Wait the
+		// rest of the period, from when it was last freed.
 		if !c.reclaimArmed.Swap(true) {
-			c.reclaim.Reset(time.Duration(max(rest, 0)))
+			c.reclaim.Reset(time.Duration(rest))
 		}
 		return
 	}
-	c.reclaimWait.Store(int64(c.reclaimAfter))
 	if c.lend.CompareAndSwap(lendFree, lendReader) {
 		c.lendBack <- struct{}{}
 	}
