@@ -28,9 +28,9 @@ var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 // It lets a Handler answer a quick request where the request was read, with no
 // goroutine switch (on a small machine the switch, which wakes another thread, costs
 // as much as the rest of the round trip), while a request that blocks holds up the
-// connection for about after, rounded up to the watch's tick (half a millisecond, or up
-// to 5 ms when it follows a run of quick requests: see inlineTick) and the latency of
-// the runtime's timers (up to a millisecond in an otherwise idle process).
+// connection for about after, rounded up to the watch's tick (half a millisecond) and
+// the latency of the runtime's timers (up to a millisecond in an otherwise idle
+// process).
 func (c *Conn) Inline(after time.Duration, fn func()) (quick bool) {
 	gen := c.role.Load() &^ 1
 	if !c.watched {
@@ -48,16 +48,8 @@ func (c *Conn) Inline(after time.Duration, fn func()) (quick bool) {
 }
 
 // inlineTick is how often the watch looks for Inline functions past their time while
-// one is running. While every Inline function returns before a tick finds it running,
-// the period doubles, up to inlineTickMax: a timer that fires makes the runtime wake a
-// thread, and on a small machine a wake-up every half millisecond costs a stream of
-// quick requests a good part of its speed. So a function that blocks after a run of
-// quick ones holds up its connection for up to inlineTickMax; once a tick finds a
-// function running, the period is back to inlineTick.
-const (
-	inlineTick    = 500 * time.Microsecond
-	inlineTickMax = 5 * time.Millisecond
-)
+// Conns run them.
+const inlineTick = 500 * time.Microsecond
 
 // watch is the process's one watchdog of Inline functions: a timer that ticks while
 // Conns run them and stops when none has for a tick, so that an idle process has no
@@ -68,10 +60,9 @@ type inlineWatch struct {
 	busy  atomic.Int64 // Inline calls since the last tick
 	armed atomic.Bool  // the timer is set, or a tick is running
 
-	mu     sync.Mutex         // a leaf: held while taking no other lock (a tick swaps atomics under it)
-	conns  map[*Conn]struct{} // open Conns that have run Inline
-	timer  *time.Timer
-	period time.Duration // the timer's period now: inlineTick up to inlineTickMax
+	mu    sync.Mutex         // a leaf: held while taking no other lock (a tick swaps atomics under it)
+	conns map[*Conn]struct{} // open Conns that have run Inline
+	timer *time.Timer
 }
 
 func (w *inlineWatch) add(c *Conn) {
@@ -97,7 +88,6 @@ func (w *inlineWatch) arm() {
 		return
 	}
 	w.armed.Store(true)
-	w.period = inlineTick
 	if w.timer == nil {
 		w.timer = time.AfterFunc(inlineTick, w.tick)
 	} else {
@@ -114,26 +104,20 @@ func (w *inlineWatch) tick() {
 	defer w.mu.Unlock()
 	w.armed.Store(false)
 	busy := w.busy.Swap(0) > 0
-	running := false
 	now := monotonic()
 	for c := range w.conns {
 		v := c.role.Load()
 		if v&1 == 0 {
 			continue
 		}
-		busy, running = true, true
+		busy = true
 		if now >= c.inlineEnd.Load() && c.role.CompareAndSwap(v, v+1) { // (gen, inline) -> (gen+1, reading)
 			go c.readOn()
 		}
 	}
 	if busy {
-		if running {
-			w.period = inlineTick
-		} else {
-			w.period = min(2*w.period, inlineTickMax)
-		}
 		w.armed.Store(true)
-		w.timer.Reset(w.period)
+		w.timer.Reset(inlineTick)
 	}
 }
 
