@@ -24,6 +24,9 @@ type result struct {
 	err   error
 }
 
+// callPool holds calls, each with its channel. Pays: throughput (32 callers) 7.6 →
+// 9.2 µs a call without it (1.15×, IQR 0.88–1.69; the process's CPU a call 1.13×, IQR
+// 1.05–1.24; 40 interleaved pairs on 2 loaded cores).
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
 // A Request is what Call sends.
@@ -62,7 +65,10 @@ func (c *Conn) Call(ctx context.Context, req Request) (frame.Frame, []*os.File, 
 	return r.f, r.files, r.err
 }
 
-// timerPool holds stopped timers for calls' deadlines.
+// timerPool holds stopped timers for calls' deadlines, which calls that do not read
+// their own answer wait on. Pays: throughput (32 callers, each call with a deadline)
+// 5.0 → 5.9 µs a call without it (1.17×, IQR 1.02–1.46; the process's CPU a call
+// 1.17×, IQR 1.10–1.27; 40 interleaved pairs on 2 loaded cores).
 var timerPool sync.Pool
 
 func getTimer(d time.Duration) *time.Timer {

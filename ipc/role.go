@@ -25,6 +25,10 @@ var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 // may take over reading, and then fn finishes on this one, which stops reading when the
 // Handler returns.
 //
+// Pays: the process's CPU a sequential invoke, which the Leader answers inline, 23.0 →
+// 27.6 µs without it (1.20×, IQR 1.13–1.28, 40 interleaved pairs; 1.19×, IQR 1.02–1.33,
+// 60 pairs); its wall time was within the noise of 2 loaded cores (1.04× and 1.02×).
+//
 // It lets a Handler answer a quick request where the request was read, with no
 // goroutine switch (on a small machine the switch, which wakes another thread, costs
 // as much as the rest of the round trip), while a request that blocks holds up the
@@ -144,6 +148,10 @@ func monotonic() int64 { return int64(time.Since(epoch)) }
 // most that long, plus the runtime's timer latency. A caller that leaves the role while other calls are pending, or the
 // connection has failed, hands it straight back. Whoever makes the role the reader
 // goroutine's again while it waits sends the one token on lendBack.
+//
+// Pays: the process's CPU a sequential invoke 25.6 → 28.7 µs without it (1.12×, IQR
+// 1.03–1.27, 40 interleaved pairs; 1.20×, IQR 1.02–1.37, 60 pairs); its wall time was
+// within the noise of 2 loaded cores (0.74× and 1.27×).
 //
 // A reading caller bounds its wait by a read deadline on the socket: its call's
 // deadline, or an immediate one set when its ctx ends (poke). A deadline interrupts a

@@ -84,7 +84,11 @@ func (c *Conn) send(h frame.Header, meta, body, tail []byte, fds []int, last, al
 		return fmt.Errorf("%w: %w", ErrConnLost, err)
 	}
 	if alone && len(fds) == 0 && c.direct && !c.writing && len(c.wbuf) == 0 {
-		// Nothing queued and nobody writing: write it from this goroutine.
+		// Nothing queued and nobody writing: write it from this goroutine. Pays:
+		// sequential invoke 24.6 → 26.9 µs without it (1.16×, IQR 1.00–1.34; the
+		// process's CPU a call 1.15×, IQR 1.06–1.20; 40 interleaved pairs on 2 loaded
+		// cores). It costs publish fan-out: 42.5 → 38.6 µs a message without it
+		// (0.88×, IQR 0.81–0.98).
 		c.writing = true
 		buf := frame.AppendFrameParts(growFor(nil, size), h, meta, body, tail)
 		c.wclosed = last
