@@ -25,10 +25,6 @@ var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 // may take over reading, and then fn finishes on this one, which stops reading when the
 // Handler returns.
 //
-// Pays: the process's CPU a sequential invoke, which the Leader answers inline, 23.0 →
-// 27.6 µs without it (1.20×, IQR 1.13–1.28, 40 interleaved pairs; 1.19×, IQR 1.02–1.33,
-// 60 pairs); its wall time was within the noise of 2 loaded cores (1.04× and 1.02×).
-//
 // It lets a Handler answer a quick request where the request was read, with no
 // goroutine switch (on a small machine the switch, which wakes another thread, costs
 // as much as the rest of the round trip), while a request that blocks holds up the
@@ -36,6 +32,10 @@ var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 // the latency of the runtime's timers (up to a millisecond in an otherwise idle
 // process).
 func (c *Conn) Inline(after time.Duration, fn func()) (quick bool) {
+	// Pays: the process's CPU a sequential invoke, which the Leader answers inline,
+	// 23.0 → 27.6 µs without it (1.20×, IQR 1.13–1.28, 40 interleaved pairs; 1.19×,
+	// IQR 1.02–1.33, 60 pairs); its wall time was within the noise of 2 loaded cores
+	// (1.04× and 1.02×).
 	gen := c.role.Load() &^ 1
 	if !c.watched {
 		c.watched = true
