@@ -77,8 +77,7 @@ type Options struct {
 	// dispatched by that caller. After a call the reading role stays free for the next
 	// one for about 200 µs (plus the runtime's timer latency, up to a millisecond in an
 	// idle process) before the reader goroutine takes it back; frames that arrive in
-	// that window wait for it.
-	// Inline must not be used on such a Conn.
+	// that window wait for it. Inline must not be used on such a Conn.
 	CallerReads bool
 }
 
