@@ -116,8 +116,8 @@ type Conn struct {
 	pmu     sync.Mutex // a leaf: held while taking no other lock
 	pending map[uint64]*call
 
-	// The send side (send.go): wmu guards the queue and writing; the holder of writing
-	// owns the socket's send side and dw.
+	// The send side (send.go): wmu guards the queue, dbuf and writing; the holder of
+	// writing owns the socket's send side and dw.
 	wmu     sync.Mutex    // a leaf: held while taking no other lock
 	wclosed bool          // CloseSend was called: no more frames may be queued
 	wbuf    []byte        // queued frames not yet handed to the socket
@@ -126,6 +126,7 @@ type Conn struct {
 	flushed chan struct{} // made by waitFlushed; closed and cleared when everything queued was written
 	wake    chan struct{} // capacity 1: "wbuf became non-empty"
 	dw      directWriter
+	dbuf    []byte // the last direct write's buffer, for the next one (see send)
 
 	// Signs of load, which make a sender queue its frame for the writer (which
 	// coalesces) rather than write it directly: answers owed to the peer (requests
