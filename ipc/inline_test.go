@@ -3,6 +3,7 @@ package ipc
 import (
 	"context"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -159,4 +160,79 @@ func testInlineTakeoverWhileTheConnEnds(t *testing.T, tr transport) {
 	require.False(t, <-returned)
 	require.True(t, ran.Load())
 	s.Close() // waits for the reader that took over
+}
+
+// watchPeriod is the Inline watch's period now.
+func watchPeriod() time.Duration {
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	return watch.period
+}
+
+// TestTheWatchTicksLessWhileInlineFunctionsAreQuick: while every Inline function
+// returns before a tick finds it running, the watch's period stretches to
+// inlineTickMax (fewer timer wake-ups); a function that then blocks is still taken
+// over, and while one runs the period is back to inlineTick.
+func TestTheWatchTicksLessWhileInlineFunctionsAreQuick(t *testing.T) {
+	h := &inlineHandler{blocking: make(chan struct{}, 1), unblock: make(chan struct{}), hold: make(chan struct{}), quick: make(chan bool, 100)}
+	a, b := socketPair(t)
+	c := started(NewConn(a, PeerCred{}, Options{}))
+	s := started(NewConn(b, PeerCred{}, Options{FileHandler: h.handle}))
+	defer func() { c.Close(); s.Close() }()
+	unblock, unhold := sync.OnceFunc(func() { close(h.unblock) }), sync.OnceFunc(func() { close(h.hold) })
+	defer func() { unblock(); unhold() }() // before the Closes, which wait for the reader
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	call := func(meta, body string) {
+		t.Helper()
+		f, err := invoke(ctx, c, []byte(meta), []byte(body))
+		require.NoError(t, err)
+		require.Equal(t, body, string(f.Body))
+	}
+
+	// stretch sends quick requests until the period has stretched all the way. (A
+	// stall longer than the period, on a loaded machine, lets the watch stop and start
+	// again at inlineTick; the stream goes on until a clean stretch.)
+	stretch := func() {
+		t.Helper()
+		for watchPeriod() < inlineTickMax {
+			require.NoError(t, ctx.Err(), "the watch's period stayed at %v", watchPeriod())
+			call("echo", "quick")
+			require.True(t, <-h.quick)
+		}
+	}
+	// inBackground makes a call on another goroutine and reports how it went.
+	inBackground := func(meta, body string) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			f, err := invoke(ctx, c, []byte(meta), []byte(body))
+			if err == nil && string(f.Body) != body {
+				err = errBody(f.Body)
+			}
+			errc <- err
+		}()
+		return errc
+	}
+
+	// A function that blocks after a stretch is still taken over: the next request
+	// is answered.
+	stretch()
+	blocked := inBackground("block", "first")
+	<-h.blocking
+	call("echo", "second")
+	require.True(t, <-h.quick)
+	unblock()
+	require.NoError(t, <-blocked)
+	require.False(t, <-h.quick, "Inline reports the takeover")
+
+	// One that runs (an hour before any takeover) after a stretch: every tick finds
+	// it running and keeps the period short.
+	stretch()
+	held := inBackground("hold", "held")
+	<-h.blocking
+	require.Eventually(t, func() bool { return watchPeriod() == inlineTick }, time.Minute, time.Millisecond,
+		"the period stayed at %v while a function ran", watchPeriod())
+	unhold()
+	require.NoError(t, <-held)
+	require.True(t, <-h.quick)
 }

@@ -136,6 +136,55 @@ func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
 	}
 }
 
+// TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy: a stream of calls, with nothing
+// pushed, stretches the reclaim's period up to reclaimMax (fewer timer wake-ups); the
+// role still goes back to the reader goroutine after the last call, and a push brings
+// the period back to reclaimAfter.
+func TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			periods := make(chan time.Duration, 4) // the period as each push is dispatched
+			pushes := make(chan string, 4)
+			c, s := echoAndLender(t, tr, reclaimAfter, func(c *Conn, f frame.Frame) {
+				periods <- time.Duration(c.reclaimWait.Load())
+				pushes <- string(f.Body)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			stretch := func() {
+				t.Helper()
+				// A stall longer than the period (a loaded machine) ends the run and the
+				// reclaim starts again at reclaimAfter: calls go on until a clean run.
+				for c.reclaimWait.Load() < int64(reclaimMax) {
+					require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
+					_, err := invoke(ctx, c, []byte("a"), nil)
+					require.NoError(t, err)
+				}
+			}
+
+			stretch()
+			// No call follows: the role still goes back to the reader goroutine, which
+			// delivers a push.
+			requireLend(t, c, lendReader)
+			require.Equal(t, int64(reclaimAfter), c.reclaimWait.Load(), "a reclaim starts the period again")
+			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("later")))
+			require.Equal(t, "later", <-pushes)
+			<-periods
+
+			// A push read by a caller in the middle of a run brings the period back.
+			stretch()
+			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("between calls")))
+			for len(pushes) == 0 {
+				require.NoError(t, ctx.Err())
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+			}
+			require.Equal(t, "between calls", <-pushes)
+			require.Less(t, <-periods, reclaimMax, "a push brings the period back to reclaimAfter")
+		})
+	}
+}
+
 // rawPeer is the far end of a Conn, driven by hand.
 type rawPeer struct {
 	t  *testing.T

@@ -318,6 +318,9 @@ func (c *Conn) handle(f frame.Frame, files []*os.File) error {
 	if f.ID != 0 {
 		c.owed.Add(1) // a request: its answer will be owed
 	}
+	if c.opts.CallerReads {
+		c.pushed() // frames come unasked: keep the role's reclaim prompt
+	}
 	switch {
 	case c.opts.FileHandler != nil:
 		c.opts.FileHandler(c, f, files)

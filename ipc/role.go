@@ -28,9 +28,9 @@ var errHandedOff = errors.New("ipc: reading handed off to another goroutine")
 // It lets a Handler answer a quick request where the request was read, with no
 // goroutine switch (on a small machine the switch, which wakes another thread, costs
 // as much as the rest of the round trip), while a request that blocks holds up the
-// connection for about after, rounded up to the watch's tick (half a millisecond) and
-// the latency of the runtime's timers (up to a millisecond in an otherwise idle
-// process).
+// connection for about after, rounded up to the watch's tick (half a millisecond, or up
+// to 5 ms when it follows a run of quick requests: see inlineTick) and the latency of
+// the runtime's timers (up to a millisecond in an otherwise idle process).
 func (c *Conn) Inline(after time.Duration, fn func()) (quick bool) {
 	// Pays: the process's CPU a sequential invoke, which the Leader answers inline,
 	// 23.0 → 27.6 µs without it (1.20×, IQR 1.13–1.28, 40 interleaved pairs; 1.19×,
@@ -52,8 +52,16 @@ func (c *Conn) Inline(after time.Duration, fn func()) (quick bool) {
 }
 
 // inlineTick is how often the watch looks for Inline functions past their time while
-// Conns run them.
-const inlineTick = 500 * time.Microsecond
+// one is running. While every Inline function returns before a tick finds it running,
+// the period doubles, up to inlineTickMax: a timer that fires makes the runtime wake a
+// thread, and on a small machine a wake-up every half millisecond costs a stream of
+// quick requests a good part of its speed. So a function that blocks after a run of
+// quick ones holds up its connection for up to inlineTickMax; once a tick finds a
+// function running, the period is back to inlineTick. Pays: see reclaimMax.
+const (
+	inlineTick    = 500 * time.Microsecond
+	inlineTickMax = 5 * time.Millisecond
+)
 
 // watch is the process's one watchdog of Inline functions: a timer that ticks while
 // Conns run them and stops when none has for a tick, so that an idle process has no
@@ -64,9 +72,10 @@ type inlineWatch struct {
 	busy  atomic.Int64 // Inline calls since the last tick
 	armed atomic.Bool  // the timer is set, or a tick is running
 
-	mu    sync.Mutex         // a leaf: held while taking no other lock (a tick swaps atomics under it)
-	conns map[*Conn]struct{} // open Conns that have run Inline
-	timer *time.Timer
+	mu     sync.Mutex         // a leaf: held while taking no other lock (a tick swaps atomics under it)
+	conns  map[*Conn]struct{} // open Conns that have run Inline
+	timer  *time.Timer
+	period time.Duration // the timer's period now: inlineTick up to inlineTickMax
 }
 
 func (w *inlineWatch) add(c *Conn) {
@@ -92,6 +101,7 @@ func (w *inlineWatch) arm() {
 		return
 	}
 	w.armed.Store(true)
+	w.period = inlineTick
 	if w.timer == nil {
 		w.timer = time.AfterFunc(inlineTick, w.tick)
 	} else {
@@ -108,20 +118,26 @@ func (w *inlineWatch) tick() {
 	defer w.mu.Unlock()
 	w.armed.Store(false)
 	busy := w.busy.Swap(0) > 0
+	running := false
 	now := monotonic()
 	for c := range w.conns {
 		v := c.role.Load()
 		if v&1 == 0 {
 			continue
 		}
-		busy = true
+		busy, running = true, true
 		if now >= c.inlineEnd.Load() && c.role.CompareAndSwap(v, v+1) { // (gen, inline) -> (gen+1, reading)
 			go c.readOn()
 		}
 	}
 	if busy {
+		if running {
+			w.period = inlineTick
+		} else {
+			w.period = min(2*w.period, inlineTickMax)
+		}
 		w.armed.Store(true)
-		w.timer.Reset(inlineTick)
+		w.timer.Reset(w.period)
 	}
 }
 
@@ -145,7 +161,9 @@ func monotonic() int64 { return int64(time.Since(epoch)) }
 // call takes it with a compare-and-swap, and a caller done with it leaves it free
 // again. reclaim gives a role left free for its period back to the reader goroutine,
 // so frames that arrive after the last call (pushes, pings, the peer's end) wait at
-// most that long, plus the runtime's timer latency. A caller that leaves the role while other calls are pending, or the
+// most that long, plus the runtime's timer latency. The period is reclaimAfter, and
+// stretches up to reclaimMax while a run of calls keeps the reclaim needless (see
+// reclaimMax). A caller that leaves the role while other calls are pending, or the
 // connection has failed, hands it straight back. Whoever makes the role the reader
 // goroutine's again while it waits sends the one token on lendBack.
 //
@@ -165,20 +183,53 @@ const (
 )
 
 // reclaimAfter is how long the role may stay free after a call (Conn.reclaimAfter,
-// which tests change).
+// which tests change) while the peer sends frames unasked (pushes, requests).
 const reclaimAfter = 200 * time.Microsecond
+
+// reclaimMax is how long the role may stay free after the last of a run of calls
+// during which the peer sent nothing unasked. The reclaim's period doubles, up to it,
+// each time it fires and finds that calls used the role since it was set: a timer
+// that fires makes the runtime wake a thread, and on a small machine a wake-up every
+// few hundred microseconds costs a stream of calls a quarter of its speed. The first
+// frame the peer sends unasked after such a run waits at most this long; any such
+// frame brings the period back to reclaimAfter. Pays, with the Inline watch's
+// stretching (inlineTickMax), measured together: sequential invoke p50, Follower and
+// Leader in processes of their own, 1.10× the floor's without the two (median of 5
+// interleaved pairs of the side-by-side bench on 2 loaded cores; Unix 1.02–1.46, TCP
+// 0.95–1.20; raw p50 1.23×). In one process, where the other side keeps threads
+// awake, neither showed (1.00× over 30 pairs).
+const reclaimMax = 5 * time.Millisecond
+
+// pushed brings the reclaim's period back to reclaimAfter: the peer sends unasked.
+func (c *Conn) pushed() {
+	if c.reclaimWait.Load() != int64(c.reclaimAfter) {
+		c.reclaimWait.Store(int64(c.reclaimAfter))
+	}
+}
+
+// busyReclaim doubles the reclaim's period, up to reclaimMax (or reclaimAfter, if a
+// test made that longer), and returns it. Only the reclaim's function calls it.
+func (c *Conn) busyReclaim() int64 {
+	for {
+		old := c.reclaimWait.Load()
+		w := min(2*old, max(int64(reclaimMax), int64(c.reclaimAfter)))
+		if c.reclaimWait.CompareAndSwap(old, w) { // not over a push's reset
+			return w
+		}
+	}
+}
 
 // freeRole leaves the role free and sees that reclaim will fire after it. The timer
 // is not reset by every call: resetting a timer to fire earlier than the network
 // poller's wait makes the runtime interrupt that wait (a write and a read of an
 // eventfd, and a thread woken), which would cost more than the switch this saves.
 // So one timer runs at a time, and when it fires while calls are using the role it
-// sets itself again (reclaimRole).
+// sets itself again, for a longer period (reclaimRole).
 func (c *Conn) freeRole() {
 	c.freedAt.Store(monotonic())
 	c.lend.Store(lendFree)
 	if !c.reclaimArmed.Swap(true) {
-		c.reclaim.Reset(c.reclaimAfter)
+		c.reclaim.Reset(time.Duration(c.reclaimWait.Load()))
 	}
 }
 
@@ -247,16 +298,19 @@ func (c *Conn) park() {
 func (c *Conn) reclaimRole() {
 	c.reclaimArmed.Store(false)
 	if c.lend.Load() != lendFree {
+		c.busyReclaim()
 		return // held: whoever frees it next sets the timer
 	}
-	if rest := c.freedAt.Load() + int64(c.reclaimAfter) - monotonic(); rest > 0 {
-		// Freed again since the timer was set: calls are using the role. Wait the
-		// rest of the period, from when it was last freed.
+	if c.freedAt.Load()+c.reclaimWait.Load() > monotonic() {
+		// Freed again since the timer was set: calls are using the role. Wait
+		// longer, from when it was last freed.
+		rest := c.freedAt.Load() + c.busyReclaim() - monotonic()
 		if !c.reclaimArmed.Swap(true) {
-			c.reclaim.Reset(time.Duration(rest))
+			c.reclaim.Reset(time.Duration(max(rest, 0)))
 		}
 		return
 	}
+	c.reclaimWait.Store(int64(c.reclaimAfter))
 	if c.lend.CompareAndSwap(lendFree, lendReader) {
 		c.lendBack <- struct{}{}
 	}
