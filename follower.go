@@ -166,11 +166,22 @@ func (f *follower) bytes() (in, out uint64) {
 }
 
 func (f *follower) status(ctx context.Context) (*Status, error) {
-	fr, err := f.conn.Call(ctx, frame.KindStatus, timeoutMillis(ctx), nil, nil)
+	fr, err := callNoFiles(ctx, f.conn, frame.KindStatus, timeoutMillis(ctx), nil, nil)
 	if err != nil {
 		return nil, f.mapErr(ctx, "status", f.c.cfg.Name, err)
 	}
 	return decodeStatus(fr.Body)
+}
+
+// callNoFiles makes a request whose answer passes no files: an answer that does is
+// refused, its files closed.
+func callNoFiles(ctx context.Context, conn *ipc.Conn, kind frame.Kind, timeout uint32, meta, body []byte) (frame.Frame, error) {
+	fr, files, err := conn.Call(ctx, ipc.Request{Header: frame.Header{Kind: kind, Timeout: timeout}, Meta: meta, Body: body})
+	if len(files) > 0 {
+		closeFiles(files)
+		return frame.Frame{}, fmt.Errorf("%w: the leader's answer to a %s request passes %d file descriptors", ErrProtocol, kind, len(files))
+	}
+	return fr, err
 }
 
 func (f *follower) cause() error { return f.conn.Err() }
@@ -205,7 +216,7 @@ func (f *follower) invoke(ctx context.Context, method string, req Message, onewa
 		return Message{}, nil
 	}
 	wctx, deadline := deadlineOf(ctx)
-	fr, files, err := f.conn.CallParts(wctx, deadline, h, []byte(method), w.body, w.tail, w.files)
+	fr, files, err := f.conn.Call(wctx, ipc.Request{Header: h, Meta: []byte(method), Body: w.body, Tail: w.tail, Files: w.files, Deadline: deadline})
 	if err != nil {
 		closeFiles(files)
 		return Message{}, f.mapErr(ctx, "invoke", method, err)
@@ -227,7 +238,7 @@ func (f *follower) publish(ctx context.Context, topic string, msg Message) error
 	}
 	h := frame.Header{Kind: frame.KindPublish, Flags: w.flags, Timeout: timeoutMillis(ctx)}
 	wctx, deadline := deadlineOf(ctx)
-	_, files, err := f.conn.CallParts(wctx, deadline, h, []byte(topic), w.body, w.tail, w.files)
+	_, files, err := f.conn.Call(wctx, ipc.Request{Header: h, Meta: []byte(topic), Body: w.body, Tail: w.tail, Files: w.files, Deadline: deadline})
 	closeFiles(files)
 	return f.mapErr(ctx, "publish", topic, err)
 }
@@ -240,12 +251,12 @@ func subscribeBody(shared bool) []byte {
 }
 
 func (f *follower) subscribe(ctx context.Context, topic string, shared bool) error {
-	_, err := f.conn.Call(ctx, frame.KindSubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
+	_, err := callNoFiles(ctx, f.conn, frame.KindSubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
 	return f.mapErr(ctx, "subscribe", topic, err)
 }
 
 func (f *follower) unsubscribe(ctx context.Context, topic string, shared bool) error {
-	_, err := f.conn.Call(ctx, frame.KindUnsubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
+	_, err := callNoFiles(ctx, f.conn, frame.KindUnsubscribe, timeoutMillis(ctx), []byte(topic), subscribeBody(shared))
 	return f.mapErr(ctx, "unsubscribe", topic, err)
 }
 
@@ -254,12 +265,12 @@ func (f *follower) register(ctx context.Context, r *Registration) error {
 		return tooLarge("cluster: register %q: the payload is %d bytes, over the leader's limit of %d for a registration (Config.MaxBody less %d bytes: raise it on every member)",
 			r.topic, len(r.msg.Data), limit, frame.RegistrationIDSize)
 	}
-	_, err := f.conn.Call(ctx, frame.KindRegister, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, r.msg.Data))
+	_, err := callNoFiles(ctx, f.conn, frame.KindRegister, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, r.msg.Data))
 	return f.mapErr(ctx, "register", r.topic, err)
 }
 
 func (f *follower) withdraw(ctx context.Context, r *Registration) error {
-	_, err := f.conn.Call(ctx, frame.KindWithdraw, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, nil))
+	_, err := callNoFiles(ctx, f.conn, frame.KindWithdraw, timeoutMillis(ctx), []byte(r.topic), frame.AppendRegister(nil, r.id, nil))
 	return f.mapErr(ctx, "withdraw", r.topic, err)
 }
 

@@ -83,7 +83,7 @@ func observe(ctx context.Context, vc *config, events func(Event)) (*observer, er
 
 // status asks the Leader for its Status.
 func (o *observer) status(ctx context.Context) (*Status, error) {
-	f, err := o.conn.Call(ctx, frame.KindStatus, timeoutMillis(ctx), nil, nil)
+	f, err := callNoFiles(ctx, o.conn, frame.KindStatus, timeoutMillis(ctx), nil, nil)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("cluster: the leader (pid %d, term %d) accepted the connection but did not answer in time: it is stopped (SIGSTOP, a debugger) or busy: %w",
@@ -205,7 +205,7 @@ func watchOne(ctx context.Context, o *observer, events chan Event, fn func(Event
 	if err != nil {
 		return err
 	}
-	if _, err := o.conn.Call(ctx, frame.KindWatch, 0, nil, nil); err != nil {
+	if _, err := callNoFiles(ctx, o.conn, frame.KindWatch, 0, nil, nil); err != nil {
 		return fmt.Errorf("cluster: watch: %w", err)
 	}
 	fn(Event{Type: "leader", At: st.At, Name: st.Name, Leader: &st.Leader})

@@ -4,7 +4,7 @@
 // A Blob's bytes live in a sealed memfd (Linux): written once, then sealed against
 // writing, growing and shrinking (F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL),
 // then mapped read-only. The sender passes File() to another process (for example with
-// ipc.Conn.SendFiles); the receiver calls Open, which checks the seals and maps the same
+// ipc.Conn.SendParts); the receiver calls Open, which checks the seals and maps the same
 // pages read-only: nothing is copied, whatever the size, and neither side can change
 // the bytes the other sees. The kernel frees the memory when the last descriptor and
 // the last mapping are gone: there is nothing to clean up after a crash.

@@ -9,8 +9,8 @@ import (
 
 // A sender produces a payload in place and passes its File to a receiver, which maps
 // the same memory read-only. Here the "receiver" is this process, with a duplicate of
-// the descriptor standing in for one received over ipc (Conn.SendFiles on one side, a
-// FileHandler or Conn.CallFiles on the other). Where descriptors cannot be passed
+// the descriptor standing in for one received over ipc (Conn.SendParts on one side, a
+// FileHandler or Conn.Call on the other). Where descriptors cannot be passed
 // (File is nil), send Bytes inline and wrap them with FromBytes on arrival.
 func Example() {
 	msg := "a large payload, produced in place"

@@ -18,11 +18,12 @@ func benchRoundTrip(b *testing.B, a, z net.Conn) {
 	defer sc.Close()
 	defer cc.Close()
 	body := make([]byte, 64)
+	req := Request{Header: frame.Header{Kind: frame.KindInvoke}, Body: body}
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.SetBytes(int64(2 * (frame.HeaderSize + len(body))))
 	for b.Loop() {
-		if _, err := cc.Call(ctx, frame.KindInvoke, 0, nil, body); err != nil {
+		if _, _, err := cc.Call(ctx, req); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -49,11 +50,12 @@ func BenchmarkRoundTripUnixParallel(b *testing.B) {
 	defer sc.Close()
 	defer cc.Close()
 	body := make([]byte, 64)
+	req := Request{Header: frame.Header{Kind: frame.KindInvoke}, Body: body}
 	b.ReportAllocs()
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := cc.Call(context.Background(), frame.KindInvoke, 0, nil, body); err != nil {
+			if _, _, err := cc.Call(context.Background(), req); err != nil {
 				b.Error(err)
 				return
 			}
@@ -76,12 +78,12 @@ func BenchmarkLargeFrame(b *testing.B) {
 				sc := started(NewConn(z, PeerCred{}, Options{Heartbeat: -1, Handler: func(c *Conn, f frame.Frame) { _ = c.Reply(f.ID, nil) }}))
 				defer sc.Close()
 				defer cc.Close()
-				body := make([]byte, size)
+				req := Request{Header: frame.Header{Kind: frame.KindInvoke}, Body: make([]byte, size)}
 				ctx := context.Background()
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
 				for b.Loop() {
-					if _, err := cc.Call(ctx, frame.KindInvoke, 0, nil, body); err != nil {
+					if _, _, err := cc.Call(ctx, req); err != nil {
 						b.Fatal(err)
 					}
 				}

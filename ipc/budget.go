@@ -23,7 +23,7 @@ import (
 type Budget struct {
 	limit int64
 
-	mu    sync.Mutex
+	mu    sync.Mutex // a leaf: held while taking no other lock
 	used  int64
 	freed chan struct{} // made by a reader that waits; closed (and cleared) by the next release
 }
@@ -64,7 +64,7 @@ func (b *Budget) release(n int64) {
 	}
 }
 
-// errBudgetWait is returned by step to a caller reading its own response (see lend.go)
+// errBudgetWait is returned by step to a caller reading its own response (see role.go)
 // when the frame it reads needs Budget bytes that are not free: the caller leaves the
 // reading role, and the reader goroutine waits for them. Like a deadline, it loses
 // nothing of the frame.

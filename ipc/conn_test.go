@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -95,7 +96,7 @@ func testCallRoundTripsConcurrently(t *testing.T, tr transport, client Options) 
 					n = readBufferSize + i*j*7
 				}
 				body := []byte(strings.Repeat("x", n))
-				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), body)
+				f, err := invoke(context.Background(), c, []byte("m"), body)
 				if !assertNoErr(t, err) {
 					return
 				}
@@ -131,7 +132,7 @@ func TestLargeFramesKeepTheirBytesThroughRecycledBuffers(t *testing.T) {
 							for k := range body {
 								body[k] = seed + byte(k*7)
 							}
-							f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte{seed}, body)
+							f, err := invoke(context.Background(), c, []byte{seed}, body)
 							if !assertNoErr(t, err) {
 								return
 							}
@@ -158,14 +159,24 @@ func TestPartsArriveAsOneBody(t *testing.T) {
 		}
 		echoHandler(s, f)
 	}})
-	f, _, err := c.CallParts(context.Background(), time.Time{}, frame.Header{Kind: frame.KindInvoke}, []byte("m"), []byte("head-"), []byte("tail"), nil)
+	f, _, err := c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("m"), Body: []byte("head-"), Tail: []byte("tail")})
 	require.NoError(t, err)
 	require.Equal(t, "mhead-tail", string(f.Body))
-	f, _, err = c.CallParts(context.Background(), time.Time{}, frame.Header{Kind: frame.KindInvoke}, []byte("m"), nil, []byte("tail only"), nil)
+	f, _, err = c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("m"), Tail: []byte("tail only")})
 	require.NoError(t, err)
 	require.Equal(t, "mtail only", string(f.Body))
 	require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindOneway}, []byte("m"), []byte("one"), []byte("way"), nil))
 	require.Equal(t, "oneway", <-got)
+}
+
+// invoke calls an invoke request without files, whose answer must pass none.
+func invoke(ctx context.Context, c *Conn, meta, body []byte) (frame.Frame, error) {
+	f, files, err := c.Call(ctx, Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: meta, Body: body})
+	if len(files) > 0 {
+		closeFiles(files)
+		return frame.Frame{}, fmt.Errorf("the answer passes %d files", len(files))
+	}
+	return f, err
 }
 
 func assertNoErr(t *testing.T, err error) bool {
@@ -179,7 +190,7 @@ func assertNoErr(t *testing.T, err error) bool {
 
 func TestErrorFrameIsAFrameError(t *testing.T) {
 	c, _ := pair(t, Options{}, Options{})
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("fail"), []byte("why"))
+	_, err := invoke(context.Background(), c, []byte("fail"), []byte("why"))
 	var fe *FrameError
 	require.ErrorAs(t, err, &fe)
 	require.Equal(t, frame.CodeRemote, fe.Code)
@@ -197,7 +208,7 @@ func TestPendingCallsFailWithTheCauseWhenTheConnEnds(t *testing.T) {
 			errs := make(chan error, cap(arrived))
 			for range cap(errs) {
 				go func() {
-					_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("hang"), nil)
+					_, err := invoke(context.Background(), c, []byte("hang"), nil)
 					errs <- err
 				}()
 			}
@@ -213,7 +224,7 @@ func TestPendingCallsFailWithTheCauseWhenTheConnEnds(t *testing.T) {
 				require.NotErrorIs(t, err, ErrNotSent, "these requests were sent: they may have run")
 			}
 			// After the end, a call is refused before sending.
-			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+			_, err := invoke(context.Background(), c, []byte("m"), nil)
 			require.ErrorIs(t, err, ErrNotSent)
 			require.ErrorIs(t, err, ErrConnLost)
 			require.Error(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil))
@@ -227,12 +238,12 @@ func TestCallHonoursContextAndDropsTheLateAnswer(t *testing.T) {
 			c, _ := pair(t, m.opts, Options{})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 			defer cancel()
-			_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("hang"), nil)
+			_, err := invoke(ctx, c, []byte("hang"), nil)
 			require.ErrorIs(t, err, context.DeadlineExceeded)
 			c.pmu.Lock()
 			require.Empty(t, c.pending, "an abandoned call must not stay in the pending table")
 			c.pmu.Unlock()
-			f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("ok"), nil)
+			f, err := invoke(context.Background(), c, []byte("ok"), nil)
 			require.NoError(t, err)
 			require.Equal(t, "ok", string(f.Body))
 		})
@@ -327,7 +338,7 @@ func TestHeartbeats(t *testing.T) {
 		time.Sleep(time.Minute)
 		require.NoError(t, cx.Err())
 		require.NoError(t, cy.Err())
-		f, err := cx.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+		f, err := invoke(context.Background(), cx, []byte("m"), nil)
 		require.NoError(t, err)
 		require.Equal(t, "m", string(f.Body))
 		cx.Close()
@@ -361,6 +372,6 @@ func TestCloseSendIsTheLastFrame(t *testing.T) {
 	c, _ := pair(t, Options{}, Options{})
 	require.NoError(t, c.CloseSend(frame.Header{Kind: frame.KindGoodbye}))
 	require.ErrorIs(t, c.Send(frame.Header{Kind: frame.KindOneway}, nil, nil), ErrSendClosed)
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+	_, err := invoke(context.Background(), c, []byte("m"), nil)
 	require.ErrorIs(t, err, ErrNotSent, "a request refused by CloseSend never left")
 }

@@ -13,14 +13,14 @@
 // The reading role can move, one holder at a time, without losing a byte: a Handler
 // may run a quick request where it was read and have another goroutine take over if
 // it blocks (Conn.Inline), and with Options.CallerReads a call alone in flight reads
-// its own response, so that the response wakes the goroutine that wants it directly
-// (see lend.go). A frame reader resumes a frame that a read deadline cut anywhere.
+// its own response, so that the response wakes the goroutine that wants it directly.
+// A frame reader resumes a frame that a read deadline cut anywhere.
 //
 // # File descriptors
 //
 // On a Unix socket on Linux a frame may pass up to frame.MaxFDs open files
-// (SCM_RIGHTS): SendFiles, CallFiles, CallHeader and ReplyFiles send them, a
-// FileHandler and CallFiles receive them; CanPassFiles says whether a Conn can. Elsewhere
+// (SCM_RIGHTS): SendParts and Call send them, a FileHandler and Call receive them;
+// CanPassFiles says whether a Conn can. Elsewhere
 // (TCP, other systems) sending files fails with ErrFDUnsupported and a frame declaring
 // descriptors is a protocol violation.
 //

@@ -44,13 +44,9 @@ var (
 	// descriptors: one over TCP, or on a platform other than Linux. CanPassFiles reports
 	// it in advance.
 	ErrFDUnsupported = errors.New("this connection cannot pass file descriptors")
-	// ErrTooManyFiles is returned by SendFiles, CallFiles and ReplyFiles when asked to
-	// attach more than frame.MaxFDs files to one frame; nothing was sent.
+	// ErrTooManyFiles is returned by SendParts and Call when asked to attach more than
+	// frame.MaxFDs files to one frame; nothing was sent.
 	ErrTooManyFiles = errors.New("too many files for one frame")
-	// ErrUnexpectedFiles is returned by Call when the peer answered with file
-	// descriptors, which Call cannot return (CallFiles can). The descriptors were closed;
-	// the Conn stays open.
-	ErrUnexpectedFiles = errors.New("response carries file descriptors")
 )
 
 // FrameError is an error frame received from the peer: a short code (see frame.Code*)

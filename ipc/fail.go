@@ -9,6 +9,9 @@ import (
 	"github.com/cluster-client-go/cluster/frame"
 )
 
+// Failing: failed is set once, by compare-and-swap, before the error frame is queued;
+// from then on nothing more is dispatched and the Conn's cause is failed's.
+
 // failFlush bounds how long a failing Conn waits for its error frame, and what was
 // queued before it, to be written before it closes.
 const failFlush = 100 * time.Millisecond

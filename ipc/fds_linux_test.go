@@ -62,7 +62,7 @@ func TestPassAPipeBothWays(t *testing.T) {
 					}()
 				case "give": // answer with a pipe of our own
 					r := pipeWith(t, "from the server")
-					require.NoError(t, c.ReplyFiles(f.ID, []byte("here"), []*os.File{r}))
+					require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, []byte("here"), nil, []*os.File{r}))
 					require.NoError(t, r.Close()) // the Conn holds its own duplicate
 				}
 			}}
@@ -71,14 +71,14 @@ func TestPassAPipeBothWays(t *testing.T) {
 			before := fdtest.Take(t)
 
 			r := pipeWith(t, "hello through a pipe")
-			resp, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("read"), nil, []*os.File{r})
+			resp, files, err := c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("read"), Files: []*os.File{r}})
 			require.NoError(t, r.Close())
 			require.NoError(t, err)
 			require.Nil(t, files)
 			require.Equal(t, "hello through a pipe", string(resp.Body))
 			<-readDone
 
-			f, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("give"), nil, nil)
+			f, files, err := c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("give")})
 			require.NoError(t, err)
 			require.Equal(t, "here", string(f.Body))
 			require.Equal(t, uint8(1), f.FDs)
@@ -93,7 +93,7 @@ func TestSendFilesMayCloseAtOnce(t *testing.T) {
 	ch := make(chan received, 1)
 	c, _ := unixConns(t, Options{}, Options{FileHandler: collector(ch)})
 	r := pipeWith(t, "still readable")
-	require.NoError(t, c.SendFiles(frame.Header{Kind: frame.KindOneway, ID: 1}, []byte("m"), nil, []*os.File{r}))
+	require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindOneway, ID: 1}, []byte("m"), nil, nil, []*os.File{r}))
 	require.NoError(t, r.Close()) // before the writer has necessarily written it
 	got := <-ch
 	require.Len(t, got.files, 1)
@@ -123,7 +123,7 @@ func TestFilesInterleavedWithPlainFramesInOrder(t *testing.T) {
 			for j := range nfiles(i) {
 				files = append(files, pipeWith(t, fmt.Sprintf("%d.%d", i, j)))
 			}
-			err := c.SendFiles(frame.Header{Kind: frame.KindMessage}, []byte("t"), body(i), files)
+			err := c.SendParts(frame.Header{Kind: frame.KindMessage}, []byte("t"), body(i), nil, files)
 			closeFiles(files)
 			if err != nil {
 				t.Error(err)
@@ -153,7 +153,7 @@ func TestSixteenFilesAndAShortSendmsg(t *testing.T) {
 	// 4 MiB cannot fit in a socket buffer: the sendmsg with the descriptors is short
 	// and the rest of the frame follows in plain writes.
 	body := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16)
-	require.NoError(t, c.SendFiles(frame.Header{Kind: frame.KindMessage}, []byte("t"), body, files))
+	require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindMessage}, []byte("t"), body, nil, files))
 	closeFiles(files)
 	got := <-ch
 	require.Equal(t, body, got.f.Body)
@@ -170,22 +170,22 @@ func TestTooManyFilesRefusedAtSend(t *testing.T) {
 	for range frame.MaxFDs + 1 {
 		files = append(files, pipeWith(t, ""))
 	}
-	err := c.SendFiles(frame.Header{Kind: frame.KindMessage}, nil, nil, files)
+	err := c.SendParts(frame.Header{Kind: frame.KindMessage}, nil, nil, nil, files)
 	require.ErrorIs(t, err, ErrTooManyFiles)
-	_, _, err = c.CallFiles(context.Background(), frame.KindInvoke, 0, nil, nil, files)
+	_, _, err = c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Files: files})
 	require.ErrorIs(t, err, ErrTooManyFiles)
 	require.ErrorIs(t, err, ErrNotSent)
-	require.ErrorIs(t, c.ReplyFiles(1, nil, files), ErrTooManyFiles)
+	require.ErrorIs(t, c.SendParts(frame.Header{Kind: frame.KindResponse, ID: 1}, nil, nil, nil, files), ErrTooManyFiles)
 	closeFiles(files)
 	require.Empty(t, before.Added(t))
 	// A closed file is refused too, and nothing is half-sent.
 	open, closed := pipeWith(t, ""), pipeWith(t, "")
 	closed.Close()
-	require.ErrorIs(t, c.SendFiles(frame.Header{Kind: frame.KindMessage}, nil, nil, []*os.File{open, closed}), os.ErrClosed)
+	require.ErrorIs(t, c.SendParts(frame.Header{Kind: frame.KindMessage}, nil, nil, nil, []*os.File{open, closed}), os.ErrClosed)
 	open.Close()
 	require.Empty(t, before.Added(t), "the duplicate of the first file was closed")
 	require.NoError(t, c.Err())
-	f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+	f, err := invoke(context.Background(), c, []byte("m"), nil)
 	require.NoError(t, err, "the Conn still works")
 	require.Equal(t, "m", string(f.Body))
 }
@@ -195,31 +195,17 @@ func TestFilesOverTCPAreUnsupported(t *testing.T) {
 	require.False(t, c.CanPassFiles())
 	r := pipeWith(t, "")
 	defer r.Close()
-	err := c.SendFiles(frame.Header{Kind: frame.KindOneway, ID: 1}, nil, nil, []*os.File{r})
+	err := c.SendParts(frame.Header{Kind: frame.KindOneway, ID: 1}, nil, nil, nil, []*os.File{r})
 	require.ErrorIs(t, err, ErrFDUnsupported)
 	require.ErrorContains(t, err, "tcp connection")
-	_, _, err = c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("m"), nil, []*os.File{r})
+	_, _, err = c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("m"), Files: []*os.File{r}})
 	require.ErrorIs(t, err, ErrFDUnsupported)
 	require.ErrorIs(t, err, ErrNotSent)
 	// Without files the calls work.
-	f, files, err := c.CallFiles(context.Background(), frame.KindInvoke, 0, []byte("m"), nil, nil)
+	f, files, err := c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("m")})
 	require.NoError(t, err)
 	require.Nil(t, files)
 	require.Equal(t, "m", string(f.Body))
-}
-
-func TestCallRefusesAResponseWithFiles(t *testing.T) {
-	server := Options{FileHandler: func(c *Conn, f frame.Frame, _ []*os.File) {
-		r := pipeWith(t, "unwanted")
-		_ = c.ReplyFiles(f.ID, []byte("body"), []*os.File{r})
-		r.Close()
-	}}
-	c, _ := unixConns(t, Options{}, server)
-	before := fdtest.Take(t)
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
-	require.ErrorIs(t, err, ErrUnexpectedFiles)
-	require.NoError(t, c.Err(), "only the call fails")
-	before.RequireNoneAdded(t)
 }
 
 func TestResponseFilesToAnAbandonedCallAreClosed(t *testing.T) {
@@ -236,7 +222,7 @@ func TestResponseFilesToAnAbandonedCallAreClosed(t *testing.T) {
 					defer close(replied)
 					<-release
 					r := pipeWith(t, "too late")
-					_ = c.ReplyFiles(f.ID, nil, []*os.File{r})
+					_ = c.SendParts(frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, nil, nil, []*os.File{r})
 					r.Close()
 				}()
 			}}
@@ -245,7 +231,7 @@ func TestResponseFilesToAnAbandonedCallAreClosed(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			errc := make(chan error, 1)
 			go func() {
-				_, _, err := c.CallFiles(ctx, frame.KindInvoke, 0, []byte("late"), nil, nil)
+				_, _, err := c.Call(ctx, Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("late")})
 				errc <- err
 			}()
 			<-arrived
@@ -254,7 +240,7 @@ func TestResponseFilesToAnAbandonedCallAreClosed(t *testing.T) {
 			close(release)
 			<-replied
 			// Answers arrive in order: once this one is back, the late one was handled.
-			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+			_, err := invoke(context.Background(), c, []byte("m"), nil)
 			require.NoError(t, err)
 			before.RequireNoneAdded(t)
 		})
@@ -440,7 +426,7 @@ func TestQueuedFilesAreClosedWhenTheConnEndsUnwritten(t *testing.T) {
 	require.NoError(t, c.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), make([]byte, 8<<20)))
 	for range 4 {
 		files := []*os.File{pipeWith(t, "x"), pipeWith(t, "y")}
-		require.NoError(t, c.SendFiles(frame.Header{Kind: frame.KindMessage}, []byte("t"), nil, files))
+		require.NoError(t, c.SendParts(frame.Header{Kind: frame.KindMessage}, []byte("t"), nil, nil, files))
 		closeFiles(files)
 	}
 	// The Conn holds its duplicates: 8, on top of the two sockets.
@@ -454,11 +440,11 @@ func TestCallHeaderCarriesFlags(t *testing.T) {
 	ch := make(chan received, 1)
 	c, _ := unixConns(t, Options{}, Options{FileHandler: func(c *Conn, f frame.Frame, files []*os.File) {
 		ch <- received{f, files}
-		_ = c.SendFiles(frame.Header{Kind: frame.KindResponse, ID: f.ID, Flags: frame.FlagBlob}, nil, nil, files)
+		_ = c.SendParts(frame.Header{Kind: frame.KindResponse, ID: f.ID, Flags: frame.FlagBlob}, nil, nil, nil, files)
 		closeFiles(files)
 	}})
 	r := pipeWith(t, "blob")
-	f, files, err := c.CallHeader(context.Background(), frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, Timeout: 7}, []byte("m"), nil, []*os.File{r})
+	f, files, err := c.Call(context.Background(), Request{Header: frame.Header{Kind: frame.KindInvoke, Flags: frame.FlagBlob, Timeout: 7}, Meta: []byte("m"), Files: []*os.File{r}})
 	r.Close()
 	require.NoError(t, err)
 	got := <-ch
@@ -478,7 +464,7 @@ func TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered(t *testing.T) {
 	c := lendingClient(t, a, time.Hour, Options{FileHandler: collector(got)})
 	peer := rawPeer{t, b}
 	go func() { peer.answer(peer.request()) }()
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+	_, err := invoke(context.Background(), c, nil, nil)
 	require.NoError(t, err)
 	requireLend(t, c, lendFree)
 	before := fdtest.Take(t)
@@ -486,7 +472,7 @@ func TestDescriptorsOfAFrameACallerLeftHalfReadAreDelivered(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Call(ctx, frame.KindInvoke, 0, nil, nil)
+		_, err := invoke(ctx, c, nil, nil)
 		errc <- err
 	}()
 	second := peer.request()

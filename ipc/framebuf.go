@@ -60,7 +60,7 @@ func stageSize(size, n int) int {
 // spare is the process's spare staging buffer: nil while a frame stages in it, or
 // once it has gone unused for spareIdle.
 var spare struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // a leaf: held while taking no other lock
 	buf   []byte
 	used  bool        // taken since the timer last looked
 	timer *time.Timer // drops buf after spareIdle without use; nil until the first put

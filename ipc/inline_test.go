@@ -40,7 +40,7 @@ func (h *inlineHandler) handle(c *Conn, f frame.Frame, files []*os.File) {
 			h.blocking <- struct{}{}
 			<-h.hold
 		}
-		_ = c.ReplyFiles(f.ID, append([]byte(nil), f.Body...), files)
+		_ = c.SendParts(frame.Header{Kind: frame.KindResponse, ID: f.ID}, nil, append([]byte(nil), f.Body...), nil, files)
 		closeFiles(files)
 	})
 	h.quick <- quick
@@ -65,7 +65,7 @@ func TestInlineHandsReadingOnWhenAFunctionBlocks(t *testing.T) {
 
 			// Quick requests are answered inline, and Inline says so.
 			for i := range 3 {
-				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("echo"), []byte{byte(i)})
+				f, err := invoke(ctx, c, []byte("echo"), []byte{byte(i)})
 				require.NoError(t, err)
 				require.Equal(t, []byte{byte(i)}, f.Body)
 				require.True(t, <-h.quick)
@@ -75,7 +75,7 @@ func TestInlineHandsReadingOnWhenAFunctionBlocks(t *testing.T) {
 			// (by the goroutine that took over reading), while the first is not.
 			blocked := make(chan error, 1)
 			go func() {
-				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("block"), []byte("first"))
+				f, err := invoke(ctx, c, []byte("block"), []byte("first"))
 				if err == nil && string(f.Body) != "first" {
 					err = errBody(f.Body)
 				}
@@ -86,7 +86,7 @@ func TestInlineHandsReadingOnWhenAFunctionBlocks(t *testing.T) {
 			if c.CanPassFiles() {
 				files = []*os.File{pipeWith(t, "after the takeover")}
 			}
-			f, got, err := c.CallFiles(ctx, frame.KindInvoke, 0, []byte("echo"), []byte("second"), files)
+			f, got, err := c.Call(ctx, Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte("echo"), Body: []byte("second"), Files: files})
 			closeFiles(files)
 			require.NoError(t, err, "a request behind a blocked inline one must be answered")
 			require.Equal(t, "second", string(f.Body))
@@ -108,7 +108,7 @@ func TestInlineHandsReadingOnWhenAFunctionBlocks(t *testing.T) {
 			// The connection goes on working, then closes cleanly (goleak checks the
 			// goroutines in TestMain).
 			for i := range 3 {
-				f, err := c.Call(ctx, frame.KindInvoke, 0, []byte("echo"), []byte{byte(i)})
+				f, err := invoke(ctx, c, []byte("echo"), []byte{byte(i)})
 				require.NoError(t, err)
 				require.Equal(t, []byte{byte(i)}, f.Body)
 				<-h.quick
@@ -145,7 +145,7 @@ func testInlineTakeoverWhileTheConnEnds(t *testing.T, tr transport) {
 	}}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	go func() { _, _ = c.Call(ctx, frame.KindInvoke, 0, []byte("x"), nil) }()
+	go func() { _, _ = invoke(ctx, c, []byte("x"), nil) }()
 	// Wait until the watch took over: the role's generation moved on, out of Inline.
 	require.Eventually(t, func() bool {
 		return s.role.Load()&1 == 0 && s.role.Load() > 0
@@ -185,7 +185,7 @@ func TestTheWatchTicksLessWhileInlineFunctionsAreQuick(t *testing.T) {
 	defer cancel()
 	call := func(meta, body string) {
 		t.Helper()
-		f, err := c.Call(ctx, frame.KindInvoke, 0, []byte(meta), []byte(body))
+		f, err := invoke(ctx, c, []byte(meta), []byte(body))
 		require.NoError(t, err)
 		require.Equal(t, body, string(f.Body))
 	}
@@ -205,7 +205,7 @@ func TestTheWatchTicksLessWhileInlineFunctionsAreQuick(t *testing.T) {
 	inBackground := func(meta, body string) <-chan error {
 		errc := make(chan error, 1)
 		go func() {
-			f, err := c.Call(ctx, frame.KindInvoke, 0, []byte(meta), []byte(body))
+			f, err := invoke(ctx, c, []byte(meta), []byte(body))
 			if err == nil && string(f.Body) != body {
 				err = errBody(f.Body)
 			}

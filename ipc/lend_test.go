@@ -70,7 +70,7 @@ func TestALoneCallReadsItsOwnResponse(t *testing.T) {
 
 			// The first call is answered through the reader goroutine, which then
 			// leaves the role free: nothing else is pending.
-			f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
+			f, err := invoke(context.Background(), c, []byte("a"), nil)
 			require.NoError(t, err)
 			require.Equal(t, "a", string(f.Body))
 			requireLend(t, c, lendFree)
@@ -78,7 +78,7 @@ func TestALoneCallReadsItsOwnResponse(t *testing.T) {
 			// The next one takes the role and waits on the socket itself.
 			done := make(chan error, 1)
 			go func() {
-				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("slow"), nil)
+				f, err := invoke(context.Background(), c, []byte("slow"), nil)
 				if err == nil && string(f.Body) != "slow answer" {
 					err = fmt.Errorf("got %q", f.Body)
 				}
@@ -93,7 +93,7 @@ func TestALoneCallReadsItsOwnResponse(t *testing.T) {
 			// A push that arrives while nobody reads waits for the next reader:
 			// here the next call, whose caller dispatches it on the way.
 			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("pushed")))
-			_, err = c.Call(context.Background(), frame.KindInvoke, 0, []byte("b"), nil)
+			_, err = invoke(context.Background(), c, []byte("b"), nil)
 			require.NoError(t, err)
 			select {
 			case got := <-pushes:
@@ -121,7 +121,7 @@ func TestAFreeRoleIsReclaimedForPushes(t *testing.T) {
 			pushes := make(chan string, 4)
 			c, s := echoAndLender(t, tr, time.Millisecond, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
 			for range 3 {
-				_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("a"), nil)
+				_, err := invoke(context.Background(), c, []byte("a"), nil)
 				require.NoError(t, err)
 			}
 			// No call follows: the reclaim gives the role back to the reader
@@ -157,7 +157,7 @@ func TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy(t *testing.T) {
 				// reclaim starts again at reclaimAfter: calls go on until a clean run.
 				for c.reclaimWait.Load() < int64(reclaimMax) {
 					require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
-					_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("a"), nil)
+					_, err := invoke(ctx, c, []byte("a"), nil)
 					require.NoError(t, err)
 				}
 			}
@@ -176,7 +176,7 @@ func TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy(t *testing.T) {
 			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("between calls")))
 			for len(pushes) == 0 {
 				require.NoError(t, ctx.Err())
-				_, err := c.Call(ctx, frame.KindInvoke, 0, []byte("a"), nil)
+				_, err := invoke(ctx, c, []byte("a"), nil)
 				require.NoError(t, err)
 			}
 			require.Equal(t, "between calls", <-pushes)
@@ -273,7 +273,7 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	c := lendingClient(t, a, time.Hour, Options{Budget: budget, FrameTimeout: time.Hour, Handler: func(_ *Conn, f frame.Frame) { pushes <- f.Body }})
 
 	go func() { peer.answer(peer.request()) }()
-	_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("first"))
+	_, err := invoke(context.Background(), c, nil, []byte("first"))
 	require.NoError(t, err)
 	requireLend(t, c, lendFree)
 
@@ -287,7 +287,7 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 	body := push[frame.HeaderSize+len("topic"):]
 	errc := make(chan error, 1)
 	go func() {
-		_, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, nil, []byte("second"), nil)
+		_, _, err := c.Call(ctx, Request{Header: frame.Header{Kind: frame.KindInvoke}, Body: []byte("second"), Deadline: deadline})
 		errc <- err
 	}()
 	second := peer.request()
@@ -312,7 +312,7 @@ func testACallerReadingPartOfAFrame(t *testing.T, tr transport, end string, push
 		t.Fatalf("the Conn failed instead of reading the push whole: %v", c.Err())
 	}
 	go func() { peer.answer(peer.request()) }()
-	f, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, []byte("third"))
+	f, err := invoke(context.Background(), c, nil, []byte("third"))
 	require.NoError(t, err)
 	require.Equal(t, "third", string(f.Body))
 	require.NoError(t, c.Err())
@@ -330,13 +330,13 @@ func TestTheConnEndingUnderAReadingCaller(t *testing.T) {
 			peer := rawPeer{t, b}
 			c := lendingClient(t, a, time.Hour, Options{})
 			go func() { peer.answer(peer.request()) }()
-			_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+			_, err := invoke(context.Background(), c, nil, nil)
 			require.NoError(t, err)
 			requireLend(t, c, lendFree)
 
 			errc := make(chan error, 1)
 			go func() {
-				_, err := c.Call(context.Background(), frame.KindInvoke, 0, nil, nil)
+				_, err := invoke(context.Background(), c, nil, nil)
 				errc <- err
 			}()
 			peer.request()
@@ -405,7 +405,7 @@ func TestCallerReadsUnderLoad(t *testing.T) {
 								cancel()
 							}()
 						}
-						f, _, err := c.CallHeaderUntil(ctx, deadline, frame.Header{Kind: frame.KindInvoke}, []byte(meta), body, nil)
+						f, _, err := c.Call(ctx, Request{Header: frame.Header{Kind: frame.KindInvoke}, Meta: []byte(meta), Body: body, Deadline: deadline})
 						cancel()
 						switch {
 						case err == nil:

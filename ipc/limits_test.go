@@ -201,14 +201,14 @@ func TestACallerLeavesAResponseThatWaitsForBudget(t *testing.T) {
 			s := started(NewConn(b, PeerCred{}, Options{Handler: echoHandler}))
 			t.Cleanup(func() { s.Close() })
 			c := lendingClient(t, a, time.Hour, Options{Budget: budget})
-			_, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), nil)
+			_, err := invoke(context.Background(), c, []byte("m"), nil)
 			require.NoError(t, err)
 			requireLend(t, c, lendFree)
 
 			body := bytes.Repeat([]byte("x"), 512<<10)
 			done := make(chan error, 1)
 			go func() {
-				f, err := c.Call(context.Background(), frame.KindInvoke, 0, []byte("m"), body)
+				f, err := invoke(context.Background(), c, []byte("m"), body)
 				if err == nil && !bytes.Equal(f.Body, append([]byte("m"), body...)) {
 					err = fmt.Errorf("the response differs from the request")
 				}

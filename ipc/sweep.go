@@ -21,7 +21,7 @@ import (
 var sweep sweeper
 
 type sweeper struct {
-	mu     sync.Mutex
+	mu     sync.Mutex          // a leaf: held while taking no other lock
 	frames map[*Conn]slowFrame // the Conns whose frame's clock runs
 	timer  *time.Timer
 	at     int64 // when the timer fires (monotonic nanoseconds); 0 when it is not set

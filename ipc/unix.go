@@ -16,9 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxUnixPath is the longest socket path this platform's sun_path holds.
+// maxUnixPath is the longest socket path this platform's sun_path holds.
 // One byte of sun_path is kept for the terminating NUL.
-var MaxUnixPath = len(unix.RawSockaddrUnix{}.Path) - 1
+var maxUnixPath = len(unix.RawSockaddrUnix{}.Path) - 1
 
 // Listener accepts connections on a Unix socket that it created with a fixed mode and
 // will never unlink on Close: only the owner of the election lock removes the socket
@@ -36,8 +36,8 @@ type Listener struct {
 // CheckUnixPath returns an error matching ErrPathTooLong, naming the path, its length
 // and the limit, if path does not fit in sun_path.
 func CheckUnixPath(path string) error {
-	if len(path) > MaxUnixPath {
-		return fmt.Errorf("%w: %q is %d bytes, the limit is %d; choose a shorter Dir or Name", ErrPathTooLong, path, len(path), MaxUnixPath)
+	if len(path) > maxUnixPath {
+		return fmt.Errorf("%w: %q is %d bytes, the limit is %d; choose a shorter Dir or Name", ErrPathTooLong, path, len(path), maxUnixPath)
 	}
 	return nil
 }

@@ -136,11 +136,11 @@ func TestListenUnixRefusesToReplaceNonSockets(t *testing.T) {
 }
 
 func TestPathLimit(t *testing.T) {
-	long := "/" + strings.Repeat("x", MaxUnixPath)
+	long := "/" + strings.Repeat("x", maxUnixPath)
 	err := CheckUnixPath(long)
 	require.ErrorIs(t, err, ErrPathTooLong)
 	require.Contains(t, err.Error(), "limit is 107")
-	require.NoError(t, CheckUnixPath(long[:MaxUnixPath]))
+	require.NoError(t, CheckUnixPath(long[:maxUnixPath]))
 	_, err = DialUnix(context.Background(), long)
 	require.ErrorIs(t, err, ErrPathTooLong)
 }

@@ -8,8 +8,8 @@ import (
 	"os"
 )
 
-// MaxUnixPath is the longest socket path this platform's sun_path holds.
-var MaxUnixPath = 107
+// maxUnixPath is the longest socket path this platform's sun_path holds.
+var maxUnixPath = 107
 
 var errNoUnix = fmt.Errorf("unix-socket transport on windows: %w (use the TCP transport)", errors.ErrUnsupported)
 
