@@ -299,7 +299,9 @@ func TestProcessHostileForeignPartialFrames(t *testing.T) {
 // Followers, and gets its descriptors back.
 func TestProcessLeaderOutOfDescriptors(t *testing.T) {
 	tc := newTestCluster(t)
-	lim := cluster.Limits{FDHeadroom: -1}
+	// No headroom, and room for every handshake at once: running out of descriptors is
+	// the only limit the attack can meet, however slowly a loaded Leader handshakes.
+	lim := cluster.Limits{FDHeadroom: -1, MaxHandshaking: 1000}
 	leader := tc.start(memberOpts{cfg: member.Config{Limits: lim, NoFile: 96}})
 	require.Equal(t, "leader", leader.joined().Role)
 	f := tc.start(memberOpts{})
