@@ -198,7 +198,7 @@ func BenchmarkFailoverSIGKILL(b *testing.B) {
 			b.Fatal("no leader")
 		}
 		killedAt := time.Now()
-		leader.kill()
+		leader.Kill()
 		var newLeader *proc
 		var newTerm uint64
 		for _, p := range rest {
@@ -215,7 +215,7 @@ func BenchmarkFailoverSIGKILL(b *testing.B) {
 			}
 		}
 		for _, p := range rest {
-			p.kill()
+			p.Kill()
 		}
 	}
 	reportDurations(b, "lead", leadTimes)

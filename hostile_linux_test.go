@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // Hostile peers, as processes: while each attack runs, the Leader's resources stay under
@@ -24,12 +25,10 @@ import (
 // uid can), and everything is given back once the attacker is gone.
 
 // attack starts a hostile peer (see attackMain) against tc's Leader, as cred (nil: as
-// this process), doing mode n times.
-func (tc *testCluster) attack(bin string, cred *syscall.Credential, mode string, n int, env ...string) *proc {
+// this process), doing what a says.
+func (tc *testCluster) attack(bin string, cred *syscall.Credential, a attackSpec) *proc {
 	tc.t.Helper()
-	o := memberOpts{role: "attack", bin: bin, env: append([]string{
-		"ATTACK=" + mode, fmt.Sprintf("ATTACK_N=%d", n), "CT_SOCK=" + filepath.Join(tc.dir, tc.name+".sock"),
-	}, env...)}
+	o := memberOpts{role: "attack", bin: bin, args: memberArgs{Attack: &a, Sock: filepath.Join(tc.dir, tc.name+".sock")}}
 	if cred != nil {
 		o.attr = &syscall.SysProcAttr{Credential: cred}
 	}
@@ -89,12 +88,6 @@ func rssOf(t testing.TB, pid int) int64 {
 	return 0
 }
 
-func limitsEnv(t testing.TB, l cluster.Limits) string {
-	b, err := json.Marshal(l)
-	require.NoError(t, err)
-	return "CT_LIMITS=" + string(b)
-}
-
 // stillServed checks that a Follower the Leader served before the attack is served now.
 func stillServed(t *testing.T, f *proc) {
 	t.Helper()
@@ -106,14 +99,14 @@ func stillServed(t *testing.T, f *proc) {
 // stopAttack ends the attacker and waits for it to exit.
 func stopAttack(t *testing.T, atk *proc) attackReport {
 	t.Helper()
-	_ = atk.in.Close()
+	_ = atk.CloseInput()
 	select {
-	case <-atk.exited:
+	case <-atk.Done():
 	case <-time.After(waitTimeout):
 		t.Fatalf("the attacker %d did not exit", atk.pid)
 	}
 	var last attackReport
-	for _, e := range atk.snapshot() {
+	for _, e := range atk.Events() {
 		if e.Ev == "attack" {
 			require.NoError(t, json.Unmarshal([]byte(e.Data), &last))
 		}
@@ -136,13 +129,13 @@ func TestProcessHostileHandshakeFlood(t *testing.T) {
 	tc := newTestCluster(t)
 	start := time.Now()
 	lim := cluster.Limits{MaxHandshaking: 8, HandshakeTimeout: 300 * time.Millisecond}
-	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	leader := tc.start(memberOpts{cfg: member.Config{Limits: lim}})
 	require.Equal(t, "leader", leader.joined().Role)
 	f := tc.start(memberOpts{})
 	f.joined()
 	base := openFDsOf(t, leader.pid)
 
-	atk := tc.attack("", nil, "handshake-idle", 40)
+	atk := tc.attack("", nil, attackSpec{Mode: "handshake-idle", N: 40})
 	attackReportOf(atk, func(r attackReport) bool { return r.Codes["limit"] >= 100 && r.Closed >= 20 })
 	stillServed(t, f)
 	require.LessOrEqual(t, openFDsOf(t, leader.pid), base+8+2, "the leader holds more than MaxHandshaking connections in handshake")
@@ -154,7 +147,7 @@ func TestProcessHostileHandshakeFlood(t *testing.T) {
 	require.GreaterOrEqual(t, st.Refused["MaxHandshaking"], uint64(100))
 	require.GreaterOrEqual(t, st.Refused["handshake"], uint64(20))
 	// One line per kind, then a summary per kind every 10 s: not one per connection.
-	logs := leader.stderrString()
+	logs := leader.Stderr()
 	kinds := 2 + 1 // MaxHandshaking, handshake, and one more the summaries may name
 	lines := kinds * (1 + int(time.Since(start)/(10*time.Second)+1))
 	require.LessOrEqual(t, strings.Count(logs, "cluster: refused"), lines, logs)
@@ -167,17 +160,17 @@ func TestProcessHostileHandshakeFlood(t *testing.T) {
 func TestProcessHostileSubscriptionAndRegistrationFloods(t *testing.T) {
 	tc := newTestCluster(t)
 	lim := cluster.Limits{MaxSubscriptions: 100, MaxRegistrations: 50}
-	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	leader := tc.start(memberOpts{cfg: member.Config{Limits: lim}})
 	require.Equal(t, "leader", leader.joined().Role)
 
-	atk := tc.attack("", nil, "subscribe", 1000)
+	atk := tc.attack("", nil, attackSpec{Mode: "subscribe", N: 1000})
 	r := attackReportOf(atk, func(r attackReport) bool { return r.Answered+r.Codes["limit"] == 1000 })
 	require.Equal(t, 100, r.Answered)
 	require.Equal(t, 900, r.Codes["limit"])
 	require.Zero(t, r.Closed)
 	stopAttack(t, atk)
 
-	atk = tc.attack("", nil, "register", 500)
+	atk = tc.attack("", nil, attackSpec{Mode: "register", N: 500})
 	r = attackReportOf(atk, func(r attackReport) bool { return r.Answered+r.Codes["limit"] == 500 })
 	require.Equal(t, 50, r.Answered)
 	require.Equal(t, 450, r.Codes["limit"])
@@ -187,7 +180,7 @@ func TestProcessHostileSubscriptionAndRegistrationFloods(t *testing.T) {
 	require.EqualValues(t, 900, st.Refused["MaxSubscriptions"])
 	require.EqualValues(t, 450, st.Refused["MaxRegistrations"])
 	// The member's own API says the same, with the limit's name.
-	f := tc.start(memberOpts{env: []string{limitsEnv(t, lim)}})
+	f := tc.start(memberOpts{cfg: member.Config{Limits: lim}})
 	f.joined()
 	for i := 0; i < 100; i++ {
 		require.Empty(t, f.do(command{Op: "subscribe", Name: fmt.Sprintf("t%d", i)}).Err)
@@ -199,14 +192,14 @@ func TestProcessHostileSubscriptionAndRegistrationFloods(t *testing.T) {
 
 // foreignAttack sets up a Leader of uid 1000 sharing its Dir with group 2000, a Follower
 // of the same uid, and returns them with the test binary other uids may run; the attacks
-// come from uid 1001, in group 2000: admitted by AllowGIDs, but another user.
-func foreignAttack(t *testing.T, lim cluster.Limits, leaderEnv ...string) (tc *testCluster, bin string, leader, f *proc) {
+// come from uid 1001, in group 2000: admitted by AllowGIDs, but another user. The
+// Leader has limits lim and, unless noFile is 0, an RLIMIT_NOFILE of noFile.
+func foreignAttack(t *testing.T, lim cluster.Limits, noFile uint64) (tc *testCluster, bin string, leader, f *proc) {
 	t.Helper()
 	tc, bin = sharedVolume(t, 0o770|os.ModeSetgid)
-	env := append(append([]string{limitsEnv(t, lim)}, shared...), leaderEnv...)
-	leader = startAs(tc, bin, uid1000, env...)
+	leader = startAs(tc, bin, uid1000, member.Config{AllowGIDs: shared.AllowGIDs, Limits: lim, NoFile: noFile})
 	require.Equal(t, "leader", leader.joined().Role)
-	f = startAs(tc, bin, uid1000, shared...)
+	f = startAs(tc, bin, uid1000, shared)
 	require.Equal(t, "follower", f.joined().Role)
 	return tc, bin, leader, f
 }
@@ -214,7 +207,7 @@ func foreignAttack(t *testing.T, lim cluster.Limits, leaderEnv ...string) (tc *t
 // joinsDuring checks that a fresh member of the Leader's uid joins and is served.
 func joinsDuring(t *testing.T, tc *testCluster, bin string) {
 	t.Helper()
-	fresh := startAs(tc, bin, uid1000, shared...)
+	fresh := startAs(tc, bin, uid1000, shared)
 	require.Equal(t, "follower", fresh.joined().Role)
 	stillServed(t, fresh)
 }
@@ -223,8 +216,8 @@ func joinsDuring(t *testing.T, tc *testCluster, bin string) {
 // Leader's uid still join.
 func TestProcessHostileForeignHandshakeFlood(t *testing.T) {
 	lim := cluster.Limits{MaxHandshaking: 8, HandshakeTimeout: 2 * time.Second}
-	tc, bin, leader, f := foreignAttack(t, lim)
-	atk := tc.attack(bin, uid1001, "handshake-idle", 40)
+	tc, bin, leader, f := foreignAttack(t, lim, 0)
+	atk := tc.attack(bin, uid1001, attackSpec{Mode: "handshake-idle", N: 40})
 	attackReportOf(atk, func(r attackReport) bool { return r.Codes["limit"] >= 100 })
 	joinsDuring(t, tc, bin)
 	stillServed(t, f)
@@ -236,9 +229,9 @@ func TestProcessHostileForeignHandshakeFlood(t *testing.T) {
 // MaxConnsPerUID they are refused; the Leader's own uid joins; all is given back.
 func TestProcessHostileForeignIdleConnections(t *testing.T) {
 	lim := cluster.Limits{MaxConnsPerUID: 16}
-	tc, bin, leader, f := foreignAttack(t, lim)
+	tc, bin, leader, f := foreignAttack(t, lim, 0)
 	base := openFDsOf(t, leader.pid)
-	atk := tc.attack(bin, uid1001, "idle", 100)
+	atk := tc.attack(bin, uid1001, attackSpec{Mode: "idle", N: 100})
 	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused == 100 })
 	require.Equal(t, 16, r.Welcomed)
 	require.Equal(t, 84, r.Codes["limit"])
@@ -258,9 +251,9 @@ func TestProcessHostileForeignIdleConnections(t *testing.T) {
 func TestProcessHostileForeignDescriptorHoarding(t *testing.T) {
 	const nofile = 400
 	lim := cluster.Limits{FDHeadroom: 32}
-	tc, bin, leader, f := foreignAttack(t, lim, fmt.Sprintf("CT_NOFILE=%d", nofile))
+	tc, bin, leader, f := foreignAttack(t, lim, nofile)
 	base := openFDsOf(t, leader.pid)
-	atk := tc.attack(bin, uid1001, "fds", 40, "ATTACK_BODY=1048576", "ATTACK_SENT=100")
+	atk := tc.attack(bin, uid1001, attackSpec{Mode: "fds", N: 40, Body: 1 << 20, Sent: 100})
 	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused == 40 })
 	require.Greater(t, r.Codes["limit"], 0, "%+v", r)
 	// Each admitted connection holds itself and 16 descriptors: peers of other uids
@@ -280,10 +273,10 @@ func TestProcessHostileForeignDescriptorHoarding(t *testing.T) {
 // an error frame; the Leader's own uid joins and is served throughout.
 func TestProcessHostileForeignPartialFrames(t *testing.T) {
 	lim := cluster.Limits{FrameTimeout: 2 * time.Second, MaxPartialBytes: 64 << 20}
-	tc, bin, leader, f := foreignAttack(t, lim)
+	tc, bin, leader, f := foreignAttack(t, lim, 0)
 	rss := rssOf(t, leader.pid)
 	const n, sent = 32, 1 << 20 // 32 headers claiming 16 MiB each, 1 MiB of each sent
-	atk := tc.attack(bin, uid1001, "partial", n, fmt.Sprintf("ATTACK_BODY=%d", 16<<20-8), fmt.Sprintf("ATTACK_SENT=%d", sent))
+	atk := tc.attack(bin, uid1001, attackSpec{Mode: "partial", N: n, Body: 16<<20 - 8, Sent: sent})
 	attackReportOf(atk, func(r attackReport) bool { return r.Welcomed == n })
 	joinsDuring(t, tc, bin)
 	stillServed(t, f)
@@ -307,12 +300,12 @@ func TestProcessHostileForeignPartialFrames(t *testing.T) {
 func TestProcessLeaderOutOfDescriptors(t *testing.T) {
 	tc := newTestCluster(t)
 	lim := cluster.Limits{FDHeadroom: -1}
-	leader := tc.start(memberOpts{env: []string{limitsEnv(t, lim), "CT_NOFILE=96"}})
+	leader := tc.start(memberOpts{cfg: member.Config{Limits: lim, NoFile: 96}})
 	require.Equal(t, "leader", leader.joined().Role)
 	f := tc.start(memberOpts{})
 	f.joined()
 	base := openFDsOf(t, leader.pid)
-	atk := tc.attack("", nil, "idle", 120)
+	atk := tc.attack("", nil, attackSpec{Mode: "idle", N: 120})
 	r := attackReportOf(atk, func(r attackReport) bool { return r.Welcomed+r.Refused+r.Errors == 120 })
 	t.Logf("attacker: %+v", r)
 	require.Positive(t, r.Codes["limit"], "%+v", r)

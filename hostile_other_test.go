@@ -3,15 +3,14 @@
 package cluster_test
 
 import (
-	"errors"
 	"fmt"
 	"os"
+
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // attackMain: the hostile-peer tests run on Linux only.
-func attackMain() int {
+func attackMain(member.Config, memberArgs) int {
 	fmt.Fprintln(os.Stderr, "the attack role runs on Linux only")
 	return 2
 }
-
-func setNoFile(string) error { return errors.ErrUnsupported }

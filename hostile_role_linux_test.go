@@ -9,33 +9,35 @@ import (
 	"net"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // attackMain is a hostile peer (the "attack" role): it connects to the Leader's socket
-// CT_SOCK as cluster CT_NAME and does what ATTACK says, ATTACK_N times, until its stdin
+// args.Sock as cluster cfg.Name and does what args.Attack says, N times, until its stdin
 // closes; then it closes everything and exits. Every 100 ms, and once at the end, it
 // prints a report (event "attack", Data: an attackReport as JSON).
 //
 //	handshake-idle  N connections that never send a hello, each redialled when closed
 //	idle            N connections that complete the handshake and then send nothing
 //	partial         N connections that complete the handshake, then send an invoke
-//	                header for a body of ATTACK_BODY bytes and only ATTACK_SENT of them
+//	                header for a body of Body bytes and only Sent of them
 //	fds             the same, passing 16 descriptors with the frame's first bytes
 //	subscribe       one connection that subscribes to N topics, without waiting
 //	register        one connection that registers N payloads, without waiting
-func attackMain() int {
-	mode, sock, name := os.Getenv("ATTACK"), os.Getenv("CT_SOCK"), os.Getenv("CT_NAME")
-	n, _ := strconv.Atoi(os.Getenv("ATTACK_N"))
-	a := &attacker{sock: sock, name: name, rep: attackReport{Codes: map[string]int{}}}
-	a.body, _ = strconv.Atoi(os.Getenv("ATTACK_BODY"))
-	a.sent, _ = strconv.Atoi(os.Getenv("ATTACK_SENT"))
+func attackMain(cfg member.Config, args memberArgs) int {
+	if args.Attack == nil {
+		fmt.Fprintln(os.Stderr, "the attack role needs Args.Attack")
+		return 2
+	}
+	mode, n := args.Attack.Mode, args.Attack.N
+	a := &attacker{sock: args.Sock, name: cfg.Name, rep: attackReport{Codes: map[string]int{}}}
+	a.body, a.sent = args.Attack.Body, args.Attack.Sent
 	stop := make(chan struct{})
 	go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stop) }()
 	var wg sync.WaitGroup
@@ -54,7 +56,7 @@ func attackMain() int {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.flood(mode, n, stop) }()
 	default:
-		fmt.Fprintf(os.Stderr, "unknown ATTACK %q\n", mode)
+		fmt.Fprintf(os.Stderr, "unknown attack %q\n", mode)
 		return 2
 	}
 	enc := json.NewEncoder(os.Stdout)
@@ -285,13 +287,4 @@ func writeWithDevNulls(c net.Conn, b []byte, n int) error {
 		return err
 	}
 	return serr
-}
-
-// setNoFile lowers this process's RLIMIT_NOFILE to n (a decimal string).
-func setNoFile(n string) error {
-	v, err := strconv.ParseUint(n, 10, 64)
-	if err != nil {
-		return err
-	}
-	return unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: v, Max: v})
 }

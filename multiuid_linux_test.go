@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cluster-client-go/cluster/internal/member"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
@@ -25,7 +26,7 @@ const sharedGID = 2000
 var (
 	uid1000 = &syscall.Credential{Uid: 1000, Gid: sharedGID}
 	uid1001 = &syscall.Credential{Uid: 1001, Gid: 1001, Groups: []uint32{sharedGID}}
-	shared  = []string{fmt.Sprintf("CT_ALLOW_GIDS=%d", sharedGID)}
+	shared  = member.Config{AllowGIDs: []uint32{sharedGID}}
 )
 
 // sharedVolume returns a test cluster whose Dir is a fresh volume owned by root, group
@@ -50,10 +51,10 @@ func sharedVolume(t *testing.T, mode fs.FileMode) (*testCluster, string) {
 	return &testCluster{t: t, dir: vol, name: "svc", upstream: up, transport: "unix"}, publicCopy(t, os.Args[0])
 }
 
-// startAs starts a member running as cred with the extra environment env.
-func startAs(tc *testCluster, bin string, cred *syscall.Credential, env ...string) *proc {
+// startAs starts a member running as cred, with the Config fields cfg sets.
+func startAs(tc *testCluster, bin string, cred *syscall.Credential, cfg member.Config) *proc {
 	tc.t.Helper()
-	return tc.start(memberOpts{bin: bin, attr: &syscall.SysProcAttr{Credential: cred}, env: env})
+	return tc.start(memberOpts{bin: bin, attr: &syscall.SysProcAttr{Credential: cred}, cfg: cfg})
 }
 
 func owner(t *testing.T, path string) (uid, gid uint32, perm fs.FileMode) {
@@ -69,9 +70,9 @@ func owner(t *testing.T, path string) (uid, gid uint32, perm fs.FileMode) {
 // other uid takes over the dead one's socket.
 func TestMultiUIDWithTheDocumentedConfig(t *testing.T) {
 	tc, bin := sharedVolume(t, 0o770|fs.ModeSetgid)
-	a := startAs(tc, bin, uid1000, shared...)
+	a := startAs(tc, bin, uid1000, shared)
 	require.Equal(t, "leader", a.joined().Role)
-	b := startAs(tc, bin, uid1001, shared...)
+	b := startAs(tc, bin, uid1001, shared)
 	require.Equal(t, "follower", b.joined().Role, "uid 1001 (group %d supplementary) was not admitted", sharedGID)
 
 	lockPath, sock := filepath.Join(tc.dir, "svc.lock"), filepath.Join(tc.dir, "svc.sock")
@@ -90,11 +91,11 @@ func TestMultiUIDWithTheDocumentedConfig(t *testing.T) {
 	b.waitMessage(sub.ID, "v1")
 
 	// The Leader of uid 1000 dies; uid 1001 replaces its socket and leads.
-	a.kill()
+	a.Kill()
 	require.Eventually(t, func() bool { return b.role().Role == "leader" }, waitTimeout, time.Millisecond)
 	uid, gid, perm = owner(t, sock)
 	require.Equal(t, []any{uint32(1001), uint32(sharedGID), fs.FileMode(0o660)}, []any{uid, gid, perm}, "the new leader's socket")
-	c := startAs(tc, bin, uid1000, shared...)
+	c := startAs(tc, bin, uid1000, shared)
 	require.Equal(t, "follower", c.joined().Role, "uid 1000 cannot follow a leader of uid 1001")
 	r = c.do(command{Op: "invoke", Name: "echo", Data: "from 1000"})
 	require.Empty(t, r.Err)
@@ -109,7 +110,7 @@ func TestMultiUIDWithTheDocumentedConfig(t *testing.T) {
 func TestMultiUIDRefusals(t *testing.T) {
 	t.Run("no AllowGIDs on the member", func(t *testing.T) {
 		tc, bin := sharedVolume(t, 0o770|fs.ModeSetgid)
-		e := joinError(t, startAs(tc, bin, uid1001))
+		e := joinError(t, startAs(tc, bin, uid1001, member.Config{}))
 		require.Contains(t, e.Err, fmt.Sprintf("writable by its group gid %d", sharedGID))
 		require.Contains(t, e.Err, "Config.AllowGIDs")
 	})
@@ -117,7 +118,7 @@ func TestMultiUIDRefusals(t *testing.T) {
 		// A fresh named volume is root's and 0755 unless the image prepared it.
 		tc, bin := sharedVolume(t, 0o755)
 		// A problem with the Dir, named as one: not a refusal by a Leader.
-		e := joinError(t, startAs(tc, bin, uid1000))
+		e := joinError(t, startAs(tc, bin, uid1000, member.Config{}))
 		require.Equal(t, "config", e.Kind, e.Err)
 		require.Contains(t, e.Err, "this process may not create the lock file and the socket in "+tc.dir)
 		require.Contains(t, e.Err, "owner uid 0")
@@ -126,9 +127,9 @@ func TestMultiUIDRefusals(t *testing.T) {
 	})
 	t.Run("the Leader's socket is 0600", func(t *testing.T) {
 		tc, bin := sharedVolume(t, 0o770|fs.ModeSetgid)
-		a := startAs(tc, bin, uid1000, append(shared, "CT_SOCKET_MODE=0600")...)
+		a := startAs(tc, bin, uid1000, member.Config{AllowGIDs: shared.AllowGIDs, SocketMode: 0o600})
 		require.Equal(t, "leader", a.joined().Role)
-		e := joinError(t, startAs(tc, bin, uid1001, shared...))
+		e := joinError(t, startAs(tc, bin, uid1001, shared))
 		require.Equal(t, "unauthorized", e.Kind)
 		require.Contains(t, e.Err, "Config.SocketMode")
 		require.Contains(t, e.Err, "permission denied")
@@ -136,11 +137,11 @@ func TestMultiUIDRefusals(t *testing.T) {
 	t.Run("the Leader does not allow the member's groups", func(t *testing.T) {
 		// Only SO_PEERCRED stands in the way: the socket is 0666 and Dir searchable.
 		tc, bin := sharedVolume(t, 0o771|fs.ModeSetgid)
-		a := startAs(tc, bin, uid1000, append(shared, "CT_SOCKET_MODE=0666")...)
+		a := startAs(tc, bin, uid1000, member.Config{AllowGIDs: shared.AllowGIDs, SocketMode: 0o666})
 		require.Equal(t, "leader", a.joined().Role)
 		stranger := &syscall.Credential{Uid: 1003, Gid: 3000, Groups: []uint32{}}
 		// A member that never leads: it only connects (it could not open the lock file).
-		p := tc.start(memberOpts{bin: bin, attr: &syscall.SysProcAttr{Credential: stranger}, env: shared, lead: "never"})
+		p := tc.start(memberOpts{bin: bin, attr: &syscall.SysProcAttr{Credential: stranger}, cfg: shared, lead: "never"})
 		e := joinError(t, p)
 		require.Equal(t, "unauthorized", e.Kind)
 		require.Contains(t, e.Err, "uid=1003 gid=3000")
@@ -151,16 +152,16 @@ func TestMultiUIDRefusals(t *testing.T) {
 		lockPath := filepath.Join(tc.dir, "svc.lock")
 		require.NoError(t, os.WriteFile(lockPath, nil, 0o600))
 		require.NoError(t, os.Chown(lockPath, 1000, 1000))
-		e := joinError(t, startAs(tc, bin, uid1001, shared...))
+		e := joinError(t, startAs(tc, bin, uid1001, shared))
 		require.Equal(t, "unauthorized", e.Kind)
 		require.Contains(t, e.Err, "chmod 0660 "+lockPath)
 		require.Contains(t, e.Err, "Config.AllowGIDs")
 		// Its owner, configured as documented, shares it; then uid 1001 gets in.
-		a := startAs(tc, bin, uid1000, shared...)
+		a := startAs(tc, bin, uid1000, shared)
 		require.Equal(t, "leader", a.joined().Role)
 		uid, gid, perm := owner(t, lockPath)
 		require.Equal(t, []any{uint32(1000), uint32(sharedGID), fs.FileMode(0o660)}, []any{uid, gid, perm})
-		require.Equal(t, "follower", startAs(tc, bin, uid1001, shared...).joined().Role)
+		require.Equal(t, "follower", startAs(tc, bin, uid1001, shared).joined().Role)
 	})
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/cluster-client-go/cluster/internal/member"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
@@ -39,26 +40,17 @@ func init() {
 	roles["nsprobe"] = nsProbeMain
 }
 
-// nsSetup prepares a member's namespaces from its environment:
-//
-//	CT_NS_MNT=1            the member has a mount namespace of its own: make every mount
-//	                       private, then mount (refused if the mount namespace is
-//	                       CT_NS_PARENT_MNT, the test's own)
-//	CT_NS_ROOT, CT_NS_VOLUME  mount a tmpfs on CT_NS_ROOT and bind CT_NS_VOLUME at
-//	                       CT_NS_ROOT/volume
-//	CT_NS_PROC=1           mount a /proc of the member's pid namespace
-//	CT_NS_HOST             the host name (a UTS namespace of its own)
-//	CT_NS_NET=1            bring up the loopback interface of a new network namespace
-func nsSetup() error {
-	if os.Getenv("CT_NS_MNT") == "1" {
-		ns := nsInfo()
-		if ns["mnt"] == "" || ns["mnt"] == os.Getenv("CT_NS_PARENT_MNT") {
-			return fmt.Errorf("not in a mount namespace of its own (mnt %q): refusing to mount", ns["mnt"])
+// nsSetup prepares a member's namespaces as ns says (see nsSpec).
+func nsSetup(ns *nsSpec) error {
+	if ns.Mnt {
+		info := nsInfo()
+		if info["mnt"] == "" || info["mnt"] == ns.ParentMnt {
+			return fmt.Errorf("not in a mount namespace of its own (mnt %q): refusing to mount", info["mnt"])
 		}
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 			return fmt.Errorf("making every mount private: %w", err)
 		}
-		if root := os.Getenv("CT_NS_ROOT"); root != "" {
+		if root := ns.Root; root != "" {
 			if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=4m"); err != nil {
 				return fmt.Errorf("mounting the private root %s: %w", root, err)
 			}
@@ -66,25 +58,25 @@ func nsSetup() error {
 			if err := os.Mkdir(vol, 0o755); err != nil {
 				return err
 			}
-			if err := unix.Mount(os.Getenv("CT_NS_VOLUME"), vol, "", unix.MS_BIND, ""); err != nil {
+			if err := unix.Mount(ns.Volume, vol, "", unix.MS_BIND, ""); err != nil {
 				return fmt.Errorf("bind-mounting the volume at %s: %w", vol, err)
 			}
-			if err := os.WriteFile(filepath.Join(root, "private"), []byte(os.Getenv("CT_NS_HOST")), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(root, "private"), []byte(ns.Host), 0o644); err != nil {
 				return err
 			}
 		}
-		if os.Getenv("CT_NS_PROC") == "1" {
+		if ns.Proc {
 			if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 				return fmt.Errorf("mounting /proc: %w", err)
 			}
 		}
 	}
-	if h := os.Getenv("CT_NS_HOST"); h != "" {
-		if err := unix.Sethostname([]byte(h)); err != nil {
+	if ns.Host != "" {
+		if err := unix.Sethostname([]byte(ns.Host)); err != nil {
 			return fmt.Errorf("sethostname: %w", err)
 		}
 	}
-	if os.Getenv("CT_NS_NET") == "1" {
+	if ns.Net {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("bringing lo up: %w", err)
 		}
@@ -94,14 +86,14 @@ func nsSetup() error {
 
 // nsTeardown unmounts what nsSetup mounted (the namespace would drop it anyway when its
 // last process exits).
-func nsTeardown() {
-	if os.Getenv("CT_NS_MNT") != "1" {
+func nsTeardown(ns *nsSpec) {
+	if !ns.Mnt {
 		return
 	}
-	if os.Getenv("CT_NS_PROC") == "1" {
+	if ns.Proc {
 		_ = unix.Unmount("/proc", unix.MNT_DETACH)
 	}
-	if root := os.Getenv("CT_NS_ROOT"); root != "" {
+	if root := ns.Root; root != "" {
 		_ = unix.Unmount(filepath.Join(root, "volume"), unix.MNT_DETACH)
 		_ = unix.Unmount(root, unix.MNT_DETACH)
 	}
@@ -139,26 +131,45 @@ func nsInfo() map[string]string {
 	return out
 }
 
-// nsMemberMain is a member in namespaces of its own: it reports them, then runs memberMain.
-func nsMemberMain() int {
-	enc := json.NewEncoder(os.Stdout)
-	if err := nsSetup(); err != nil {
-		_ = enc.Encode(event{Ev: "join-error", Err: "namespace setup: " + err.Error(), Kind: "ns"})
-		return 4
+// nsEvent is the report of a member in namespaces of its own, before it joins.
+type nsEvent struct {
+	Ev   string            `json:"ev"` // "ns"
+	PID  int               `json:"pid"`
+	Host string            `json:"host"`
+	NS   map[string]string `json:"ns"` // its namespaces: "mnt" -> "4026531841", ...
+}
+
+// nsMemberMain is a member in namespaces of its own: it sets them up as args.NS says and
+// reports them, then runs as memberMain does.
+func nsMemberMain(cfg member.Config, args memberArgs) int {
+	if args.NS == nil {
+		fmt.Fprintln(os.Stderr, "the nsmember role needs Args.NS")
+		return 2
 	}
-	defer nsTeardown()
-	host, _ := os.Hostname()
-	_ = enc.Encode(event{Ev: "ns", PID: os.Getpid(), Host: host, NS: nsInfo()})
-	return memberMain()
+	set := false // tear down only what was set up: never the test's own mounts
+	defer func() {
+		if set {
+			nsTeardown(args.NS)
+		}
+	}()
+	return member.Main(cfg, testProgram(args, func(m *member.Member) error {
+		if err := nsSetup(args.NS); err != nil {
+			return fmt.Errorf("namespaces: %w", err)
+		}
+		set = true
+		host, _ := os.Hostname()
+		m.Emit(nsEvent{Ev: "ns", PID: os.Getpid(), Host: host, NS: nsInfo()})
+		return nil
+	}))
 }
 
 // nsProbeMain sets namespaces up as nsMemberMain does and prints "ok", or the error.
-func nsProbeMain() int {
-	if err := nsSetup(); err != nil {
+func nsProbeMain(_ member.Config, args memberArgs) int {
+	if err := nsSetup(args.NS); err != nil {
 		fmt.Println(err)
 		return 0
 	}
-	nsTeardown()
+	nsTeardown(args.NS)
 	fmt.Println("ok")
 	return 0
 }
@@ -190,17 +201,13 @@ func needNamespaces(t *testing.T, flags uintptr) {
 }
 
 func probeNamespaces(t *testing.T, flags uintptr) string {
-	usedMu.Lock()
-	usedRoles["nsprobe"] = true
-	usedMu.Unlock()
 	base, err := os.MkdirTemp("", "")
 	require.NoError(t, err)
 	defer os.RemoveAll(base)
 	require.NoError(t, os.Mkdir(filepath.Join(base, "root"), 0o755))
 	require.NoError(t, os.Mkdir(filepath.Join(base, "vol"), 0o700))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), nsEnv(flags, filepath.Join(base, "root"), filepath.Join(base, "vol"), "probe")...)
-	cmd.Env = append(cmd.Env, roleEnv+"=nsprobe")
+	cmd.Env = append(os.Environ(), roleEnviron(t, "nsprobe", member.Config{}, memberArgs{NS: nsSpecOf(flags, filepath.Join(base, "root"), filepath.Join(base, "vol"), "probe")}))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -212,22 +219,18 @@ func probeNamespaces(t *testing.T, flags uintptr) string {
 	return ""
 }
 
-// nsEnv is the environment that has a member set up the namespaces flags.
-func nsEnv(flags uintptr, root, volume, host string) []string {
-	env := []string{"CT_NS_HOST=" + host}
+// nsSpecOf is what has a member set up the namespaces flags.
+func nsSpecOf(flags uintptr, root, volume, host string) *nsSpec {
+	ns := &nsSpec{Host: host}
 	if flags&syscall.CLONE_NEWNS != 0 {
-		env = append(env, "CT_NS_MNT=1", "CT_NS_PARENT_MNT="+nsInfo()["mnt"])
+		ns.Mnt, ns.ParentMnt = true, nsInfo()["mnt"]
 		if root != "" {
-			env = append(env, "CT_NS_ROOT="+root, "CT_NS_VOLUME="+volume)
+			ns.Root, ns.Volume = root, volume
 		}
-		if flags&syscall.CLONE_NEWPID != 0 {
-			env = append(env, "CT_NS_PROC=1")
-		}
+		ns.Proc = flags&syscall.CLONE_NEWPID != 0
 	}
-	if flags&syscall.CLONE_NEWNET != 0 {
-		env = append(env, "CT_NS_NET=1")
-	}
-	return env
+	ns.Net = flags&syscall.CLONE_NEWNET != 0
+	return ns
 }
 
 // volumeHost is the host side of containers sharing a volume: base/volume is the
@@ -275,10 +278,12 @@ func (h *volumeHost) start(tc *testCluster, host string, o memberOpts) *proc {
 	h.t.Helper()
 	o.role = "nsmember"
 	o.attr = &syscall.SysProcAttr{Cloneflags: h.flags}
-	o.env = append(o.env, nsEnv(h.flags, h.root, h.volume, host)...)
+	o.args.NS = nsSpecOf(h.flags, h.root, h.volume, host)
 	p := tc.start(o)
-	e := p.wait(func(e event) bool { return e.Ev == "ns" || e.Ev == "join-error" })
-	require.Equal(h.t, "ns", e.Ev, "member %s: %s", host, e.Err)
+	ev := p.wait(func(e event) bool { return e.Ev == "ns" || e.Ev == "join-error" })
+	require.Equal(h.t, "ns", ev.Ev, "member %s: %s", host, ev.Err)
+	var e nsEvent
+	require.NoError(h.t, json.Unmarshal(ev.Line, &e))
 	require.Equal(h.t, host, e.Host)
 	self := nsInfo()
 	for kind, flag := range map[string]uintptr{"mnt": syscall.CLONE_NEWNS, "pid": syscall.CLONE_NEWPID, "uts": syscall.CLONE_NEWUTS, "ipc": syscall.CLONE_NEWIPC, "net": syscall.CLONE_NEWNET} {
@@ -404,7 +409,7 @@ func TestNamespacesOneLeaderAcrossContainers(t *testing.T) {
 			}
 
 			// SIGKILL the Leader's namespace init: its whole container dies at once.
-			leader.kill()
+			leader.Kill()
 			rest := without(ps, leader)
 			newLeader, newTerm := awaitLeaderByTerm(t, rest, hosts, term)
 			require.NotEqual(t, hosts[leader], hosts[newLeader])
@@ -453,7 +458,7 @@ func TestNamespacesStaleStateOfACrashedContainer(t *testing.T) {
 			e := crashed.joined()
 			require.Equal(t, "leader", e.Role)
 			require.Equal(t, uint64(1), e.Term)
-			crashed.kill()
+			crashed.Kill()
 
 			lockPath := filepath.Join(h.volume, tc.name+".lock")
 			lockIno := inode(t, lockPath)
@@ -511,14 +516,13 @@ func TestNamespacesStaleStateOfACrashedContainer(t *testing.T) {
 // refused with an error that says why, instead of electing a Leader in each.
 func TestNamespacesNetwork(t *testing.T) {
 	const flags = syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS
-	local := []string{"CT_SERVICE=local"}
 	t.Run("unix", func(t *testing.T) {
 		h, tc := newVolumeHost(t, flags, "unix")
 		tc.dir = h.volume // no mount namespace: the volume is at the same path everywhere
 		hosts := map[*proc]string{}
 		var ps []*proc
 		for _, host := range []string{"net-a", "net-b", "net-c"} {
-			p := h.start(tc, host, memberOpts{env: local})
+			p := h.start(tc, host, memberOpts{local: true})
 			hosts[p] = host
 			ps = append(ps, p)
 		}
@@ -536,7 +540,7 @@ func TestNamespacesNetwork(t *testing.T) {
 		for _, p := range ps {
 			p.waitMessage(subs[p], "one")
 		}
-		leader.kill()
+		leader.Kill()
 		rest := without(ps, leader)
 		awaitLeaderByTerm(t, rest, hosts, term)
 		require.Empty(t, rest[0].do(command{Op: "publish", Name: "t", Data: "two"}).Err)
@@ -547,10 +551,10 @@ func TestNamespacesNetwork(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) {
 		h, tc := newVolumeHost(t, flags, "tcp")
 		tc.dir = h.volume
-		a := h.start(tc, "net-a", memberOpts{env: local})
+		a := h.start(tc, "net-a", memberOpts{local: true})
 		require.Equal(t, "leader", a.joined().Role)
 		// net-b binds the same port on its own 127.0.0.1; without the guard it would lead too.
-		b := h.start(tc, "net-b", memberOpts{env: local, joinTimeout: "20s"})
+		b := h.start(tc, "net-b", memberOpts{local: true, joinTimeout: "20s"})
 		e := b.wait(func(e event) bool { return e.Ev == "joined" || e.Ev == "join-error" })
 		require.Equal(t, "join-error", e.Ev, "a second leader in another network namespace: %+v", e)
 		t.Logf("refused as it should be: %s", e.Err)

@@ -16,6 +16,9 @@ func requireStopSignals(t *testing.T) {
 	t.Skip("pausing a member needs SIGSTOP, which Windows does not have")
 }
 
+// waitStopped returns at once: tests that stop a member skip on Windows.
+func waitStopped(*testing.T, int) {}
+
 // writeWithFile skips t: Windows cannot pass descriptors over a socket.
 func writeWithFile(t *testing.T, _ net.Conn, _ []byte, _ *os.File) {
 	t.Helper()

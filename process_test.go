@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // startMembers starts n members one after another and waits until all joined.
@@ -224,7 +225,7 @@ func TestProcessFailoverAfterSIGKILL(t *testing.T) {
 		defer cancel()
 		require.NoError(t, waitInflight(ctx, tc))
 
-		leader.kill()
+		leader.Kill()
 		r := rest[0].result(inflight)
 		require.Equal(t, "leader-lost", r.Kind, r.Err)
 
@@ -303,7 +304,7 @@ func TestProcessCallsWaitForTheNextLeader(t *testing.T) {
 		ps := tc.startMembers(2)
 		leader, _ := leaderOf(t, ps)
 		rest := without(ps, leader)
-		leader.kill()
+		leader.Kill()
 		// Issued right after the kill, whatever the survivor's state: it must succeed
 		// (it waits for the new Leader, here itself), not fail.
 		r := rest[0].do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "20s"})
@@ -347,7 +348,7 @@ func TestProcessLeadPolicies(t *testing.T) {
 
 		// When the only auto-capable member dies, the never-lead one stays a Follower
 		// without a Leader, and its calls time out instead of hanging.
-		always.kill()
+		always.Kill()
 		r = never.do(command{Op: "invoke", Name: "echo", Data: "hi", Timeout: "300ms"})
 		require.Contains(t, []string{"timeout", "leader-lost"}, r.Kind, r.Err)
 		require.Eventually(t, func() bool { return never.role().Role == "electing" }, waitTimeout, time.Millisecond)
@@ -359,15 +360,12 @@ func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) 
 // runHello runs the "hello" role with extra process attributes and returns its output.
 func runHello(t *testing.T, sock, name string, attr *syscall.SysProcAttr) string {
 	t.Helper()
-	usedMu.Lock()
-	usedRoles["hello"] = true
-	usedMu.Unlock()
 	bin := os.Args[0]
 	if attr != nil {
 		bin = publicCopy(t, bin) // go test's build dir is private to its user
 	}
 	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=hello", "CT_SOCK="+sock, "CT_NAME="+name)
+	cmd.Env = append(os.Environ(), roleEnviron(t, "hello", member.Config{Name: name}, memberArgs{Sock: sock}))
 	cmd.SysProcAttr = attr
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, string(out))
@@ -401,13 +399,14 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 		fj := f.joined()
 		require.Equal(t, "follower", fj.Role)
 
-		require.NoError(t, l.cmd.Process.Signal(sigStop))
-		stopped := true
+		require.NoError(t, l.Signal(sigStop))
+		paused := true
 		defer func() {
-			if stopped {
-				_ = l.cmd.Process.Signal(sigCont)
+			if paused {
+				_ = l.Signal(sigCont)
 			}
 		}()
+		waitStopped(t, l.pid)
 		// The call ends, by its deadline or by the heartbeat dropping the connection.
 		r := f.do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "150ms"})
 		require.Contains(t, []string{"timeout", "leader-lost"}, r.Kind, r.Err)
@@ -420,8 +419,8 @@ func TestProcessStoppedLeaderIsNotReplaced(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 
-		require.NoError(t, l.cmd.Process.Signal(sigCont))
-		stopped = false
+		require.NoError(t, l.Signal(sigCont))
+		paused = false
 		require.Eventually(t, func() bool {
 			r := f.role()
 			return r.Role == "follower" && r.Term == fj.Term && r.LeaderPID == l.pid

@@ -57,7 +57,7 @@ func TestProcessRegistrationsFollowTheirOwners(t *testing.T) {
 
 		// The Leader dies: its Service session and everything registered through it go;
 		// the survivors register theirs again with the next Leader, exactly once.
-		leader.kill()
+		leader.Kill()
 		ps = without(ps, leader)
 		leader, lr = awaitNewLeader(t, ps, lr.Term)
 		tc.waitRegistered(t, ps, "svc", live(ps))
@@ -72,7 +72,7 @@ func TestProcessRegistrationsFollowTheirOwners(t *testing.T) {
 		require.Empty(t, withdrawer.do(command{Op: "withdraw", Sub: regOf[withdrawer]}).Err, "Withdraw is idempotent")
 		gone := fmt.Sprint("addr-", withdrawer.pid)
 		tc.waitRegistered(t, ps, "svc", live(ps, gone))
-		leader.kill()
+		leader.Kill()
 		ps = without(ps, leader)
 		leader, _ = awaitNewLeader(t, ps, lr.Term)
 		tc.waitRegistered(t, ps, "svc", live(ps, gone))
@@ -85,7 +85,7 @@ func TestProcessRegistrationsFollowTheirOwners(t *testing.T) {
 			}
 		}
 		require.NotNil(t, follower)
-		follower.kill()
+		follower.Kill()
 		ps = without(ps, follower)
 		tc.waitRegistered(t, ps, "svc", live(ps, gone))
 	})

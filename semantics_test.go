@@ -114,7 +114,7 @@ func TestSharedSubscribersOfADeadProcessGetNoMore(t *testing.T) {
 			}
 		}
 		require.NoError(t, tc.upstream.WaitSubscribers(context.Background(), "jobs", 1))
-		workers[0].kill()
+		workers[0].Kill()
 		// The Leader drops the dead process's sink when its connection ends; from then on
 		// every message goes to the survivor.
 		require.Eventually(t, func() bool {
@@ -198,17 +198,17 @@ func TestProcessPausedMembersKeepTheirPlaceByDefault(t *testing.T) {
 
 		// Far longer than any heartbeat would allow. A paused Follower is slow, not dead:
 		// it keeps its connection, its registration and its subscription.
-		require.NoError(t, f.cmd.Process.Signal(sigStop))
+		require.NoError(t, f.Signal(sigStop))
 		tc.upstream.Push("t", []byte("while-stopped"))
 		time.Sleep(1500 * time.Millisecond)
 		require.Equal(t, []string{"f"}, tc.upstream.Registered("svc"))
-		require.NoError(t, f.cmd.Process.Signal(sigCont))
+		require.NoError(t, f.Signal(sigCont))
 		f.waitMessage(sub, "while-stopped")
 
 		// And a paused Leader is not given up on: calls resume when it does.
-		require.NoError(t, leader.cmd.Process.Signal(sigStop))
+		require.NoError(t, leader.Signal(sigStop))
 		time.Sleep(1500 * time.Millisecond)
-		require.NoError(t, leader.cmd.Process.Signal(sigCont))
+		require.NoError(t, leader.Signal(sigCont))
 		r := f.do(command{Op: "invoke", Name: "echo", Data: "x"})
 		require.Empty(t, r.Err)
 
@@ -232,11 +232,11 @@ func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
 		require.Empty(t, f.do(command{Op: "register", Name: "svc", Data: "f"}).Err)
 		tc.waitRegistered(t, ps, "svc", []string{"f"})
 
-		require.NoError(t, f.cmd.Process.Signal(sigStop))
+		require.NoError(t, f.Signal(sigStop))
 		stopped := true
 		defer func() {
 			if stopped {
-				_ = f.cmd.Process.Signal(sigCont)
+				_ = f.Signal(sigCont)
 			}
 		}()
 		// With the switch on, silence is death: the Leader drops the Follower and
@@ -244,7 +244,7 @@ func TestProcessHeartbeatTimeoutDropsAPausedFollower(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		require.NoError(t, tc.upstream.WaitRegistered(ctx, "svc", []string{}))
-		require.NoError(t, f.cmd.Process.Signal(sigCont))
+		require.NoError(t, f.Signal(sigCont))
 		stopped = false
 		// Back, it reconnects and registers again.
 		tc.waitRegistered(t, ps, "svc", []string{"f"})

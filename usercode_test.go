@@ -17,6 +17,7 @@ import (
 
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/frame"
+	"github.com/cluster-client-go/cluster/internal/member"
 	"github.com/cluster-client-go/cluster/lock"
 )
 
@@ -31,28 +32,21 @@ var (
 // self is a member process's Client, for the Service methods that use it.
 var self atomic.Pointer[cluster.Client]
 
-// testErrors is the Config.Errors of a member: CT_ERRORS=none registers nothing.
-func testErrors() map[string]error {
-	if os.Getenv("CT_ERRORS") == "none" {
+// testErrors is the Config.Errors of a member: Errors "none" registers nothing.
+func testErrors(args memberArgs) map[string]error {
+	if args.Errors == "none" {
 		return nil
 	}
 	return map[string]error{"test.not-found": errTestNotFound}
 }
 
 // withFaults gives a member's Service the faults the tests need. NewService fails with
-// errTestDown when CT_NEWSERVICE=fail or while the file CT_NEWSERVICE_FAIL_FILE exists,
-// and panics when CT_NEWSERVICE=panic. Methods: "panic" panics; "not-found" fails with
-// errTestNotFound (wrapped); "big" answers as many bytes as its request says; "close"
-// closes the member's Client from inside the Service.
-func withFaults(next func(context.Context) (cluster.Service, error)) func(context.Context) (cluster.Service, error) {
+// errTestDown while the file args.NewServiceFailFile exists. Methods: "panic" panics;
+// "not-found" fails with errTestNotFound (wrapped); "big" answers as many bytes as its
+// request says; "close" closes the member's Client from inside the Service.
+func withFaults(args memberArgs, next func(context.Context) (cluster.Service, error)) func(context.Context) (cluster.Service, error) {
 	return func(ctx context.Context) (cluster.Service, error) {
-		switch os.Getenv("CT_NEWSERVICE") {
-		case "fail":
-			return nil, fmt.Errorf("dialing the upstream: %w", errTestDown)
-		case "panic":
-			panic("NewService: boom")
-		}
-		if f := os.Getenv("CT_NEWSERVICE_FAIL_FILE"); f != "" {
+		if f := args.NewServiceFailFile; f != "" {
 			if _, err := os.Stat(f); err == nil {
 				return nil, fmt.Errorf("dialing the upstream: %w", errTestDown)
 			}
@@ -130,7 +124,7 @@ func TestProcessServicePanicIsAnErrorNotACrash(t *testing.T) {
 		require.EqualValues(t, 4, lst.Panics)
 		require.Equal(t, uint64(1), lst.Term)
 		// Logged once each, at ERROR, with the stack.
-		logs := leader.stderrString()
+		logs := leader.Stderr()
 		require.Equal(t, 4, strings.Count(logs, "recovered a panic in application code"), logs)
 		require.Contains(t, logs, "level=ERROR")
 		require.Contains(t, logs, "faultService.Invoke")
@@ -145,7 +139,7 @@ func TestProcessRegisteredErrorsKeepTheirIdentity(t *testing.T) {
 		require.Equal(t, "leader", leader.joined().Role)
 		f := tc.start(memberOpts{})
 		f.joined()
-		stranger := tc.start(memberOpts{env: []string{"CT_ERRORS=none"}})
+		stranger := tc.start(memberOpts{args: memberArgs{Errors: "none"}})
 		stranger.joined()
 
 		want := `cluster: invoke "not-found": user 7: test: not found`
@@ -169,7 +163,7 @@ func TestRegisteredErrorsUnwrapOnEveryRole(t *testing.T) {
 	tc := newTestCluster(t)
 	reg := func(cfg *cluster.Config) {
 		cfg.Errors = map[string]error{"test.not-found": errTestNotFound, "test.down": errTestDown}
-		cfg.NewService = withFaults(cfg.NewService)
+		cfg.NewService = withFaults(memberArgs{}, cfg.NewService)
 	}
 	leader := tc.join(reg)
 	follower := tc.join(reg)
@@ -258,15 +252,15 @@ func TestJoinReportsAFailingNewService(t *testing.T) {
 func TestProcessFailingNewServiceAfterFailover(t *testing.T) {
 	tc := newTestCluster(t)
 	flag := filepath.Join(tc.dir, "upstream-down")
-	env := []string{"CT_NEWSERVICE_FAIL_FILE=" + flag}
-	leader := tc.start(memberOpts{env: env})
+	o := memberOpts{args: memberArgs{NewServiceFailFile: flag}}
+	leader := tc.start(o)
 	require.Equal(t, "leader", leader.joined().Role)
-	survivors := []*proc{tc.start(memberOpts{env: env}), tc.start(memberOpts{env: env})}
+	survivors := []*proc{tc.start(o), tc.start(o)}
 	for _, p := range survivors {
 		require.Equal(t, "follower", p.joined().Role)
 	}
 	require.NoError(t, os.WriteFile(flag, nil, 0o600))
-	leader.kill()
+	leader.Kill()
 
 	// Callers do not wait out their 30 s deadline: they are told the cause.
 	for _, p := range survivors {
@@ -353,7 +347,7 @@ func TestCloseFromInsideCallbacks(t *testing.T) {
 	})
 	t.Run("Service method", func(t *testing.T) {
 		tc := newTestCluster(t)
-		faults := func(cfg *cluster.Config) { cfg.NewService = withFaults(cfg.NewService) }
+		faults := func(cfg *cluster.Config) { cfg.NewService = withFaults(memberArgs{}, cfg.NewService) }
 		leader := tc.join(faults)
 		follower := tc.join(faults)
 		self.Store(leader)
@@ -513,12 +507,12 @@ func TestLeadNeverCreatesNoDir(t *testing.T) {
 // answers when they set Config.Identity: the second is refused, with both identities.
 func TestProcessServiceIdentityMismatchIsRefused(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, tc *testCluster) {
-		leader := tc.start(memberOpts{env: []string{"CT_IDENTITY=billing/v1"}})
+		leader := tc.start(memberOpts{cfg: member.Config{Identity: "billing/v1"}})
 		require.Equal(t, "leader", leader.joined().Role)
-		same := tc.start(memberOpts{env: []string{"CT_IDENTITY=billing/v1"}})
+		same := tc.start(memberOpts{cfg: member.Config{Identity: "billing/v1"}})
 		require.Equal(t, "follower", same.joined().Role)
 		for _, id := range []string{"users/v1", "billing/v2", ""} {
-			other := tc.start(memberOpts{env: []string{"CT_IDENTITY=" + id}})
+			other := tc.start(memberOpts{cfg: member.Config{Identity: id}})
 			e := joinError(t, other)
 			require.Equal(t, "identity", e.Kind, e.Err)
 			require.Contains(t, e.Err, fmt.Sprintf(`serves Config.Identity "billing/v1"; this member's is %q`, id))
@@ -534,12 +528,12 @@ func TestProcessServiceIdentityMismatchIsRefused(t *testing.T) {
 // (an incompatible version took over) is not served by it: its calls fail at once.
 func TestProcessIdentityMismatchAfterFailover(t *testing.T) {
 	tc := newTestCluster(t)
-	old := tc.start(memberOpts{env: []string{"CT_IDENTITY=v1"}})
+	old := tc.start(memberOpts{cfg: member.Config{Identity: "v1"}})
 	require.Equal(t, "leader", old.joined().Role)
-	f := tc.start(memberOpts{lead: "never", env: []string{"CT_IDENTITY=v1"}})
+	f := tc.start(memberOpts{lead: "never", cfg: member.Config{Identity: "v1"}})
 	require.Equal(t, "follower", f.joined().Role)
-	old.kill()
-	newer := tc.start(memberOpts{env: []string{"CT_IDENTITY=v2"}})
+	old.Kill()
+	newer := tc.start(memberOpts{cfg: member.Config{Identity: "v2"}})
 	require.Equal(t, "leader", newer.joined().Role)
 	for {
 		r := f.do(command{Op: "invoke", Name: "echo", Data: "x", Timeout: "30s"})

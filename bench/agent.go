@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,15 +10,20 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 // The orchestrator (run) drives every other process of a measurement as an agent: a
 // child process that reads one JSON request per line on stdin and answers each with one
-// JSON line on stdout. Go agents are this binary re-executed (see agentMain); the
-// Node.js agent is node running member.js, which speaks the same protocol.
+// JSON line on stdout. Go agents are this binary re-executed (see main); the Node.js
+// agent is node running member.js, which speaks the same protocol. A Go cluster member
+// is an internal/member program instead, whose operations are the requests, each
+// answered with a response as the result's Body (see startMember).
 
 // request is one command to an agent. Which fields matter depends on Op.
 type request struct {
@@ -56,12 +62,12 @@ func mono() int64 {
 	return ts.Nano()
 }
 
-// serveAgent answers requests on stdin with handle until stdin ends.
-func serveAgent(ready response, handle func(request) response) {
+// serveAgent writes the ready line, then answers requests on stdin with handle until
+// stdin ends.
+func serveAgent(handle func(request) response) {
 	out := bufio.NewWriterSize(os.Stdout, 1<<16)
 	enc := json.NewEncoder(out)
-	ready.Ready, ready.PID = true, os.Getpid()
-	_ = enc.Encode(ready)
+	_ = enc.Encode(response{Ready: true, PID: os.Getpid()})
 	_ = out.Flush()
 	in := bufio.NewReader(os.Stdin)
 	for {
@@ -87,6 +93,28 @@ type agent struct {
 	lines chan []byte
 	pid   int
 	wait  sync.Once
+
+	// A Go cluster member instead: its Proc, and the IDs of the requests sent and
+	// not yet answered, in order.
+	member  *member.Proc
+	pending []int
+}
+
+// startMember starts a Go cluster member, the binary self re-executed with cfg, and
+// waits (up to timeout) until it joined.
+func startMember(name, self string, cfg member.Config, logw io.Writer, timeout time.Duration) (*agent, error) {
+	p, err := member.Start(member.Spec{Config: cfg, Path: self, Args: []string{"agent", "member"}, Stderr: logw})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	a := &agent{name: name, member: p, pid: p.PID()}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if _, err := p.Joined(ctx); err != nil {
+		a.kill()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return a, nil
 }
 
 // startAgent starts cmd as an agent and waits (up to timeout) for its ready line.
@@ -131,6 +159,14 @@ func startAgent(name string, cmd *exec.Cmd, logw io.Writer, timeout time.Duratio
 
 func (a *agent) send(req request) error {
 	b, _ := json.Marshal(req)
+	if a.member != nil {
+		id, err := a.member.Send(member.Command{Op: req.Op, Args: b})
+		if err != nil {
+			return fmt.Errorf("%s: %w", a.name, err)
+		}
+		a.pending = append(a.pending, id)
+		return nil
+	}
 	_, err := a.in.Write(append(b, '\n'))
 	if err != nil {
 		return fmt.Errorf("%s: %w", a.name, err)
@@ -139,6 +175,9 @@ func (a *agent) send(req request) error {
 }
 
 func (a *agent) recv(timeout time.Duration) (response, error) {
+	if a.member != nil {
+		return a.recvMember(timeout)
+	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -159,6 +198,30 @@ func (a *agent) recv(timeout time.Duration) (response, error) {
 	}
 }
 
+func (a *agent) recvMember(timeout time.Duration) (response, error) {
+	if len(a.pending) == 0 {
+		return response{}, fmt.Errorf("%s: no request to answer", a.name)
+	}
+	id := a.pending[0]
+	a.pending = a.pending[1:]
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	e, err := a.member.Result(ctx, id)
+	if err != nil {
+		return response{}, fmt.Errorf("%s: %w", a.name, err)
+	}
+	var r response
+	if e.Err != "" {
+		r.Err = e.Err
+	} else if err := json.Unmarshal(e.Body, &r); err != nil {
+		return response{}, fmt.Errorf("%s: bad answer %q: %w", a.name, e.Body, err)
+	}
+	if r.Err != "" {
+		return r, fmt.Errorf("%s: %s", a.name, r.Err)
+	}
+	return r, nil
+}
+
 // do sends req and waits for the answer.
 func (a *agent) do(req request, timeout time.Duration) (response, error) {
 	if err := a.send(req); err != nil {
@@ -167,16 +230,28 @@ func (a *agent) do(req request, timeout time.Duration) (response, error) {
 	return a.recv(timeout)
 }
 
+// signalKill sends the agent SIGKILL; reap waits for it.
+func (a *agent) signalKill() error {
+	if a.member != nil {
+		return a.member.Signal(syscall.SIGKILL)
+	}
+	return a.cmd.Process.Signal(syscall.SIGKILL)
+}
+
 // kill SIGKILLs the agent and reaps it.
 func (a *agent) kill() {
-	_ = a.cmd.Process.Kill()
+	_ = a.signalKill()
 	a.reap()
 }
 
 // stop closes its stdin (an agent exits at the end of its input), and kills it if it
 // has not exited within a second.
 func (a *agent) stop() {
-	_ = a.in.Close()
+	if a.member != nil {
+		_ = a.member.CloseInput()
+	} else {
+		_ = a.in.Close()
+	}
 	done := make(chan struct{})
 	go func() { a.reap(); close(done) }()
 	select {
@@ -187,7 +262,13 @@ func (a *agent) stop() {
 	}
 }
 
-func (a *agent) reap() { a.wait.Do(func() { _ = a.cmd.Wait() }) }
+func (a *agent) reap() {
+	if a.member != nil {
+		<-a.member.Done()
+		return
+	}
+	a.wait.Do(func() { _ = a.cmd.Wait() })
+}
 
 // doAll sends req to every agent, then collects the answers in order.
 func doAll(as []*agent, req request, timeout time.Duration) ([]response, error) {

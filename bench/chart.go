@@ -35,10 +35,10 @@ func colorOf(system string) color.Color {
 	return color.Black
 }
 
-// writeChart draws up to two panels to an SVG file (PNG if path ends in .png): the
+// writeChart draws up to three panels to an SVG file (PNG if path ends in .png): the
 // distribution of sequential invoke latency of every system (a CDF on a log scale),
-// and failover times. A run that measured neither (see -only) draws nothing and
-// reports false.
+// failover times, and the Redis pool's INCR/s, own vs shared. A run that measured
+// none of them (see -only) draws nothing and reports false.
 func writeChart(r *results, path string) (bool, error) {
 	var panels []*plot.Plot
 	if len(r.seqSamples) > 0 {
@@ -54,6 +54,13 @@ func writeChart(r *results, path string) (bool, error) {
 			return false, err
 		}
 		panels = append(panels, fo)
+	}
+	if len(r.Redis) > 0 {
+		rp, err := redisPlot(r)
+		if err != nil {
+			return false, err
+		}
+		panels = append(panels, rp)
 	}
 	if len(panels) == 0 {
 		return false, nil

@@ -82,7 +82,7 @@ func floorServerMain(args []string) {
 			}()
 		}
 	}()
-	serveAgent(response{}, func(req request) response {
+	serveAgent(func(req request) response {
 		switch req.Op {
 		case "pub":
 			mu.Lock()
@@ -131,7 +131,7 @@ func floorClientMain(args []string) {
 		os.Exit(1)
 	}
 	var subs subStats
-	serveAgent(response{}, func(req request) response {
+	serveAgent(func(req request) response {
 		switch req.Op {
 		case "seq":
 			buf := make([]byte, req.Size)
@@ -289,5 +289,5 @@ func lockHolderMain(args []string) {
 		fmt.Fprintln(os.Stderr, "lock-holder:", err)
 		os.Exit(1)
 	}
-	serveAgent(response{}, func(req request) response { return response{Err: "unknown op " + req.Op} })
+	serveAgent(func(req request) response { return response{Err: "unknown op " + req.Op} })
 }

@@ -57,7 +57,7 @@ func grpcServerMain(args []string) {
 	s := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}))
 	s.RegisterService(&echoDesc, struct{}{})
 	go func() { _ = s.Serve(ln) }()
-	serveAgent(response{}, func(req request) response { return response{Err: "unknown op " + req.Op} })
+	serveAgent(func(req request) response { return response{Err: "unknown op " + req.Op} })
 	s.Stop()
 }
 
@@ -84,7 +84,7 @@ func grpcClientMain(args []string) {
 		fmt.Fprintln(os.Stderr, "grpc-client:", err)
 		os.Exit(1)
 	}
-	serveAgent(response{}, func(req request) response {
+	serveAgent(func(req request) response {
 		switch req.Op {
 		case "seq":
 			msg := make([]byte, req.Size)

@@ -14,14 +14,21 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
 func main() {
+	if cfg, ok, err := member.FromEnv(); ok { // a Go cluster member (startMember)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		os.Exit(memberMain(cfg))
+	}
 	if len(os.Args) > 2 && os.Args[1] == "agent" {
 		args := os.Args[3:]
 		switch os.Args[2] {
-		case "member":
-			memberMain(args)
 		case "floor-server":
 			floorServerMain(args)
 		case "floor-client":
@@ -30,6 +37,8 @@ func main() {
 			grpcServerMain(args)
 		case "grpc-client":
 			grpcClientMain(args)
+		case "redis-worker":
+			redisWorkerMain(args)
 		case "lock-holder":
 			lockHolderMain(args)
 		default:

@@ -3,83 +3,39 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cluster-client-go/cluster"
 	"github.com/cluster-client-go/cluster/blob"
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
-// echoService is the Service every Go member builds when it leads: "echo" returns the
-// request, "whoami" the Leader's pid, and topics are an in-memory broker, so that what
-// is measured is the library, not a server.
-type echoService struct {
-	mu   sync.Mutex
-	subs map[string]map[int]func(cluster.Message)
-	next int
-}
-
-func (s *echoService) Invoke(_ context.Context, method string, req cluster.Message) (cluster.Message, error) {
-	switch method {
-	case "echo":
-		if req.Blob != nil {
-			return req.Clone() // the request is lent: give back a Message of our own
-		}
-		return req, nil
-	case "whoami":
-		return cluster.Message{Data: strconv.AppendInt(nil, int64(os.Getpid()), 10)}, nil
-	}
-	return cluster.Message{}, fmt.Errorf("no method %q", method)
-}
-
-func (s *echoService) Subscribe(_ context.Context, topic string, emit func(cluster.Message)) (func(), error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.subs[topic] == nil {
-		s.subs[topic] = map[int]func(cluster.Message){}
-	}
-	s.next++
-	id := s.next
-	s.subs[topic][id] = emit
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		delete(s.subs[topic], id)
-	}, nil
-}
-
-func (s *echoService) Publish(_ context.Context, topic string, msg cluster.Message) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, emit := range s.subs[topic] {
-		emit(cluster.Message{Data: msg.Data})
-	}
-	return nil
-}
-
-func (s *echoService) Close() error { return nil }
-
-// memberConfig is the Config of every Go member of a run.
-func memberConfig(dir, transport string, port int) cluster.Config {
-	cfg := cluster.Config{
+// memberConfig is the Config of every Go member of a run: its Service, when it leads,
+// is internal/member's echo Service ("echo" returns the request, "whoami" the Leader's
+// host name and pid, topics an in-memory broker), so that what is measured is the
+// library, not a server.
+func memberConfig(dir, transport string, port, heapMiB int) member.Config {
+	cfg := member.Config{
 		Name: "bench", Dir: dir, Port: port,
-		Logger:  slog.New(slog.DiscardHandler),
 		MaxBody: 160 << 20, // the 64 MiB inline round trip
-		NewService: func(context.Context) (cluster.Service, error) {
-			return &echoService{subs: map[string]map[int]func(cluster.Message){}}, nil
-		},
 	}
 	if transport == "tcp" {
 		cfg.Transport = cluster.TransportTCP
 	}
-	return cfg
+	return cfg.WithArgs(memberArgs{Heap: heapMiB})
+}
+
+// memberArgs are a Go member's settings besides its member.Config.
+type memberArgs struct {
+	Heap int // MiB to keep resident
 }
 
 // subStats collects what a subscriber received.
@@ -121,71 +77,84 @@ func stamped(size int) []byte {
 	return b
 }
 
-func memberMain(args []string) {
-	fs := flag.NewFlagSet("member", flag.ExitOnError)
-	dir := fs.String("dir", "", "cluster directory")
-	transport := fs.String("transport", "unix", "unix or tcp")
-	port := fs.Int("port", 0, "TCP port")
-	heap := fs.Int("heap", 0, "MiB to keep resident")
-	_ = fs.Parse(args)
-	holdHeap(*heap)
-	ctx := context.Background()
-	c, err := cluster.Join(ctx, memberConfig(*dir, *transport, *port))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "member:", err)
-		os.Exit(1)
-	}
+// memberMain is a Go member: the internal/member program, driven with the agent
+// requests as its operations (each answers a response).
+func memberMain(cfg member.Config) int {
 	var subs subStats
 	var farm []*cluster.Client
-	serveAgent(response{Leader: c.Role().Role == cluster.RoleLeader}, func(req request) response {
-		switch req.Op {
-		case "role":
+	ops := map[string]func(c *cluster.Client, req request) response{
+		"role": func(c *cluster.Client, _ request) response {
 			return response{PID: os.Getpid(), Leader: c.Role().Role == cluster.RoleLeader}
-		case "seq":
-			return invokeSeq(c, req)
-		case "tput":
-			return invokeTput(c, req)
-		case "sub":
-			_, err := c.Subscribe(ctx, req.Topic, func(m cluster.Message) {
+		},
+		"seq":  invokeSeq,
+		"tput": invokeTput,
+		"sub": func(c *cluster.Client, req request) response {
+			_, err := c.Subscribe(context.Background(), req.Topic, func(m cluster.Message) {
 				if len(m.Data) >= 8 {
 					subs.record(int64(binary.BigEndian.Uint64(m.Data)))
 				}
 			})
 			return errResponse(err)
-		case "subcount":
-			return response{Calls: subs.count()}
-		case "substats":
+		},
+		"subcount": func(*cluster.Client, request) response { return response{Calls: subs.count()} },
+		"substats": func(c *cluster.Client, _ request) response {
 			r := subs.take()
 			r.Heap = int64(c.Stats().Dropped)
 			return r
-		case "pub":
-			return publish(c, req)
-		case "probe":
-			return probe(c, req)
-		case "blob":
-			return blobTrips(c, req)
-		case "mem":
+		},
+		"pub":   publish,
+		"probe": probe,
+		"blob":  blobTrips,
+		"mem": func(c *cluster.Client, _ request) response {
 			runtime.GC()
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			return response{Heap: int64(ms.HeapInuse + ms.StackInuse), Calls: int64(c.Stats().Followers)}
-		case "farm":
+		},
+		"farm": func(_ *cluster.Client, req request) response {
+			fcfg, err := cfg.Cluster()
+			if err != nil {
+				return errResponse(err)
+			}
 			for range req.N {
-				fc, err := cluster.Join(ctx, memberConfig(*dir, *transport, *port))
+				fc, err := cluster.Join(context.Background(), fcfg)
 				if err != nil {
 					return errResponse(err)
 				}
 				farm = append(farm, fc)
 			}
 			return response{Calls: int64(len(farm))}
-		}
-		return response{Err: "unknown op " + req.Op}
-	})
-	for _, fc := range farm {
-		_ = fc.Close()
+		},
 	}
-	_ = c.Close()
+	prog := member.Program{
+		Setup: func(m *member.Member) error {
+			var args memberArgs
+			if err := m.Args(&args); err != nil {
+				return err
+			}
+			holdHeap(args.Heap)
+			return nil
+		},
+		Ops: map[string]member.Op{},
+		Leave: func(m *member.Member) int {
+			for _, fc := range farm {
+				_ = fc.Close()
+			}
+			_ = m.Client().Close()
+			return 0
+		},
+	}
+	for name, op := range ops {
+		prog.Ops[name] = func(_ context.Context, m *member.Member, cmd member.Command) (any, error) {
+			var req request
+			if err := json.Unmarshal(cmd.Args, &req); err != nil {
+				return nil, fmt.Errorf("bad request: %w", err)
+			}
+			return op(m.Client(), req), nil
+		}
+	}
+	return member.Main(cfg, prog)
 }
 
 func errResponse(err error) response {
@@ -241,14 +210,14 @@ func publish(c *cluster.Client, req request) response {
 
 // probe invokes whoami until a Leader other than oldpid answers, and returns when.
 func probe(c *cluster.Client, req request) response {
-	old := strconv.Itoa(req.OldPID)
 	for tries := 0; ; tries++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		out, err := c.Invoke(ctx, "whoami", cluster.Message{})
 		cancel()
+		_, pid, _ := strings.Cut(string(out.Data), " ") // "host pid"
 		switch {
-		case err == nil && string(out.Data) != old:
-			return response{T: mono(), PID: atoi(string(out.Data))}
+		case err == nil && atoi(pid) != req.OldPID:
+			return response{T: mono(), PID: atoi(pid)}
 		case err != nil && !errors.Is(err, cluster.ErrLeaderLost) && tries > 1000:
 			return response{Err: err.Error()}
 		}

@@ -31,6 +31,8 @@ type results struct {
 	Failover     []failoverRow `json:"failover"`
 	Blob         []blobRow     `json:"blob_vs_inline"`
 	IdleFollower *idleRow      `json:"idle_follower,omitempty"`
+	Redis        []redisRow    `json:"redis_incr,omitempty"`
+	RedisServer  string        `json:"redis_server,omitempty"`
 	Notes        []string      `json:"notes,omitempty"`
 
 	seqSamples map[string][]int64
@@ -360,6 +362,7 @@ func (r *results) print(w io.Writer) {
 	if r.IdleFollower != nil {
 		fmt.Fprintf(tw, "\nAn idle Follower costs the Leader (Go heap + stacks, %d joined)\t%.1f KiB\t\t\t\t\t\n", r.IdleFollower.Followers, float64(r.IdleFollower.BytesEach)/1024)
 	}
+	r.printRedis(tw)
 	for _, n := range r.Notes {
 		fmt.Fprintf(tw, "note: %s\n", n)
 	}

@@ -35,7 +35,11 @@ type options struct {
 	out       string
 	chart     string
 	agentWait time.Duration
-	only      map[string]bool // nil: everything
+	// The Redis measurement (redis.go).
+	redisWorkers []int
+	redisMs      int
+	redisProfile string
+	only         map[string]bool // nil: everything
 }
 
 // group is one system under test: its processes and how to start another member.
@@ -112,7 +116,10 @@ func run(args []string) int {
 	fs.StringVar(&o.out, "out", "results", "directory for the JSON results and the agents' log")
 	fs.StringVar(&o.chart, "chart", "", `chart path (SVG); default "latest.svg", or results/smoke.svg with -smoke, results/partial.svg with -only`)
 	blobs := fs.String("blob", "1,16,64", "payload sizes for blob vs inline, MiB (empty: skip)")
-	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle)")
+	only := fs.String("only", "", "run only these measurements (comma-separated: seq,tput,pub,failover,blob,idle,redis)")
+	redisWorkers := fs.String("redis-workers", "4,16,64", "worker processes of the Redis measurement, one pool size after another")
+	fs.IntVar(&o.redisMs, "redis-ms", 1000, "duration of one round of the Redis measurement, milliseconds")
+	fs.StringVar(&o.redisProfile, "redis-profile", "", "after the Redis measurement of the first pool size, profile the shared pool into this directory (CPU profiles, execution traces, perf stat counts)")
 	_ = fs.Parse(args)
 	o.seqMs, o.pubPaced, o.pubBurst, o.agentWait = 8000, 2000, 20000, 20*time.Second
 	if o.smoke { // tiny counts, except where a flag says otherwise
@@ -127,6 +134,10 @@ func run(args []string) int {
 		smoke("seq", &o.seqN, 50)
 		smoke("tput-ms", &o.tputMs, 200)
 		smoke("kills", &o.kills, 1)
+		smoke("redis-ms", &o.redisMs, 100)
+		if !set["redis-workers"] {
+			*redisWorkers = "4"
+		}
 		smoke("idle", &o.farm, 4)
 		o.seqMs, o.pubPaced, o.pubBurst = 2000, 50, 200
 		if !set["blob"] {
@@ -150,6 +161,16 @@ func run(args []string) int {
 				return 2
 			}
 			o.blobMiB = append(o.blobMiB, n)
+		}
+	}
+	for _, f := range strings.Split(*redisWorkers, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			var n int
+			if _, err := fmt.Sscan(f, &n); err != nil || n < 2 {
+				fmt.Fprintf(os.Stderr, "bench: -redis-workers: bad count %q (at least 2: a Leader and a Follower)\n", f)
+				return 2
+			}
+			o.redisWorkers = append(o.redisWorkers, n)
 		}
 	}
 	if *only != "" {
@@ -196,8 +217,10 @@ func (b *bench) main() error {
 		}
 	}()
 
-	if err := b.startAll(); err != nil {
-		return err
+	if b.wantsGroups() {
+		if err := b.startAll(); err != nil {
+			return err
+		}
 	}
 	steps := []struct {
 		key, name string
@@ -209,6 +232,7 @@ func (b *bench) main() error {
 		{"failover", "failover", b.measureFailover},
 		{"blob", "blob vs inline", b.measureBlob},
 		{"idle", "idle follower", b.measureIdle},
+		{"redis", "Redis INCR, own vs shared", b.measureRedis},
 	}
 	for _, s := range steps {
 		if b.opt.only != nil && !b.opt.only[s.key] {
@@ -309,7 +333,7 @@ func (b *bench) startAll() error {
 		n := 0
 		cg.start = func() (*agent, error) {
 			n++
-			return b.startAgent(fmt.Sprintf("%s member %d", cg.name, n), b.agentCmd("member", "-dir", dir, "-transport", tr, "-port", fmt.Sprint(port), "-heap", fmt.Sprint(b.opt.heapMiB)))
+			return startMember(fmt.Sprintf("%s member %d", cg.name, n), b.self, memberConfig(dir, tr, port, b.opt.heapMiB), b.logw, b.opt.agentWait)
 		}
 		if err := b.startMembers(cg); err != nil {
 			return err
@@ -576,7 +600,7 @@ func (b *bench) killOnce(g *group) (first, all time.Duration, err error) {
 		return 0, 0, err
 	}
 	t0 := mono()
-	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := leader.signalKill(); err != nil {
 		return 0, 0, err
 	}
 	rs, err := doAll(survivors, request{Op: "probe", OldPID: leader.pid}, time.Minute)

@@ -3,15 +3,12 @@
 package chaos
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -22,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/cluster-client-go/cluster/internal/member"
 	"github.com/cluster-client-go/cluster/internal/upstream"
 )
 
@@ -38,27 +36,60 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(memberEnv) != "" {
-		os.Exit(memberMain())
+	if cfg, ok, err := member.FromEnv(); ok {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		os.Exit(memberMain(cfg))
 	}
 	goleak.VerifyTestMain(m)
 }
 
 // proc is one member process as the controller sees it.
 type proc struct {
-	cmd    *exec.Cmd
-	pid    int
-	stdin  io.WriteCloser
-	stderr *tailBuffer
-	done   chan struct{} // closed when the process has exited and its output is read
+	*member.Proc
+	pid int
 
 	mu     sync.Mutex
-	events []event
-	notify chan struct{}
+	events []event   // what it wrote, as the controller reads it (see read)
 	killed time.Time // when the controller sent SIGKILL (zero if never)
 }
 
-func (p *proc) send(cmd string) { _, _ = io.WriteString(p.stdin, cmd+"\n") }
+func (p *proc) send(op string) { _, _ = p.Send(member.Command{Op: op}) }
+
+// read records e, the way the controller reads it: a failed Command, a failed Join or
+// a line that is not JSON is a violation; the answers of probe and observe are events
+// "probe" and "stats".
+func (p *proc) read(e member.Event) {
+	var ce event
+	switch {
+	case e.Ev == member.EvResult && e.Err != "":
+		ce = event{Ev: "violation", What: fmt.Sprintf("%s: %s", e.Op, e.Err)}
+	case e.Ev == member.EvResult && e.Op == "probe":
+		ce = event{Ev: "probe"}
+	case e.Ev == member.EvResult && e.Op == "observe":
+		if err := json.Unmarshal(e.Body, &ce); err != nil {
+			ce = event{Ev: "violation", What: fmt.Sprintf("unreadable answer %s to observe: %v", e.Body, err)}
+		} else {
+			ce.Ev = "stats"
+		}
+	case e.Ev == member.EvJoinError:
+		ce = event{Ev: "violation", What: "join: " + e.Err}
+	case e.Ev == member.EvUnreadable:
+		ce = event{Ev: "violation", What: fmt.Sprintf("unreadable output %q", e.Data)}
+	default:
+		if err := json.Unmarshal(e.Line, &ce); err != nil {
+			ce = event{Ev: "violation", What: fmt.Sprintf("unreadable output %q: %v", e.Line, err)}
+		}
+	}
+	if ce.At == 0 {
+		ce.At = e.At
+	}
+	p.mu.Lock()
+	p.events = append(p.events, ce)
+	p.mu.Unlock()
+}
 
 // last returns the latest event of kind ev, if any.
 func (p *proc) last(ev string) (event, bool) {
@@ -80,33 +111,11 @@ func (p *proc) all() []event {
 
 func (p *proc) alive() bool {
 	select {
-	case <-p.done:
+	case <-p.Done():
 		return false
 	default:
 		return true
 	}
-}
-
-// tailBuffer keeps the last 32 KiB written to it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 32<<10 {
-		t.b = t.b[len(t.b)-32<<10:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // run is one chaos run: the upstream, the members, the controller's records.
@@ -131,40 +140,23 @@ type run struct {
 
 func (r *run) start() *proc {
 	r.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), memberEnv+"=1",
-		"CHAOS_DIR="+r.dir, "CHAOS_NAME=chaos", "CHAOS_UPSTREAM="+r.up.Addr(), "CHAOS_HEARTBEAT="+heartbeat.String())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, stdin: stdin, stderr: &tailBuffer{}, done: make(chan struct{}), notify: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			var e event
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				e = event{Ev: "violation", What: fmt.Sprintf("unreadable output %q", sc.Text())}
-			}
-			p.mu.Lock()
-			p.events = append(p.events, e)
-			close(p.notify)
-			p.notify = make(chan struct{})
-			p.mu.Unlock()
+	p := &proc{}
+	mp, err := member.Start(member.Spec{
+		Config: member.Config{Name: "chaos", Dir: r.dir, Upstream: r.up.Addr(), Heartbeat: heartbeat, Log: "info", JoinTimeout: waitLimit},
+		Args:   []string{"-test.run=^$"},
+		// Enough for the last lines of a member's log when the run fails.
+		StderrTail: 32 << 10,
+		OnEvent: func(e member.Event) {
+			p.read(e)
 			r.poke()
-		}
-		_ = cmd.Wait()
-		close(p.done)
+		},
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	p.Proc, p.pid = mp, mp.PID()
+	go func() {
+		<-mp.Done()
 		r.poke()
 	}()
 	r.mu.Lock()
@@ -224,7 +216,7 @@ func (r *run) fail(format string, args ...any) {
 	procs := slices.Clone(r.procs)
 	r.mu.Unlock()
 	for _, p := range procs {
-		fmt.Fprintf(&b, "\n--- member pid %d (alive %v) stderr tail:\n%s", p.pid, p.alive(), lastLines(p.stderr.String(), 15))
+		fmt.Fprintf(&b, "\n--- member pid %d (alive %v) stderr tail:\n%s", p.pid, p.alive(), lastLines(p.Stderr(), 15))
 	}
 	r.t.Fatalf(format+"\n(seed %d)%s", append(args, r.seed(), b.String())...)
 }
@@ -254,7 +246,7 @@ func (r *run) checkViolations() {
 		}
 		if !p.alive() && p.killed.IsZero() {
 			if _, ok := p.last("final"); !ok {
-				r.fail("member pid %d exited on its own: %v", p.pid, p.cmd.ProcessState)
+				r.fail("member pid %d exited on its own: %v", p.pid, p.ProcessState())
 			}
 		}
 	}
@@ -309,7 +301,7 @@ func (r *run) stable(n int, reconnected time.Time) *proc {
 		if time.Since(asked) > 20*time.Millisecond {
 			asked = time.Now()
 			for _, p := range live {
-				p.send("stats")
+				p.send("observe")
 			}
 		}
 		conn := r.up.TotalConns() // only Leaders connect upstream: the latest is the current one
@@ -449,8 +441,7 @@ func TestChaos(t *testing.T) {
 	}
 	defer func() { // whatever happens, no member outlives the test
 		for _, p := range r.procs {
-			_ = p.cmd.Process.Kill()
-			<-p.done
+			p.Kill()
 		}
 	}()
 	pushed := make(chan struct{})
@@ -479,17 +470,17 @@ func TestChaos(t *testing.T) {
 	// The end: every survivor closes and proves it leaked nothing.
 	finals := map[*proc]event{}
 	for _, p := range r.live() {
-		p.send("exit")
+		_ = p.CloseInput()
 	}
 	for _, p := range r.live() {
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(waitLimit):
 			r.fail("member pid %d did not exit after Close", p.pid)
 		}
 		e, ok := p.last("final")
 		if !ok {
-			r.fail("member pid %d exited without its final report: %v", p.pid, p.cmd.ProcessState)
+			r.fail("member pid %d exited without its final report: %v", p.pid, p.ProcessState())
 		}
 		finals[p] = e
 	}
@@ -526,7 +517,7 @@ func (r *run) kill(p *proc) {
 	p.killed = time.Now()
 	at := p.killed
 	p.mu.Unlock()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := p.Signal(syscall.SIGKILL); err != nil {
 		r.fail("SIGKILL %d: %v", p.pid, err)
 	}
 	r.failover = append(r.failover, r.probe(at, p))
@@ -541,7 +532,7 @@ func (r *run) kill(p *proc) {
 		return "no leader elected after the kill"
 	})
 	r.elected = append(r.elected, next.Sub(at))
-	<-p.done
+	<-p.Done()
 	r.start()
 }
 
@@ -553,7 +544,7 @@ func (r *run) pause(p *proc) (continued time.Time) {
 	r.faults["SIGSTOP+SIGCONT"]++
 	r.log = append(r.log, fmt.Sprintf("SIGSTOP %d at %s", p.pid, time.Now().Format(time.StampMicro)))
 	term := func() uint64 { e, _ := p.last("role"); return e.Term }()
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		r.fail("SIGSTOP %d: %v", p.pid, err)
 	}
 	time.Sleep(6 * heartbeat)
@@ -563,7 +554,7 @@ func (r *run) pause(p *proc) (continued time.Time) {
 		}
 	}
 	continued = time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := p.Signal(syscall.SIGCONT); err != nil {
 		r.fail("SIGCONT %d: %v", p.pid, err)
 	}
 	return continued
@@ -575,10 +566,10 @@ func (r *run) close(p *proc) {
 	r.faults["Close"]++
 	r.log = append(r.log, fmt.Sprintf("Close %d at %s", p.pid, time.Now().Format(time.StampMicro)))
 	at := time.Now()
-	p.send("exit")
+	_ = p.CloseInput()
 	r.handover = append(r.handover, r.probe(at, p))
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(waitLimit):
 		r.fail("the leader (pid %d) did not exit after Close", p.pid)
 	}

@@ -3,12 +3,9 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -21,18 +18,18 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cluster-client-go/cluster"
-	"github.com/cluster-client-go/cluster/internal/upstream"
+	"github.com/cluster-client-go/cluster/internal/member"
 )
 
-// A member is the test binary re-executed with memberEnv set. It joins the cluster, runs
-// a constant load (invokes, publishes, subscribe/close churn), checks what it can see
-// from inside (call outcomes, deadlines, per-term subscription continuity, replay to
-// late subscribers), and reports on stdout as JSON lines. It reads commands on stdin:
-// "probe", "stats", "exit".
+// A member is the test binary re-executed as an internal/member program. Besides what
+// every member does, it runs a constant load (invokes, publishes, subscribe/close
+// churn), checks what it can see from inside (call outcomes, deadlines, per-term
+// subscription continuity, replay to late subscribers), and reports on stdout as JSON
+// lines of its own (tally, violation, final). Its operations: "probe" (answered once an
+// invoke succeeds) and "observe" (its Stats and what it saw of the stream). When its
+// stdin ends it stops the load, closes and checks that it leaked nothing (final).
 
-const memberEnv = "CHAOS_MEMBER"
-
-// event is one line a member writes.
+// event is one line a member writes, as the controller reads it.
 type event struct {
 	Ev   string `json:"ev"`
 	PID  int    `json:"pid"`
@@ -41,7 +38,7 @@ type event struct {
 	Term uint64 `json:"term,omitempty"`
 	What string `json:"what,omitempty"` // violation
 
-	// stats
+	// stats: the answer to observe
 	Followers int    `json:"followers,omitempty"`
 	Conn      int    `json:"conn,omitempty"` // the upstream connection of the latest message
 	OnConn    int    `json:"onConn,omitempty"`
@@ -67,10 +64,10 @@ const (
 	overrunLimit = 2 * time.Second
 )
 
-type member struct {
-	c    *cluster.Client
-	out  *json.Encoder
-	outM sync.Mutex
+// checker is what a member adds to the member program: its load and its checks.
+type checker struct {
+	m *member.Member
+	c *cluster.Client
 
 	lastSeq atomic.Int64 // the latest sequence number the steady subscriber saw
 
@@ -91,6 +88,13 @@ type member struct {
 
 	stallMu sync.Mutex
 	stalls  []stall // recent ones
+
+	// Set by setup and joined, before any Command.
+	steady    *cluster.Subscription
+	stopLoad  context.CancelFunc
+	wg        sync.WaitGroup // the load
+	fdsBefore int
+	leakOpt   goleak.Option
 }
 
 // stall is a time this process was not scheduled: a 10 ms ticker came late.
@@ -98,7 +102,7 @@ type stall struct{ from, to time.Time }
 
 // watchStalls records when this process stands still (a loaded machine, a stopped
 // process) until ctx ends.
-func (m *member) watchStalls(ctx context.Context) {
+func (m *checker) watchStalls(ctx context.Context) {
 	const tick = 10 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -122,7 +126,7 @@ func (m *member) watchStalls(ctx context.Context) {
 }
 
 // stalled returns how long this process stood still between from and to.
-func (m *member) stalled(from, to time.Time) time.Duration {
+func (m *checker) stalled(from, to time.Time) time.Duration {
 	m.stallMu.Lock()
 	defer m.stallMu.Unlock()
 	var d time.Duration
@@ -141,23 +145,21 @@ func (m *member) stalled(from, to time.Time) time.Duration {
 	return d
 }
 
-func (m *member) emit(e event) {
+func (m *checker) emit(e event) {
 	e.PID = os.Getpid()
 	if e.At == 0 {
 		e.At = time.Now().UnixNano()
 	}
-	m.outM.Lock()
-	defer m.outM.Unlock()
-	_ = m.out.Encode(e)
+	m.m.Emit(e)
 }
 
-func (m *member) violation(format string, args ...any) {
+func (m *checker) violation(format string, args ...any) {
 	m.emit(event{Ev: "violation", What: fmt.Sprintf(format, args...)})
 }
 
 // outcome classifies a call's result; anything but success, ErrLeaderLost or
 // ErrTimeout, or a return long past the deadline, is a violation.
-func (m *member) outcome(op string, start time.Time, deadline time.Time, err error) {
+func (m *checker) outcome(op string, start time.Time, deadline time.Time, err error) {
 	kind := outcomeOK
 	switch {
 	case err == nil:
@@ -188,7 +190,7 @@ func (m *member) outcome(op string, start time.Time, deadline time.Time, err err
 // number. On one connection the sequence must be contiguous: a gap or a repeat is
 // allowed only after this member re-subscribed (a reconnection to the same Leader
 // after a heartbeat timeout), at most one per re-subscription, and never backwards.
-func (m *member) onSeq(msg cluster.Message) {
+func (m *checker) onSeq(msg cluster.Message) {
 	var conn, seq int
 	if _, err := fmt.Sscanf(string(msg.Data), "conn=%d seq=%d", &conn, &seq); err != nil {
 		m.violation("malformed message %q", msg.Data)
@@ -221,7 +223,7 @@ func (m *member) onSeq(msg cluster.Message) {
 // messages begin, or at exit, when the term's role changes have all been reported
 // (OnRoleChange runs asynchronously: judging at the discontinuity itself could count
 // a re-subscription that is not reported yet).
-func (m *member) judgeLocked() {
+func (m *checker) judgeLocked() {
 	if m.conn == 0 || m.term == 0 {
 		// No stretch yet; or its first message reached the callback after this member
 		// had already lost that connection's Leader (callbacks run on their own
@@ -234,63 +236,53 @@ func (m *member) judgeLocked() {
 	}
 }
 
-func memberMain() int {
-	m := &member{out: json.NewEncoder(os.Stdout), calls: map[string]int{}, joins: map[uint64]int{}}
-	cmds := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(os.Stdin)
-		for sc.Scan() {
-			cmds <- sc.Text()
-		}
-		close(cmds)
-	}()
+func memberMain(cfg member.Config) int {
+	m := &checker{calls: map[string]int{}, joins: map[uint64]int{}}
+	return member.Main(cfg, member.Program{
+		Setup:        m.setup,
+		OnRoleChange: m.onRoleChange,
+		Joined:       m.joined,
+		Ops:          map[string]member.Op{"probe": m.probe, "observe": m.observe},
+		Leave:        m.leave,
+	})
+}
+
+// setup takes the baselines of the leak checks, before Join.
+func (m *checker) setup(mm *member.Member) error {
+	m.m = mm
 	// The runtime's network poller opens its descriptors once, at first use, and keeps
 	// them: start it before counting.
 	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
 		ln.Close()
 	}
-	fdsBefore := countFDs()
-	leakOpt := goleak.IgnoreCurrent()
+	m.fdsBefore = countFDs()
+	m.leakOpt = goleak.IgnoreCurrent()
+	return nil
+}
 
-	hb, _ := time.ParseDuration(os.Getenv("CHAOS_HEARTBEAT"))
-	cfg := cluster.Config{
-		Name:             os.Getenv("CHAOS_NAME"),
-		Dir:              os.Getenv("CHAOS_DIR"),
-		NewService:       upstream.NewService(os.Getenv("CHAOS_UPSTREAM")),
-		Heartbeat:        hb,
-		HeartbeatTimeout: 3 * hb,
-		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		OnRoleChange: func(r cluster.RoleInfo) {
-			if r.Role == cluster.RoleLeader || r.Role == cluster.RoleFollower {
-				m.seqMu.Lock()
-				m.joins[r.Term]++
-				m.seqMu.Unlock()
-			}
-			m.emit(event{Ev: "role", Role: r.Role.String(), Term: r.Term, At: r.At.UnixNano()})
-		},
+func (m *checker) onRoleChange(r cluster.RoleInfo) {
+	if r.Role == cluster.RoleLeader || r.Role == cluster.RoleFollower {
+		m.seqMu.Lock()
+		m.joins[r.Term]++
+		m.seqMu.Unlock()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	c, err := cluster.Join(ctx, cfg)
-	cancel()
-	if err != nil {
-		m.violation("join: %v", err)
-		return 3
-	}
+}
+
+// joined subscribes the steady subscriber and starts the load.
+func (m *checker) joined(mm *member.Member) error {
+	c := mm.Client()
 	m.c = c
 	steady, err := c.Subscribe(context.Background(), "seq", m.onSeq)
 	if err != nil {
-		m.violation("steady subscribe: %v", err)
-		return 3
+		return fmt.Errorf("steady subscribe: %w", err)
 	}
-	m.emit(event{Ev: "joined"})
-
+	m.steady = steady
 	load, stopLoad := context.WithCancel(context.Background())
-	defer stopLoad()
-	var wg sync.WaitGroup
+	m.stopLoad = stopLoad
 	every := func(d time.Duration, fn func()) {
-		wg.Add(1)
+		m.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer m.wg.Done()
 			t := time.NewTicker(d)
 			defer t.Stop()
 			for {
@@ -303,9 +295,9 @@ func memberMain() int {
 			}
 		}()
 	}
-	wg.Add(1)
+	m.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer m.wg.Done()
 		m.watchStalls(load)
 	}()
 	every(500*time.Millisecond, func() { // the tally so far, in case this member is killed
@@ -355,60 +347,62 @@ func memberMain() int {
 		start = time.Now()
 		m.outcome("unsubscribe", start, start.Add(callTimeout), s.Close())
 	})
+	return nil
+}
 
-	for cmd := range cmds {
-		switch cmd {
-		case "probe": // time to the first call served after a fault
-			go func() {
-				for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
-					ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-					_, err := c.Invoke(ctx, "echo", cluster.Message{Data: []byte("probe")})
-					cancel()
-					if err == nil {
-						m.emit(event{Ev: "probe"})
-						return
-					}
-				}
-				m.violation("no invoke succeeded for 60 s after a fault")
-			}()
-		case "stats":
-			st := c.Stats()
-			m.seqMu.Lock()
-			conn, onConn := m.conn, m.onConn
-			m.seqMu.Unlock()
-			m.emit(event{Ev: "stats", Role: st.Role.String(), Term: st.Term, Followers: st.Followers, Conn: conn, OnConn: onConn, Dropped: st.Dropped})
-		case "exit":
-			stopLoad()
-			wg.Wait()
-			final := event{Ev: "final"}
-			if d := c.Stats().Dropped; d > 0 {
-				m.violation("%d messages were dropped by a subscription queue: the continuity check is void", d)
-			}
-			_ = steady.Close()
-			m.seqMu.Lock()
-			m.judgeLocked()
-			m.seqMu.Unlock()
-			if err := c.Close(); err != nil {
-				m.violation("close: %v", err)
-			}
-			m.callsMu.Lock()
-			final.Calls, final.MaxOverrunN = m.calls, int64(m.maxOverrun)
-			m.callsMu.Unlock()
-			if err := goleak.Find(leakOpt); err != nil {
-				final.Leak = err.Error()
-			}
-			// Descriptors are closed by Close, not by finalizers; allow the runtime a
-			// moment for the ones it closes asynchronously (pollers), no more.
-			for deadline := time.Now().Add(10 * time.Second); countFDs() != fdsBefore && time.Now().Before(deadline); {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if after := countFDs(); after != fdsBefore {
-				final.Leak += fmt.Sprintf("open descriptors: %d before Join, %d after Close", fdsBefore, after)
-			}
-			m.emit(final)
-			return 0
+// probe answers once an invoke succeeded: the time to the first call served after a
+// fault.
+func (m *checker) probe(context.Context, *member.Member, member.Command) (any, error) {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		_, err := m.c.Invoke(ctx, "echo", cluster.Message{Data: []byte("probe")})
+		cancel()
+		if err == nil {
+			return nil, nil
 		}
 	}
+	return nil, errors.New("no invoke succeeded for 60 s after a fault")
+}
+
+// observe answers the member's Stats and what it saw of the stream.
+func (m *checker) observe(context.Context, *member.Member, member.Command) (any, error) {
+	st := m.c.Stats()
+	m.seqMu.Lock()
+	conn, onConn := m.conn, m.onConn
+	m.seqMu.Unlock()
+	return event{Role: st.Role.String(), Term: st.Term, Followers: st.Followers, Conn: conn, OnConn: onConn, Dropped: st.Dropped}, nil
+}
+
+// leave stops the load, closes, and reports whether anything leaked (final).
+func (m *checker) leave(*member.Member) int {
+	m.stopLoad()
+	m.wg.Wait()
+	final := event{Ev: "final"}
+	if d := m.c.Stats().Dropped; d > 0 {
+		m.violation("%d messages were dropped by a subscription queue: the continuity check is void", d)
+	}
+	_ = m.steady.Close()
+	m.seqMu.Lock()
+	m.judgeLocked()
+	m.seqMu.Unlock()
+	if err := m.c.Close(); err != nil {
+		m.violation("close: %v", err)
+	}
+	m.callsMu.Lock()
+	final.Calls, final.MaxOverrunN = m.calls, int64(m.maxOverrun)
+	m.callsMu.Unlock()
+	if err := goleak.Find(m.leakOpt); err != nil {
+		final.Leak = err.Error()
+	}
+	// Descriptors are closed by Close, not by finalizers; allow the runtime a moment
+	// for the ones it closes asynchronously (pollers), no more.
+	for deadline := time.Now().Add(10 * time.Second); countFDs() != m.fdsBefore && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := countFDs(); after != m.fdsBefore {
+		final.Leak += fmt.Sprintf("open descriptors: %d before Join, %d after Close", m.fdsBefore, after)
+	}
+	m.emit(final)
 	return 0
 }
 

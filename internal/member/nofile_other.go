@@ -1,0 +1,5 @@
+//go:build !linux
+
+package member
+
+func setNoFile(uint64) error { return errNoFile }
