@@ -543,10 +543,10 @@ func TestABlockedServiceCallHoldsUpNoOtherCall(t *testing.T) {
 	})
 }
 
-// slowSubscribeService is a localService whose Subscribe of "slow" blocks until release
-// is closed.
+// slowSubscribeService is a Service whose Subscribe of "slow" blocks until release is
+// closed.
 type slowSubscribeService struct {
-	*localService
+	cluster.Service
 	entered chan struct{} // closed when Subscribe of "slow" began
 	release chan struct{}
 	once    sync.Once
@@ -557,7 +557,7 @@ func (s *slowSubscribeService) Subscribe(ctx context.Context, topic string, emit
 		s.once.Do(func() { close(s.entered) })
 		<-s.release
 	}
-	return s.localService.Subscribe(ctx, topic, emit)
+	return s.Service.Subscribe(ctx, topic, emit)
 }
 
 func TestABlockedServiceSubscribeHoldsUpNoOneElse(t *testing.T) {
@@ -566,9 +566,10 @@ func TestABlockedServiceSubscribeHoldsUpNoOneElse(t *testing.T) {
 		released := sync.OnceFunc(func() { close(svc.release) })
 		defer released()
 		local := func(cfg *cluster.Config) {
+			next := cfg.NewService
 			cfg.NewService = func(ctx context.Context) (cluster.Service, error) {
-				s, err := newLocalService(ctx)
-				svc.localService = s.(*localService)
+				s, err := next(ctx)
+				svc.Service = s
 				return svc, err
 			}
 		}
