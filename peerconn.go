@@ -111,7 +111,9 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	select {
 	case pc.sem <- struct{}{}:
 	default:
-		pc.flush() // the requests held may be what fills sem
+		if pc.l.batch != nil {
+			pc.flush() // the requests held may be what fills sem
+		}
 		select {
 		case pc.sem <- struct{}{}:
 		case <-conn.Done():
@@ -136,11 +138,13 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		return
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
-	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
-		pc.hold(j)
-		return
+	if pc.l.batch != nil {
+		if f.Kind == frame.KindInvoke {
+			pc.hold(j)
+			return
+		}
+		pc.flush() // the requests read before this one go first
 	}
-	pc.flush()
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
 		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
 		return
