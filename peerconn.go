@@ -71,6 +71,22 @@ type peerConn struct {
 // maxInflightPerConn at once, after which reading this connection waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
+	if pc.l.batch == nil {
+		pc.handleFrame(conn, f, files)
+		return
+	}
+	if f.Kind != frame.KindInvoke {
+		pc.flush() // the requests read before this frame go first
+	}
+	pc.handleFrame(conn, f, files)
+	if !conn.Buffered() {
+		pc.flush() // the read's last frame: the invoke requests held make a batch
+	}
+}
+
+// handleFrame is handle for one frame; an invoke request for a BatchInvoker is held
+// (see hold).
+func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
 	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
@@ -138,12 +154,9 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		return
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
-	if pc.l.batch != nil {
-		if f.Kind == frame.KindInvoke {
-			pc.hold(j)
-			return
-		}
-		pc.flush() // the requests read before this one go first
+	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
+		pc.hold(j)
+		return
 	}
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
 		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
@@ -449,7 +462,8 @@ func (pc *peerConn) finish(f frame.Frame, fds int) {
 }
 
 // hold keeps j, an invoke request for a BatchInvoker, for a batch, until the frames
-// read with it have been handled too (see batch.go). Runs on the reader goroutine.
+// read with it have been handled too (see handle and batch.go). Runs on the reader
+// goroutine.
 func (pc *peerConn) hold(j job) {
 	req, ok := pc.request(j.f, j.files)
 	if !ok {
@@ -469,10 +483,6 @@ func (pc *peerConn) hold(j job) {
 	pc.heldMu.Unlock()
 	if ended {
 		pc.drop(c)
-		return
-	}
-	if !pc.conn.Buffered() {
-		pc.flush()
 	}
 }
 
