@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
@@ -103,12 +104,12 @@ func (b *batcher) stalled() {
 func (l *leader) runBatch(bi BatchInvoker, calls []*Call) {
 	ctx, latest := l.ctx, time.Time{}
 	for _, c := range calls {
-		if c.cc == nil {
+		if c.deadline.IsZero() {
 			latest = time.Time{}
 			break
 		}
-		if c.cc.deadline.After(latest) {
-			latest = c.cc.deadline
+		if c.deadline.After(latest) {
+			latest = c.deadline
 		}
 	}
 	var bc *callCtx
@@ -131,6 +132,23 @@ func (l *leader) runBatch(bi BatchInvoker, calls []*Call) {
 		} else if !answered {
 			cerr = errUnanswered
 		}
+		if c.local != nil {
+			c.resp, c.err = resp, cerr
+			c.local <- struct{}{}
+			continue
+		}
 		c.pc.answer(c, resp, cerr)
 	}
+}
+
+// invokeBatched is the Leader's own call of a BatchInvoker: it joins a batch, as a
+// Follower's would, and waits for its answer.
+func (l *leader) invokeBatched(ctx context.Context, method string, req Message) (Message, error) {
+	c := &Call{Method: method, Req: lend(req), ctx: ctx, local: make(chan struct{}, 1)}
+	c.deadline, _ = ctx.Deadline()
+	if l.batch.submit([]*Call{c}) {
+		l.batch.run()
+	}
+	<-c.local // the request is lent until then, as to Invoke
+	return c.resp, c.err
 }

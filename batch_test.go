@@ -17,8 +17,8 @@ import (
 // batchService is a BatchInvoker. Its methods: "echo" answers the request; "seq"
 // records the request ("caller:n") in the order it reached the Service; "fail"
 // answers an error; "skip" is left unanswered; "panic" panics; "block" waits for
-// release (or for its caller's deadline). Invoke serves the Leader's own calls as a
-// batch of one.
+// release (or for its caller's deadline). Its Invoke fails: every call, the Leader's
+// own too, must come in a batch.
 type batchService struct {
 	release chan struct{}
 
@@ -35,7 +35,7 @@ func newBatchService() *batchService {
 }
 
 func (s *batchService) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
-	return cluster.Message{}, fmt.Errorf("Invoke %q: the test's calls come from Followers and must be batched", method)
+	return cluster.Message{}, fmt.Errorf("Invoke %q: a BatchInvoker's calls come in batches", method)
 }
 
 func (s *batchService) InvokeBatch(ctx context.Context, calls []*cluster.Call) {
@@ -114,7 +114,8 @@ func (s *batchService) Subscribe(context.Context, string, func(cluster.Message))
 func (s *batchService) Publish(context.Context, string, cluster.Message) error { return nil }
 func (s *batchService) Close() error                                           { return nil }
 
-// joinBatch starts a Leader whose Service is svc, and n Followers.
+// joinBatch starts a Leader whose Service is svc, and n Followers; it returns the
+// Followers, then the Leader.
 func joinBatch(t *testing.T, tc *testCluster, svc *batchService, n int, mod func(*cluster.Config)) []*cluster.Client {
 	t.Helper()
 	cfg := func(c *cluster.Config) {
@@ -131,13 +132,13 @@ func joinBatch(t *testing.T, tc *testCluster, svc *batchService, n int, mod func
 		require.Equal(t, cluster.RoleFollower, f.Role().Role)
 		fs = append(fs, f)
 	}
-	return fs
+	return append(fs, leader)
 }
 
 func TestBatchesKeepEachCallersOrder(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, tc *testCluster) {
 		svc := newBatchService()
-		fs := joinBatch(t, tc, svc, 3, nil)
+		fs := joinBatch(t, tc, svc, 3, nil) // the Leader's own calls join the batches too
 		const callers, calls = 4, 50
 		var wg sync.WaitGroup
 		errs := make(chan error, len(fs)*callers)
@@ -179,24 +180,26 @@ func TestBatchAnswersEachCallOnItsOwn(t *testing.T) {
 	tc := newTestCluster(t)
 	svc := newBatchService()
 	fs := joinBatch(t, tc, svc, 1, nil)
-	f, ctx := fs[0], context.Background()
+	ctx := context.Background()
+	for _, f := range fs { // a Follower, and the Leader
+		out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
+		require.NoError(t, err)
+		require.Equal(t, "hi", string(out.Data))
 
-	out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
-	require.NoError(t, err)
-	require.Equal(t, "hi", string(out.Data))
+		_, err = f.Invoke(ctx, "fail", cluster.Message{})
+		var re *cluster.RemoteError
+		require.ErrorAs(t, err, &re)
+		require.Equal(t, "no such key", re.Message)
+		require.Equal(t, "fail", re.Name)
 
-	_, err = f.Invoke(ctx, "fail", cluster.Message{})
-	var re *cluster.RemoteError
-	require.ErrorAs(t, err, &re)
-	require.Equal(t, "no such key", re.Message)
-	require.Equal(t, "fail", re.Name)
+		_, err = f.Invoke(ctx, "skip", cluster.Message{})
+		require.ErrorAs(t, err, &re)
+		require.Contains(t, re.Message, "Call.Return")
 
-	_, err = f.Invoke(ctx, "skip", cluster.Message{})
-	require.ErrorAs(t, err, &re)
-	require.Contains(t, re.Message, "Call.Return")
-
-	_, err = f.Invoke(ctx, "panic", cluster.Message{})
-	require.ErrorIs(t, err, cluster.ErrServicePanic)
+		_, err = f.Invoke(ctx, "panic", cluster.Message{})
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+	}
+	f := fs[0]
 
 	// The Leader goes on, and every call sent together with a panicking one fails with it.
 	var wg sync.WaitGroup
@@ -219,7 +222,7 @@ func TestBatchAnswersEachCallOnItsOwn(t *testing.T) {
 			require.ErrorIs(t, err, cluster.ErrServicePanic, "a call fails only with the panic of its batch")
 		}
 	}
-	out, err = f.Invoke(ctx, "echo", cluster.Message{Data: []byte("still")})
+	out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("still")})
 	require.NoError(t, err)
 	require.Equal(t, "still", string(out.Data))
 }
@@ -230,6 +233,8 @@ func TestBlockedBatchDoesNotStallOtherConnections(t *testing.T) {
 	fs := joinBatch(t, tc, svc, 2, nil)
 	ctx := context.Background()
 	blocked := make(chan error, 1)
+	// fs[0], a Follower, blocks; every member's calls go on: the other Follower's, the
+	// blocked one's own connection's and the Leader's.
 	go func() {
 		out, err := fs[0].Invoke(ctx, "block", cluster.Message{})
 		if err == nil && string(out.Data) != "released" {
@@ -238,7 +243,7 @@ func TestBlockedBatchDoesNotStallOtherConnections(t *testing.T) {
 		blocked <- err
 	}()
 	svc.waitBlocked(t, 1)
-	for _, f := range fs { // the blocked caller's own connection too
+	for _, f := range fs {
 		out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("past")})
 		require.NoError(t, err)
 		require.Equal(t, "past", string(out.Data))

@@ -550,7 +550,13 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 		return Message{}, nil
 	}
 	defer l.calls.leave()
-	out, err := l.svc.invoke(ctx, method, lend(req))
+	var out Message
+	var err error
+	if l.batch != nil {
+		out, err = l.invokeBatched(ctx, method, req)
+	} else {
+		out, err = l.svc.invoke(ctx, method, lend(req))
+	}
 	if err != nil {
 		return Message{}, l.c.serviceErr(ctx, "invoke", method, err)
 	}

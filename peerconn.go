@@ -472,7 +472,8 @@ func (pc *peerConn) hold(j job) {
 	}
 	c := &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
 	if j.f.Timeout > 0 {
-		c.cc = withDeadline(pc.ctx, time.Now().Add(msDuration(j.f.Timeout)))
+		c.deadline = time.Now().Add(msDuration(j.f.Timeout))
+		c.cc = withDeadline(pc.ctx, c.deadline)
 		c.ctx = c.cc
 	}
 	pc.heldMu.Lock()

@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/cluster-client-go/cluster/frame"
 )
@@ -47,17 +48,17 @@ type Withdrawer interface {
 
 // BatchInvoker is implemented by a Service that serves several Invoke calls at once
 // more cheaply than one by one: a client that pipelines commands to its server, say.
-// On the Leader, the Follower requests that arrive together (those read at once from a
-// Follower's connection, and those from any Followers that arrive while a batch runs)
-// reach InvokeBatch as one batch instead of one Invoke each. The goroutine that finds
-// no batch running runs the batch and writes every reply itself.
+// On the Leader, the calls that arrive together (the requests read at once from a
+// Follower's connection, and the calls of any member, the Leader's own included, that
+// arrive while a batch runs) reach InvokeBatch as one batch instead of one Invoke
+// each. The goroutine that finds no batch running runs the batch and writes every
+// reply itself.
 //
 // Batches run one at a time, in the order their calls arrived, so InvokeBatch is
 // never called concurrently with itself, and a Follower's requests reach it in the
 // order the Follower sent them. A batch that runs longer than a millisecond no longer
 // holds up the calls that arrive meanwhile: they start the next batch beside it.
-// Invoke is still called, concurrently with InvokeBatch, for the Leader's own calls,
-// for InvokeOneway calls and for Followers of a Service that is no BatchInvoker.
+// Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls.
 //
 // InvokeBatch answers each call with Call.Return before it returns; a call left
 // unanswered fails with an error that says so. A panic in InvokeBatch fails every call
@@ -82,11 +83,15 @@ type Call struct {
 	resp  Message
 	err   error
 
-	// The Leader's bookkeeping for the request.
+	deadline time.Time // the caller's; zero: none
+
+	// The Leader's bookkeeping: a Follower's request (pc), or the Leader's own call
+	// (local, told when the call is answered).
 	pc    *peerConn
 	f     frame.Frame
 	files []*os.File
 	cc    *callCtx // nil without a deadline
+	local chan struct{}
 }
 
 // The states of a Call's answer.

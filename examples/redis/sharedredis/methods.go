@@ -44,8 +44,8 @@ type IncrByArgs struct {
 }
 
 // Invoke runs the command of the typed method named method with the request in
-// req.Data (see Get, Set, Del, Incr, IncrBy). The Leader calls it for its own calls;
-// Followers' calls come in batches (InvokeBatch).
+// req.Data (see Get, Set, Del, Incr, IncrBy). The cluster calls it for InvokeOneway
+// calls; the others come in batches (InvokeBatch).
 func (s *Service) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
 	read, err := stage(ctx, s.cmds, method, req)
 	if err != nil {

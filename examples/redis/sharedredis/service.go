@@ -57,9 +57,8 @@ var ErrClosed = errors.New("sharedredis: service closed")
 // a fixed, recognisable set of connections from the Leader:
 //
 //   - PoolSize 0 means 1: one command connection, on which the commands that arrive
-//     together are sent as one pipeline: the Followers' as the Leader's batches
-//     (InvokeBatch), the Leader's own through go-redis's autopipeliner, one batch at
-//     a time, so each caller's commands keep their order;
+//     together, from any members, are sent as one pipeline (InvokeBatch; the cluster
+//     runs one batch at a time, so each caller's commands keep their order);
 //   - PipelinePoolSize 0 means -1: no separate pool of pipeline connections;
 //   - ClientName "" means "cluster-leader-<pid>", visible in CLIENT LIST.
 //
@@ -115,10 +114,9 @@ func Open(ctx context.Context, opt *redis.Options) (*Service, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("sharedredis: connecting to %s: %w", opt.Addr, err)
 	}
-	// The Leader's own commands that arrive together share round trips on the command
-	// connection (go-redis's blocking autopipeliner: one batch at a time, in order, so
-	// each caller's commands keep their order); the Followers' come in batches, each
-	// one pipeline (InvokeBatch).
+	// Invoke (InvokeOneway calls) and Publish share round trips on the command
+	// connection through go-redis's blocking autopipeliner (one batch at a time, in
+	// order); the other calls come in batches, each one pipeline (InvokeBatch).
 	ap, err := rdb.AutoPipeline()
 	if err != nil {
 		rdb.Close()
