@@ -14,8 +14,9 @@ import (
 // batch is running, the reader runs it on the spot (inside ipc.Conn.Inline, so that
 // another goroutine takes over reading the connection if it blocks), writes every
 // reply, and goes on with the batches of the requests that arrived meanwhile, from any
-// connection, until none is left. Otherwise the requests wait in pending for the
-// running batch to end. A batch that runs past batchStall is overtaken: the stall
+// connection, until none is left (or for batchStall at most). Otherwise the requests
+// wait in pending for the running batch to end. The Leader's own calls join batches
+// the same way, on the calling goroutine. A batch that runs past batchStall is overtaken: the stall
 // timer hands what is pending to a new runner, so that a Service that blocks holds up
 // the calls of one batch, not every call after it.
 
@@ -57,10 +58,18 @@ func (b *batcher) submit(calls []*Call) (run bool) {
 	return run
 }
 
-// run runs batches until none is pending, or until it is overtaken.
+// run runs batches until none is pending, or until it is overtaken. A runner that has
+// run batches for batchStall hands the rest to a new goroutine: its own caller (a
+// connection's reader, or the Leader's own call) waits no longer than that for others.
 func (b *batcher) run() {
+	start := time.Now()
 	b.mu.Lock()
 	for len(b.pending) > 0 {
+		if time.Since(start) > batchStall {
+			b.mu.Unlock()
+			go b.run() // still the current runner: running stays true
+			return
+		}
 		calls := b.pending
 		b.pending, b.spare = b.spare, nil
 		b.gen++
