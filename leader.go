@@ -54,6 +54,7 @@ type leader struct {
 	policy ipc.PeerPolicy
 
 	calls   gate          // Service calls in progress, local and remote
+	batch   *batcher      // nil unless the Service is a BatchInvoker
 	oneways chan struct{} // the Leader's own oneway calls running (Limits.MaxInflight)
 
 	// The term's owner (see owner.go) holds the rest of the term's state.
@@ -144,6 +145,9 @@ func (c *Client) startLeader(ctx context.Context, term uint64) (*leader, error) 
 		housekeepEnd: make(chan struct{}),
 	}
 	l.calls.init()
+	if bi, ok := svc.svc.(BatchInvoker); ok {
+		l.batch = newBatcher(l, bi)
+	}
 	l.adm.fds.calibrate()
 	if n := c.cfg.lim.MaxPartialBytes; n > 0 {
 		l.budget = ipc.NewBudget(n)
@@ -392,6 +396,7 @@ func (l *leader) followerLeft(pc *peerConn) {
 	conn := pc.conn
 	l.noteEnd(conn.Peer(), conn.Err())
 	pc.cancel()
+	pc.endHeld()
 	var subs map[subKey]struct{}
 	l.call(func(*termState) { subs, pc.subs = pc.subs, nil })
 	for k := range subs {
@@ -545,7 +550,13 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 		return Message{}, nil
 	}
 	defer l.calls.leave()
-	out, err := l.svc.invoke(ctx, method, lend(req))
+	var out Message
+	var err error
+	if l.batch != nil {
+		out, err = l.invokeBatched(ctx, method, req)
+	} else {
+		out, err = l.svc.invoke(ctx, method, lend(req))
+	}
 	if err != nil {
 		return Message{}, l.c.serviceErr(ctx, "invoke", method, err)
 	}

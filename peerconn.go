@@ -38,6 +38,11 @@ type peerConn struct {
 	slowUntil atomic.Int64
 	names     map[string]string // interned method and topic names; reader goroutine only
 
+	// The invoke requests of one read, for a batch (see hold); heldMu is a leaf.
+	heldMu    sync.Mutex
+	held      []*Call
+	heldEnded bool // the connection ended: nothing is held any more
+
 	// The Follower's subscriptions and registrations belong to the term's owner (see
 	// owner.go), as does what they count against Config.Limits.
 	subs   map[subKey]struct{}     // nil once the connection ended
@@ -66,6 +71,22 @@ type peerConn struct {
 // maxInflightPerConn at once, after which reading this connection waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
+	if pc.l.batch == nil {
+		pc.handleFrame(conn, f, files)
+		return
+	}
+	if f.Kind != frame.KindInvoke {
+		pc.flush() // the requests read before this frame go first
+	}
+	pc.handleFrame(conn, f, files)
+	if !conn.Buffered() {
+		pc.flush() // the read's last frame: the invoke requests held make a batch
+	}
+}
+
+// handleFrame is handle for one frame; an invoke request for a BatchInvoker is held
+// (see hold).
+func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
 	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
@@ -105,10 +126,17 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	}
 	select {
 	case pc.sem <- struct{}{}:
-	case <-conn.Done():
-		closeFiles(files)
-		pc.l.calls.leave()
-		return
+	default:
+		if pc.l.batch != nil {
+			pc.flush() // the requests held may be what fills sem
+		}
+		select {
+		case pc.sem <- struct{}{}:
+		case <-conn.Done():
+			closeFiles(files)
+			pc.l.calls.leave()
+			return
+		}
 	}
 	if err := pc.admit(f, len(files)); err != nil {
 		closeFiles(files)
@@ -126,6 +154,10 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 		return
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
+	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
+		pc.hold(j)
+		return
+	}
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
 		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
 		return
@@ -359,12 +391,7 @@ func (pc *peerConn) forget(id uint64) {
 
 func (pc *peerConn) exec(j job) {
 	f, files := j.f, j.files
-	defer func() {
-		pc.done(f, len(files))
-		pc.served.Add(1)
-		<-pc.sem
-		pc.l.calls.leave()
-	}()
+	defer pc.finish(f, len(files))
 	ctx := pc.ctx
 	if f.Timeout > 0 {
 		cc := withDeadline(ctx, time.Now().Add(msDuration(f.Timeout)))
@@ -424,6 +451,91 @@ func (pc *peerConn) exec(j job) {
 		err = pc.withdraw(ctx, name, f.Body)
 	}
 	pc.reply(f.ID, err)
+}
+
+// finish gives back what handle and admit took for a request, once it is answered.
+func (pc *peerConn) finish(f frame.Frame, fds int) {
+	pc.done(f, fds)
+	pc.served.Add(1)
+	<-pc.sem
+	pc.l.calls.leave()
+}
+
+// hold keeps j, an invoke request for a BatchInvoker, for a batch, until the frames
+// read with it have been handled too (see handle and batch.go). Runs on the reader
+// goroutine.
+func (pc *peerConn) hold(j job) {
+	req, ok := pc.request(j.f, j.files)
+	if !ok {
+		pc.finish(j.f, len(j.files))
+		return
+	}
+	c := &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
+	if j.f.Timeout > 0 {
+		c.deadline = time.Now().Add(msDuration(j.f.Timeout))
+		c.cc = withDeadline(pc.ctx, c.deadline)
+		c.ctx = c.cc
+	}
+	pc.heldMu.Lock()
+	ended := pc.heldEnded
+	if !ended {
+		pc.held = append(pc.held, c)
+	}
+	pc.heldMu.Unlock()
+	if ended {
+		pc.drop(c)
+	}
+}
+
+// flush hands the requests held to the batcher, and runs the batch if none is
+// running. Runs on the reader goroutine.
+func (pc *peerConn) flush() {
+	pc.heldMu.Lock()
+	held := pc.held
+	pc.held = nil
+	pc.heldMu.Unlock()
+	if len(held) == 0 {
+		return
+	}
+	b := pc.l.batch
+	if b.submit(held) {
+		pc.conn.Inline(takeoverAfter, b.run)
+	}
+}
+
+// endHeld drops the requests held when the connection ends: none will be read after.
+func (pc *peerConn) endHeld() {
+	pc.heldMu.Lock()
+	held := pc.held
+	pc.held, pc.heldEnded = nil, true
+	pc.heldMu.Unlock()
+	for _, c := range held {
+		pc.drop(c)
+	}
+}
+
+// drop gives back what a held request took, unanswered: its connection ended.
+func (pc *peerConn) drop(c *Call) {
+	release(c.Req)
+	if c.cc != nil {
+		c.cc.end()
+	}
+	pc.finish(c.f, len(c.files))
+}
+
+// answer sends a batched call's response, or its error, and gives back what the
+// request took.
+func (pc *peerConn) answer(c *Call, resp Message, err error) {
+	release(c.Req)
+	if err != nil {
+		pc.reply(c.f.ID, pc.l.c.serviceErr(c.ctx, "invoke", c.Method, err))
+	} else {
+		pc.respond(c.f.ID, c.Method, resp)
+	}
+	if c.cc != nil {
+		c.cc.end()
+	}
+	pc.finish(c.f, len(c.files))
 }
 
 // respond sends the Service's response to request id, then closes it: the Service gave

@@ -2,6 +2,12 @@ package cluster
 
 import (
 	"context"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/cluster-client-go/cluster/frame"
 )
 
 // Service is the real client, the one that talks to the server. Only the Leader builds
@@ -38,4 +44,115 @@ type Service interface {
 // members may register equal payloads, and withdrawing one must leave the other.
 type Withdrawer interface {
 	Withdraw(ctx context.Context, topic string, msg Message) error
+}
+
+// BatchInvoker is implemented by a Service that serves several Invoke calls at once
+// more cheaply than one by one: a client that pipelines commands to its server, say.
+// On the Leader, the calls that arrive together (the requests read at once from a
+// Follower's connection, and the calls of any member, the Leader's own included, that
+// arrive while a batch runs) reach InvokeBatch as one batch instead of one Invoke
+// each. The goroutine that finds no batch running runs the batch and writes every
+// reply itself.
+//
+// Batches run one at a time, in the order their calls arrived, so InvokeBatch is
+// never called concurrently with itself, and a Follower's requests reach it in the
+// order the Follower sent them. A batch that runs longer than a millisecond no longer
+// holds up the calls that arrive meanwhile: they start the next batch beside it.
+// Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls.
+//
+// InvokeBatch answers each call with Call.Return before it returns; a call left
+// unanswered fails with an error that says so. A panic in InvokeBatch fails every call
+// of the batch with ErrServicePanic, as a panic in Invoke fails its call. ctx ends when
+// the last caller's deadline passes (or the leadership term ends); each call's own
+// deadline is its Context's. calls and the Calls are the library's: they must not be
+// kept once InvokeBatch returns.
+type BatchInvoker interface {
+	InvokeBatch(ctx context.Context, calls []*Call)
+}
+
+// Call is one Invoke call of a batch (see BatchInvoker).
+type Call struct {
+	// Method is the method the caller invoked.
+	Method string
+	// Req is the request, lent as Invoke's req is: its Blob and Files are valid until
+	// InvokeBatch returns.
+	Req Message
+
+	ctx   context.Context
+	state atomic.Uint32 // callOpen, callWriting, callReturned or callSealed
+	resp  Message
+	err   error
+
+	deadline time.Time // the caller's; zero: none
+
+	// The Leader's bookkeeping: a Follower's request (pc), or the Leader's own call
+	// (local, told when the call is answered).
+	pc    *peerConn
+	f     frame.Frame
+	files []*os.File
+	cc    *callCtx // nil without a deadline
+	local chan struct{}
+}
+
+// The states of a Call's answer.
+const (
+	callOpen     = iota // not answered yet
+	callWriting         // Return is storing the answer
+	callReturned        // answered
+	callSealed          // the batch is over unanswered: Return is too late
+)
+
+// Context carries the caller's deadline; it also ends when the caller's connection or
+// the leadership term ends.
+func (c *Call) Context() context.Context {
+	if c.ctx == nil { // a Call made without NewCall
+		return context.Background()
+	}
+	return c.ctx
+}
+
+// Return answers the call: resp is given away, as Invoke's response is, and err is
+// what Invoke would have returned. Only the first Return counts; a later one, or one
+// after InvokeBatch returned, closes resp and is otherwise ignored. Return may be
+// called from any goroutine, but before InvokeBatch returns.
+func (c *Call) Return(resp Message, err error) {
+	if !c.state.CompareAndSwap(callOpen, callWriting) {
+		_ = resp.Close()
+		return
+	}
+	c.resp, c.err = resp, err
+	c.state.Store(callReturned)
+}
+
+// NewCall returns a Call of method with req, whose Context is ctx, outside the Leader:
+// for a Service whose Invoke serves a lone call as a batch of one, or for a test of
+// InvokeBatch. Result reads its answer.
+func NewCall(ctx context.Context, method string, req Message) *Call {
+	return &Call{Method: method, Req: req, ctx: ctx}
+}
+
+// Result returns the call's answer, once InvokeBatch has returned: what Return was
+// given, or an error if the call was left unanswered (from then on Return only closes
+// its response).
+func (c *Call) Result() (Message, error) {
+	if !c.seal() {
+		return Message{}, errUnanswered
+	}
+	return c.resp, c.err
+}
+
+// seal ends the time for Return and reports whether the call was answered.
+func (c *Call) seal() bool {
+	for {
+		if c.state.CompareAndSwap(callOpen, callSealed) {
+			return false
+		}
+		switch c.state.Load() {
+		case callReturned:
+			return true
+		case callSealed:
+			return false
+		}
+		runtime.Gosched() // a Return is storing its answer
+	}
 }

@@ -104,6 +104,14 @@ func (s service) invoke(ctx context.Context, method string, req Message) (out Me
 	return s.svc.Invoke(ctx, method, req)
 }
 
+// invokeBatch calls bi.InvokeBatch; a panic is its error, for every call of the batch.
+func (s service) invokeBatch(ctx context.Context, bi BatchInvoker, calls []*Call) (err error) {
+	s.c.enter(inService)
+	defer s.c.recovered(inService, "BatchInvoker.InvokeBatch", "", &err)
+	bi.InvokeBatch(ctx, calls)
+	return nil
+}
+
 func (s service) publish(ctx context.Context, topic string, msg Message) (err error) {
 	s.c.enter(inService)
 	defer s.c.recovered(inService, "Service.Publish", topic, &err)
@@ -171,6 +179,7 @@ var userCodeFuncs = func() map[string]userCode {
 	return map[string]userCode{
 		name((*Client).newService):  inService,
 		name(service.invoke):        inService,
+		name(service.invokeBatch):   inService,
 		name(service.publish):       inService,
 		name(service.subscribe):     inService,
 		name(service.withdraw):      inService,

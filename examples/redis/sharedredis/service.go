@@ -57,8 +57,8 @@ var ErrClosed = errors.New("sharedredis: service closed")
 // a fixed, recognisable set of connections from the Leader:
 //
 //   - PoolSize 0 means 1: one command connection, on which the commands that arrive
-//     together, from any members, are sent as one pipeline (go-redis's
-//     autopipeliner, one batch at a time, so each caller's commands keep their order);
+//     together, from any members, are sent as one pipeline (InvokeBatch; the cluster
+//     runs one batch at a time, so each caller's commands keep their order);
 //   - PipelinePoolSize 0 means -1: no separate pool of pipeline connections;
 //   - ClientName "" means "cluster-leader-<pid>", visible in CLIENT LIST.
 //
@@ -84,7 +84,7 @@ func NewService(opt redis.Options) func(context.Context) (cluster.Service, error
 // concurrent use.
 type Service struct {
 	rdb  *redis.Client
-	cmds commands // rdb's autopipeliner
+	cmds commands // rdb's autopipeliner, for Invoke
 	ps   *redis.PubSub
 	done chan struct{} // closed when read has returned
 
@@ -114,9 +114,9 @@ func Open(ctx context.Context, opt *redis.Options) (*Service, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("sharedredis: connecting to %s: %w", opt.Addr, err)
 	}
-	// Commands that arrive together, from any members, share round trips on the
-	// command connection (go-redis's blocking autopipeliner: one batch at a time, in
-	// order, so each caller's commands keep their order).
+	// Invoke (InvokeOneway calls) and Publish share round trips on the command
+	// connection through go-redis's blocking autopipeliner (one batch at a time, in
+	// order); the other calls come in batches, each one pipeline (InvokeBatch).
 	ap, err := rdb.AutoPipeline()
 	if err != nil {
 		rdb.Close()

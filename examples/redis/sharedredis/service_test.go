@@ -319,9 +319,18 @@ func TestConnections(t *testing.T) {
 	const callers, calls = 32, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, callers)
-	for range callers {
+	for i := range callers {
 		wg.Go(func() {
 			for range calls {
+				if i%2 == 0 { // half of them in batches of one pipeline
+					c := cluster.NewCall(ctx, sharedredis.Incr.Name, cluster.Message{Data: []byte(`"hits"`)})
+					svc.InvokeBatch(ctx, []*cluster.Call{c})
+					if _, err := c.Result(); err != nil {
+						errs <- err
+						return
+					}
+					continue
+				}
 				if _, err := svc.Invoke(ctx, sharedredis.Incr.Name, cluster.Message{Data: []byte(`"hits"`)}); err != nil {
 					errs <- err
 					return

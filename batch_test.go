@@ -1,0 +1,285 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cluster-client-go/cluster"
+)
+
+// batchService is a BatchInvoker. Its methods: "echo" answers the request; "seq"
+// records the request ("caller:n") in the order it reached the Service; "fail"
+// answers an error; "skip" is left unanswered; "panic" panics; "block" waits for
+// release (or for its caller's deadline). Its Invoke fails: every call, the Leader's
+// own too, must come in a batch.
+type batchService struct {
+	release chan struct{}
+
+	mu      sync.Mutex
+	seq     []string
+	batches int
+	blocked int // "block" calls waiting now
+	peak    int // the most "block" calls waiting at once
+	changed chan struct{}
+}
+
+func newBatchService() *batchService {
+	return &batchService{release: make(chan struct{}), changed: make(chan struct{}, 1)}
+}
+
+func (s *batchService) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	return cluster.Message{}, fmt.Errorf("Invoke %q: a BatchInvoker's calls come in batches", method)
+}
+
+func (s *batchService) InvokeBatch(ctx context.Context, calls []*cluster.Call) {
+	s.mu.Lock()
+	s.batches++
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range calls {
+		switch c.Method {
+		case "echo":
+			c.Return(cluster.Message{Data: append([]byte(nil), c.Req.Data...)}, nil)
+		case "seq":
+			s.mu.Lock()
+			s.seq = append(s.seq, string(c.Req.Data))
+			s.mu.Unlock()
+			c.Return(cluster.Message{}, nil)
+		case "fail":
+			c.Return(cluster.Message{}, errors.New("no such key"))
+		case "skip":
+		case "panic":
+			panic("batch boom")
+		case "block":
+			wg.Add(1)
+			go func() { // answered from another goroutine, before InvokeBatch returns
+				defer wg.Done()
+				s.note(+1)
+				defer s.note(-1)
+				select {
+				case <-s.release:
+					c.Return(cluster.Message{Data: []byte("released")}, nil)
+				case <-c.Context().Done():
+					c.Return(cluster.Message{}, c.Context().Err())
+				}
+			}()
+		default:
+			c.Return(cluster.Message{}, fmt.Errorf("unknown method %q", c.Method))
+		}
+	}
+	wg.Wait()
+}
+
+func (s *batchService) note(d int) {
+	s.mu.Lock()
+	s.blocked += d
+	s.peak = max(s.peak, s.blocked)
+	s.mu.Unlock()
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// waitBlocked waits until n "block" calls are waiting.
+func (s *batchService) waitBlocked(t *testing.T, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for {
+		s.mu.Lock()
+		b := s.blocked
+		s.mu.Unlock()
+		if b >= n {
+			return
+		}
+		select {
+		case <-s.changed:
+		case <-ctx.Done():
+			t.Fatalf("%d block calls waiting, want %d", b, n)
+		}
+	}
+}
+
+func (s *batchService) Subscribe(context.Context, string, func(cluster.Message)) (func(), error) {
+	return func() {}, nil
+}
+func (s *batchService) Publish(context.Context, string, cluster.Message) error { return nil }
+func (s *batchService) Close() error                                           { return nil }
+
+// joinBatch starts a Leader whose Service is svc, and n Followers; it returns the
+// Followers, then the Leader.
+func joinBatch(t *testing.T, tc *testCluster, svc *batchService, n int, mod func(*cluster.Config)) []*cluster.Client {
+	t.Helper()
+	cfg := func(c *cluster.Config) {
+		c.NewService = func(context.Context) (cluster.Service, error) { return svc, nil }
+		if mod != nil {
+			mod(c)
+		}
+	}
+	leader := tc.join(cfg)
+	require.Equal(t, cluster.RoleLeader, leader.Role().Role)
+	var fs []*cluster.Client
+	for range n {
+		f := tc.join(cfg)
+		require.Equal(t, cluster.RoleFollower, f.Role().Role)
+		fs = append(fs, f)
+	}
+	return append(fs, leader)
+}
+
+func TestBatchesKeepEachCallersOrder(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tc *testCluster) {
+		svc := newBatchService()
+		fs := joinBatch(t, tc, svc, 3, nil) // the Leader's own calls join the batches too
+		const callers, calls = 4, 50
+		var wg sync.WaitGroup
+		errs := make(chan error, len(fs)*callers)
+		for i, f := range fs {
+			for k := range callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for n := range calls {
+						if _, err := f.Invoke(context.Background(), "seq", cluster.Message{Data: fmt.Appendf(nil, "%d.%d:%d", i, k, n)}); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		svc.mu.Lock()
+		defer svc.mu.Unlock()
+		require.Len(t, svc.seq, len(fs)*callers*calls)
+		next := map[string]int{}
+		for _, s := range svc.seq {
+			caller, n, _ := strings.Cut(s, ":")
+			i, err := strconv.Atoi(n)
+			require.NoError(t, err)
+			require.Equal(t, next[caller], i, "caller %s's calls reached the Service out of order", caller)
+			next[caller]++
+		}
+		require.Positive(t, svc.batches)
+	})
+}
+
+func TestBatchAnswersEachCallOnItsOwn(t *testing.T) {
+	tc := newTestCluster(t)
+	svc := newBatchService()
+	fs := joinBatch(t, tc, svc, 1, nil)
+	ctx := context.Background()
+	for _, f := range fs { // a Follower, and the Leader
+		out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("hi")})
+		require.NoError(t, err)
+		require.Equal(t, "hi", string(out.Data))
+
+		_, err = f.Invoke(ctx, "fail", cluster.Message{})
+		var re *cluster.RemoteError
+		require.ErrorAs(t, err, &re)
+		require.Equal(t, "no such key", re.Message)
+		require.Equal(t, "fail", re.Name)
+
+		_, err = f.Invoke(ctx, "skip", cluster.Message{})
+		require.ErrorAs(t, err, &re)
+		require.Contains(t, re.Message, "Call.Return")
+
+		_, err = f.Invoke(ctx, "panic", cluster.Message{})
+		require.ErrorIs(t, err, cluster.ErrServicePanic)
+	}
+	f := fs[0]
+
+	// The Leader goes on, and every call sent together with a panicking one fails with it.
+	var wg sync.WaitGroup
+	results := make([]error, 8)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			method := "echo"
+			if i == 0 {
+				method = "panic"
+			}
+			_, results[i] = f.Invoke(ctx, method, cluster.Message{})
+		}()
+	}
+	wg.Wait()
+	require.ErrorIs(t, results[0], cluster.ErrServicePanic)
+	for _, err := range results[1:] {
+		if err != nil {
+			require.ErrorIs(t, err, cluster.ErrServicePanic, "a call fails only with the panic of its batch")
+		}
+	}
+	out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("still")})
+	require.NoError(t, err)
+	require.Equal(t, "still", string(out.Data))
+}
+
+func TestBlockedBatchDoesNotStallOtherConnections(t *testing.T) {
+	tc := newTestCluster(t)
+	svc := newBatchService()
+	fs := joinBatch(t, tc, svc, 2, nil)
+	ctx := context.Background()
+	blocked := make(chan error, 1)
+	// fs[0], a Follower, blocks; every member's calls go on: the other Follower's, the
+	// blocked one's own connection's and the Leader's.
+	go func() {
+		out, err := fs[0].Invoke(ctx, "block", cluster.Message{})
+		if err == nil && string(out.Data) != "released" {
+			err = fmt.Errorf("block answered %q", out.Data)
+		}
+		blocked <- err
+	}()
+	svc.waitBlocked(t, 1)
+	for _, f := range fs {
+		out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("past")})
+		require.NoError(t, err)
+		require.Equal(t, "past", string(out.Data))
+	}
+	close(svc.release)
+	require.NoError(t, <-blocked)
+}
+
+func TestBatchedCallsKeepTheConnectionsLimit(t *testing.T) {
+	tc := newTestCluster(t)
+	svc := newBatchService()
+	const limit = 2
+	fs := joinBatch(t, tc, svc, 1, func(c *cluster.Config) { c.Limits.MaxInflight = limit })
+	var wg sync.WaitGroup
+	errs := make([]error, limit+3)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = fs[0].Invoke(context.Background(), "block", cluster.Message{})
+		}()
+	}
+	svc.waitBlocked(t, limit)
+	// The others wait for a place; this echo, sent after them, waits behind them.
+	echo := make(chan error, 1)
+	go func() {
+		_, err := fs[0].Invoke(context.Background(), "echo", cluster.Message{})
+		echo <- err
+	}()
+	close(svc.release)
+	wg.Wait()
+	require.NoError(t, <-echo)
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	require.LessOrEqual(t, svc.peak, limit, "more calls of one connection ran at once than Limits.MaxInflight")
+}
