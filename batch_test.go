@@ -4,14 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/cluster-client-go/cluster"
+	"github.com/cluster-client-go/cluster/frame"
 )
 
 // batchService is a BatchInvoker. Its methods: "echo" answers the request; "seq"
@@ -25,8 +32,9 @@ type batchService struct {
 	mu      sync.Mutex
 	seq     []string
 	batches int
-	blocked int // "block" calls waiting now
-	peak    int // the most "block" calls waiting at once
+	sizes   []int // of every batch, in order
+	blocked int   // "block" calls waiting now
+	peak    int   // the most "block" calls waiting at once
 	changed chan struct{}
 }
 
@@ -41,6 +49,7 @@ func (s *batchService) Invoke(ctx context.Context, method string, req cluster.Me
 func (s *batchService) InvokeBatch(ctx context.Context, calls []*cluster.Call) {
 	s.mu.Lock()
 	s.batches++
+	s.sizes = append(s.sizes, len(calls))
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range calls {
@@ -282,4 +291,55 @@ func TestBatchedCallsKeepTheConnectionsLimit(t *testing.T) {
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
 	require.LessOrEqual(t, svc.peak, limit, "more calls of one connection ran at once than Limits.MaxInflight")
+}
+
+// Requests that arrive together reach a BatchInvoker together: a Follower's five
+// invokes, written in one write, are one InvokeBatch of five, answered each on its own.
+func TestRequestsThatArriveTogetherAreOneBatch(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("a raw Follower here speaks over a Unix socket")
+	}
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	svc := newBatchService()
+	leader, err := cluster.Join(context.Background(), cluster.Config{
+		Name: "batch", Dir: dir, Transport: cluster.TransportUnix, Logger: slog.New(slog.DiscardHandler),
+		NewService: func(context.Context) (cluster.Service, error) { return svc, nil },
+	})
+	require.NoError(t, err)
+	defer leader.Close()
+
+	c, err := net.Dial("unix", filepath.Join(dir, "batch.sock"))
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+	_, err = c.Write(hello("batch"))
+	require.NoError(t, err)
+	w, err := frame.Read(c, frame.Limits{})
+	require.NoError(t, err)
+	require.Equal(t, frame.KindWelcome, w.Kind, "%s %s", w.Meta, w.Body)
+
+	var reqs []byte
+	for i := uint64(1); i <= 5; i++ {
+		reqs = frame.AppendFrame(reqs, frame.Header{Kind: frame.KindInvoke, ID: i}, []byte("echo"), []byte(fmt.Sprint("req ", i)))
+	}
+	_, err = c.Write(reqs) // one write: one read on the Leader
+	require.NoError(t, err)
+	answers := map[uint64]string{}
+	for len(answers) < 5 {
+		f, err := frame.Read(c, frame.Limits{})
+		require.NoError(t, err)
+		if f.Kind == frame.KindPing {
+			continue
+		}
+		require.Equal(t, frame.KindResponse, f.Kind, "%s %s", f.Meta, f.Body)
+		answers[f.ID] = string(f.Body)
+	}
+	for i := uint64(1); i <= 5; i++ {
+		require.Equal(t, fmt.Sprint("req ", i), answers[i])
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	require.Equal(t, []int{5}, svc.sizes, "the five requests of one read, as batches")
 }
