@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -72,7 +73,7 @@ func (w *dirWatch) read() {
 				break
 			}
 			name := b[unix.SizeofInotifyEvent : unix.SizeofInotifyEvent+size]
-			if i := indexZero(name); i >= 0 {
+			if i := bytes.IndexByte(name, 0); i >= 0 {
 				name = name[:i]
 			}
 			b = b[unix.SizeofInotifyEvent+size:]
@@ -88,15 +89,6 @@ func (w *dirWatch) read() {
 			}
 		}
 	}
-}
-
-func indexZero(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
-	}
-	return -1
 }
 
 // tell notifies the subscribers that want to know.
