@@ -417,21 +417,25 @@ func (b *bench) redisProfile(p *redisPool, admin *redis.Client, redisPID int, di
 // and CPU time of each process in pids, into dir/perf-<name>.txt.
 func (b *bench) perfRound(p *redisPool, admin *redis.Client, dir string, pids map[string]int) (redisRound, error) {
 	var perfs []*exec.Cmd
+	stop := func() {
+		for _, cmd := range perfs {
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			_ = cmd.Wait()
+		}
+	}
 	for name, pid := range pids {
 		cmd := exec.Command("perf", "stat", "-e", "raw_syscalls:sys_enter,context-switches,cpu-clock",
 			"-p", strconv.Itoa(pid), "-o", filepath.Join(dir, "perf-"+name+".txt"))
 		cmd.Stdout, cmd.Stderr = io.Discard, b.logw
 		if err := cmd.Start(); err != nil {
+			stop()
 			return redisRound{}, err
 		}
 		perfs = append(perfs, cmd)
 	}
 	time.Sleep(200 * time.Millisecond) // perf attaches
 	r, err := b.redisRound(p, admin, 1, b.opt.redisMs)
-	for _, cmd := range perfs {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		_ = cmd.Wait()
-	}
+	stop()
 	return r, err
 }
 

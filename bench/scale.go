@@ -93,7 +93,7 @@ func waitLeads(a *agent) error {
 }
 
 // startFloorHerd starts the scaling floor at n: a serving server, a standby, n clients.
-func (b *bench) startFloorHerd(tr string, n int) (*herd, error) {
+func (b *bench) startFloorHerd(tr string, n int) (_ *herd, err error) {
 	dir, err := os.MkdirTemp(b.dir, "f")
 	if err != nil {
 		return nil, err
@@ -107,6 +107,11 @@ func (b *bench) startFloorHerd(tr string, n int) (*herd, error) {
 		addr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	h := &herd{name: "floor/" + tr, kind: "floor", n: n}
+	defer func() {
+		if err != nil { // what started of it would outlive the run
+			h.stop()
+		}
+	}()
 	var servers, clients atomic.Int64
 	h.start = func() (*agent, error) {
 		return b.startAgent(fmt.Sprintf("%s@%d server %d", h.name, n, servers.Add(1)), b.agentCmd("scale-server", "-lock", lockPath, "-gate", gate, "-net", tr, "-addr", addr))
@@ -120,10 +125,12 @@ func (b *bench) startFloorHerd(tr string, n int) (*herd, error) {
 	if h.standby, err = h.start(); err != nil {
 		return nil, err
 	}
-	h.members, err = startMany(n, func() (*agent, error) {
+	if h.members, err = startMany(n, func() (*agent, error) {
 		return b.startAgent(fmt.Sprintf("%s@%d client %d", h.name, n, clients.Add(1)), b.agentCmd("scale-client", "-net", tr, "-addr", addr, "-gate", gate))
-	})
-	return h, err
+	}); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // startMemberHerd starts a cluster or node system at n: a Leader, then n Followers,

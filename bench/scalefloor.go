@@ -134,7 +134,11 @@ func floorListen(network, addr string) (net.Listener, error) {
 		return nil, err
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	return ln, os.Rename(staging, addr)
+	if err := os.Rename(staging, addr); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // floorConn is a scaling floor client's current connection: the server's pid and when
