@@ -249,8 +249,7 @@ func (c *Conn) Abort(cause error) {
 // returns nil. It must not be called from a Handler (use Abort there).
 func (c *Conn) Close() error {
 	c.Abort(ErrClosed)
-	<-c.readerDone
-	<-c.writerDone
+	c.Wait()
 	return nil
 }
 

@@ -97,8 +97,6 @@ func (s *sweeper) tick() {
 	s.mu.Unlock()
 	for _, l := range expired {
 		cause := fmt.Errorf("%w: a %s frame of %d bytes (meta and body) was not complete %v after its header", ErrFrameTimeout, l.f.kind, l.f.size, l.f.timeout)
-		if l.c.fail(frame.CodeLimit, cause) {
-			go l.c.endAfterFlush()
-		}
+		l.c.Fail(frame.CodeLimit, cause)
 	}
 }
