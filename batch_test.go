@@ -4,10 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -299,22 +295,12 @@ func TestRequestsThatArriveTogetherAreOneBatch(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("a raw Follower here speaks over a Unix socket")
 	}
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
+	tc := newTestCluster(t)
 	svc := newBatchService()
-	leader, err := cluster.Join(context.Background(), cluster.Config{
-		Name: "batch", Dir: dir, Transport: cluster.TransportUnix, Logger: slog.New(slog.DiscardHandler),
-		NewService: func(context.Context) (cluster.Service, error) { return svc, nil },
-	})
-	require.NoError(t, err)
-	defer leader.Close()
-
-	c, err := net.Dial("unix", filepath.Join(dir, "batch.sock"))
-	require.NoError(t, err)
-	defer c.Close()
+	joinBatch(t, tc, svc, 0, nil)
+	c := tc.rawConn()
 	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
-	_, err = c.Write(hello("batch"))
+	_, err := c.Write(hello(tc.name))
 	require.NoError(t, err)
 	w, err := frame.Read(c, frame.Limits{})
 	require.NoError(t, err)

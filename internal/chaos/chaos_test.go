@@ -457,14 +457,14 @@ func chaos(t *testing.T, n, faults int, soak time.Duration) {
 	r := &run{t: t, dir: dir, up: up, seed: seed, rng: rand.New(rand.NewPCG(seed, 0)), stop: make(chan struct{}), changed: make(chan struct{}), faults: map[string]int{}}
 	t.Logf("chaos: %d members, seed %d", n, seed)
 
-	for range n {
-		r.start()
-	}
-	defer func() { // whatever happens, no member outlives the test
+	defer func() { // whatever happens (a start that fails too), no member outlives the test
 		for _, p := range r.procs {
 			p.Kill()
 		}
 	}()
+	for range n {
+		r.start()
+	}
 	pushed := make(chan struct{})
 	go r.pusher(pushed)
 	defer func() { close(r.stop); <-pushed }()
