@@ -214,7 +214,7 @@ func (c *Conn) writeLoop() {
 		c.wmu.Unlock()
 	}()
 	var tick <-chan time.Time
-	if c.opts.Heartbeat > 0 {
+	if c.heartbeats {
 		t := time.NewTicker(c.opts.Heartbeat)
 		defer t.Stop()
 		tick = t.C
@@ -353,7 +353,7 @@ func (c *Conn) write(b []byte) error {
 // writer (and with it the heartbeat check) forever, so a write that makes no progress
 // for the heartbeat timeout ends the Conn.
 func (c *Conn) setWriteDeadline() {
-	if c.opts.Heartbeat > 0 {
+	if c.heartbeats {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.opts.HeartbeatTimeout))
 	}
 }
