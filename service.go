@@ -54,10 +54,10 @@ type Withdrawer interface {
 // each. The goroutine that finds no batch running runs the batch and writes every
 // reply itself.
 //
-// Batches run one at a time, in the order their calls arrived, so InvokeBatch is
-// never called concurrently with itself, and a Follower's requests reach it in the
-// order the Follower sent them. A batch that runs longer than a millisecond no longer
-// holds up the calls that arrive meanwhile: they start the next batch beside it.
+// Batches run one at a time, in the order their calls arrived, and a Follower's
+// requests reach InvokeBatch in the order the Follower sent them. A batch that runs
+// longer than a millisecond no longer holds up the calls that arrive meanwhile: they
+// start the next batch beside it, so InvokeBatch may then run concurrently with itself.
 // Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls.
 //
 // InvokeBatch answers each call with Call.Return before it returns; a call left
