@@ -79,7 +79,8 @@ func (h *herald) quiet() bool { return h.watched && h.watcher != nil && h.watche
 
 // follow starts watching for the exit of the Leader just followed (its pid as it
 // said in the welcome), if the lock file names that process and it can be watched.
-func (h *herald) follow(lockPath string, pid int) {
+// exited runs, on the watch's goroutine, when the process has exited.
+func (h *herald) follow(lockPath string, pid int, exited func()) {
 	h.stopExit()
 	h.watch()
 	if h.watcher == nil {
@@ -106,6 +107,7 @@ func (h *herald) follow(lockPath string, pid int) {
 		// The first call finds the process alive (or not: the poller then reports the
 		// pidfd readable at once); the second runs once it is readable.
 		if err := rc.Read(func(uintptr) bool { ok := polled; polled = true; return ok }); err == nil {
+			exited()
 			h.notify()
 		}
 	}()

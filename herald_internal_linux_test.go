@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -78,13 +79,16 @@ func TestHeraldWakesWhenTheFollowedLeaderExits(t *testing.T) {
 	defer func() { _ = leader.Process.Kill(); _ = leader.Wait() }()
 	writeOwner(t, cfg.lockPath, leader.Process.Pid)
 
-	h.follow(cfg.lockPath, leader.Process.Pid+1)
+	var exited atomic.Int32
+	h.follow(cfg.lockPath, leader.Process.Pid+1, func() { t.Error("a process not watched cannot be reported") })
 	require.False(t, h.quiet(), "a welcome that names another process than the lock file is not watched")
-	h.follow(cfg.lockPath, leader.Process.Pid)
+	h.follow(cfg.lockPath, leader.Process.Pid, func() { exited.Add(1) })
 	require.True(t, h.quiet())
 	require.False(t, woken(h, 50*time.Millisecond), "the Leader is alive")
+	require.Zero(t, exited.Load(), "the Leader is alive")
 	require.NoError(t, leader.Process.Signal(syscall.SIGKILL))
 	require.True(t, woken(h, time.Minute), "the Leader was killed")
+	require.Equal(t, int32(1), exited.Load(), "the follower was told, before the election's wake-up")
 
 	h.leftGracefully()
 	require.False(t, h.quiet(), "a Leader that said goodbye may live on: nothing to wait for")

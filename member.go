@@ -58,7 +58,9 @@ func (c *Client) run(joinCtx context.Context) {
 			c.joined <- nil
 		}
 		if f, ok := b.(*follower); ok {
-			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID))
+			// The connection's reader may be resting between calls: on the Leader's
+			// death it reads the end at once, so the election starts now.
+			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID), f.conn.ReadNow)
 		} else {
 			c.herald.lead()
 		}

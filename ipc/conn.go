@@ -157,6 +157,7 @@ type Conn struct {
 	freedAt      atomic.Int64  // monotonic nanoseconds when the role was last left free
 	reclaimArmed atomic.Bool   // reclaim is set (or its function is running)
 	reclaimWait  atomic.Int64  // the reclaim's period now, nanoseconds: reclaimAfter, longer while calls keep the role busy
+	unasked      atomic.Bool   // the peer has sent a frame unasked: the period stretches to reclaimMax only
 
 	// Counters, each written by one side and read by anyone.
 	lastRecv          atomic.Int64  // unix nanos of the last frame read

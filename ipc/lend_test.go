@@ -185,6 +185,89 @@ func TestTheReclaimWaitsLongerWhileCallsKeepTheRoleBusy(t *testing.T) {
 	}
 }
 
+// TestAQuietPeersReclaimStretchesFurther: while the peer has sent nothing unasked, a
+// run of calls stretches the reclaim's period past reclaimMax (up to reclaimQuietMax);
+// once it has pushed, the period stays within reclaimMax, so later pushes are not held
+// up that long.
+func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			pushes := make(chan string, 4)
+			c, s := echoAndLender(t, tr, reclaimAfter, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for c.reclaimWait.Load() <= int64(reclaimMax) {
+				require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+			}
+			require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimQuietMax))
+
+			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("now")))
+			for len(pushes) == 0 {
+				require.NoError(t, ctx.Err())
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+			}
+			// Calls for several of the longer periods: the reclaim fires and doubles the
+			// period as often as it can, and never past reclaimMax now.
+			for end := time.Now().Add(4 * reclaimQuietMax); time.Now().Before(end); {
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+				require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimMax), "the peer has pushed")
+			}
+		})
+	}
+}
+
+// TestReadNowReadsThePeersEndWithoutACall: a role left free after a call is not read
+// until the reclaim (an hour here) or ReadNow; ReadNow makes the reader goroutine read
+// the peer's end at once. It leaves a role a caller holds alone.
+func TestReadNowReadsThePeersEndWithoutACall(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			p := rawPeer{t, nil}
+			a, b := tr.pair(t)
+			p.nc = b
+			c := lendingClient(t, a, time.Hour, Options{})
+
+			// The first call is answered through the reader goroutine, which leaves the
+			// role free; the second takes it and reads its own answer.
+			done := make(chan error, 1)
+			call := func() {
+				_, err := invoke(context.Background(), c, []byte("m"), nil)
+				done <- err
+			}
+			go call()
+			p.answer(p.request())
+			require.NoError(t, <-done)
+			requireLend(t, c, lendFree)
+			go call()
+			f := p.request()
+			requireLend(t, c, lendCaller)
+			c.ReadNow()
+			require.Equal(t, lendCaller, c.lend.Load(), "a caller holds the role: ReadNow leaves it")
+			p.answer(f)
+			require.NoError(t, <-done)
+			requireLend(t, c, lendFree)
+
+			require.NoError(t, b.Close())
+			select {
+			case <-c.Done():
+				t.Fatal("nobody reads a free role before its reclaim")
+			case <-time.After(20 * time.Millisecond):
+			}
+			c.ReadNow()
+			select {
+			case <-c.Done():
+			case <-time.After(time.Minute):
+				t.Fatal("ReadNow did not read the peer's end")
+			}
+			require.ErrorIs(t, c.Err(), io.EOF)
+		})
+	}
+}
+
 // rawPeer is the far end of a Conn, driven by hand.
 type rawPeer struct {
 	t  *testing.T
