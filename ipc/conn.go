@@ -80,6 +80,8 @@ type Options struct {
 	// that window wait for it. After a long run of calls during which the peer sent
 	// nothing unasked, the window stretches to up to 5 ms, which spares the run a timer
 	// wake-up every 200 µs; the first frame the peer sends unasked shortens it again.
+	// On a Conn whose peer has never sent a frame unasked, the window stretches to up
+	// to 50 ms; ReadNow ends it at once (when the peer is known to have gone, say).
 	// Inline must not be used on such a Conn.
 	CallerReads bool
 }

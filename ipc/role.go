@@ -204,9 +204,10 @@ const reclaimMax = 5 * time.Millisecond
 // a client that only calls, whose role nobody else needs between its calls. There the
 // reclaim finds nothing to read but the peer's end, and callers that want that sooner
 // say so (ReadNow). Pays: 16 processes each calling one at a time through a peer that
-// answers from Redis, on 2 cores, did 1.2× the calls a second with it (10.3–12.6k →
-// 14.2–15.5k) and spent 0.85× the CPU a call (4 interleaved pairs); at 5 ms each
-// process's reclaim fired about once every four calls.
+// answers from Redis, on 2 cores, made 1.25× the calls a second with it (median of 4
+// interleaved pairs, 1.17–2.28×) for 0.8× the CPU a call; at 5 ms each process's
+// reclaim fired about once every four calls. With 4 such processes: no difference
+// (5 pairs, 0.89–1.26×).
 const reclaimQuietMax = 50 * time.Millisecond
 
 // pushed brings the reclaim's period back to reclaimAfter: the peer sends unasked.
