@@ -38,6 +38,7 @@ type batcher struct {
 	running bool       // a runner is current: it will take pending
 	gen     uint64     // batches started; a runner whose batch is not the last was overtaken
 	stall   *time.Timer
+	stopped bool // the term ended: stall is disarmed, and every caller runs its calls
 }
 
 func newBatcher(l *leader, bi BatchInvoker) *batcher {
@@ -48,11 +49,11 @@ func newBatcher(l *leader, bi BatchInvoker) *batcher {
 }
 
 // submit queues calls, in order, and reports whether the caller must run them: no
-// runner is current, and the caller now is (call run).
+// runner is current (or the term ended, see stop), and the caller now is (call run).
 func (b *batcher) submit(calls []*Call) (run bool) {
 	b.mu.Lock()
 	b.pending = append(b.pending, calls...)
-	run = !b.running
+	run = !b.running || b.stopped
 	b.running = true
 	b.mu.Unlock()
 	return run
@@ -74,7 +75,9 @@ func (b *batcher) run() {
 		b.pending, b.spare = b.spare, nil
 		b.gen++
 		g := b.gen
-		b.stall.Reset(batchStall)
+		if !b.stopped {
+			b.stall.Reset(batchStall)
+		}
 		b.mu.Unlock()
 		b.l.runBatch(b.bi, calls)
 		clear(calls)
@@ -96,7 +99,7 @@ func (b *batcher) run() {
 // arrive later, no longer wait for it.
 func (b *batcher) stalled() {
 	b.mu.Lock()
-	if !b.running {
+	if !b.running || b.stopped {
 		b.mu.Unlock()
 		return
 	}
@@ -106,6 +109,22 @@ func (b *batcher) stalled() {
 	b.mu.Unlock()
 	if run {
 		b.run()
+	}
+}
+
+// stop disarms the stall timer for good at the end of the term: its callback, if it
+// fired before, starts no runner, and no batch arms it again. What a stall would have
+// done is done now and for the calls submitted later (requests read before the term
+// ended): they do not wait for a batch that still runs (one the drain did not wait
+// for), a new runner takes those pending and each later caller runs its own.
+func (b *batcher) stop() {
+	b.mu.Lock()
+	b.stopped = true
+	b.stall.Stop()
+	run := b.running && len(b.pending) > 0
+	b.mu.Unlock()
+	if run {
+		go b.run()
 	}
 }
 

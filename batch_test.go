@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,9 +29,10 @@ type batchService struct {
 	mu      sync.Mutex
 	seq     []string
 	batches int
-	sizes   []int // of every batch, in order
-	blocked int   // "block" calls waiting now
-	peak    int   // the most "block" calls waiting at once
+	sizes   []int      // of every batch, in order
+	members [][]string // the calls of every batch, in order, each as "method:data"
+	blocked int        // "block" calls waiting now
+	peak    int        // the most "block" calls waiting at once
 	changed chan struct{}
 }
 
@@ -43,9 +45,14 @@ func (s *batchService) Invoke(ctx context.Context, method string, req cluster.Me
 }
 
 func (s *batchService) InvokeBatch(ctx context.Context, calls []*cluster.Call) {
+	members := make([]string, len(calls))
+	for i, c := range calls {
+		members[i] = c.Method + ":" + string(c.Req.Data)
+	}
 	s.mu.Lock()
 	s.batches++
 	s.sizes = append(s.sizes, len(calls))
+	s.members = append(s.members, members)
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range calls {
@@ -206,25 +213,41 @@ func TestBatchAnswersEachCallOnItsOwn(t *testing.T) {
 	}
 	f := fs[0]
 
-	// The Leader goes on, and every call sent together with a panicking one fails with it.
+	// The Leader goes on: the calls of the panicking batch fail with the panic, and
+	// only they.
+	svc.mu.Lock()
+	svc.members = nil
+	svc.mu.Unlock()
 	var wg sync.WaitGroup
 	results := make([]error, 8)
+	method := func(i int) string {
+		if i == 0 {
+			return "panic"
+		}
+		return "echo"
+	}
 	for i := range results {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			method := "echo"
-			if i == 0 {
-				method = "panic"
-			}
-			_, results[i] = f.Invoke(ctx, method, cluster.Message{})
+			_, results[i] = f.Invoke(ctx, method(i), cluster.Message{Data: []byte(strconv.Itoa(i))})
 		}()
 	}
 	wg.Wait()
-	require.ErrorIs(t, results[0], cluster.ErrServicePanic)
-	for _, err := range results[1:] {
-		if err != nil {
-			require.ErrorIs(t, err, cluster.ErrServicePanic, "a call fails only with the panic of its batch")
+	svc.mu.Lock()
+	var panicked []string
+	for _, b := range svc.members {
+		if slices.Contains(b, "panic:0") {
+			panicked = b
+		}
+	}
+	svc.mu.Unlock()
+	require.NotEmpty(t, panicked, "the panicking call reached InvokeBatch")
+	for i, err := range results {
+		if slices.Contains(panicked, method(i)+":"+strconv.Itoa(i)) {
+			require.ErrorIs(t, err, cluster.ErrServicePanic, "call %d was in the panicking batch %v", i, panicked)
+		} else {
+			require.NoError(t, err, "call %d was not in the panicking batch %v", i, panicked)
 		}
 	}
 	out, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("still")})
@@ -257,25 +280,38 @@ func TestBlockedBatchDoesNotStallOtherConnections(t *testing.T) {
 	require.NoError(t, <-blocked)
 }
 
+// A connection's batched calls count against Limits.MaxInflight as its others do: the
+// calls past the limit wait at the Leader for a place, even behind a blocked batch.
 func TestBatchedCallsKeepTheConnectionsLimit(t *testing.T) {
 	tc := newTestCluster(t)
 	svc := newBatchService()
 	const limit = 2
 	fs := joinBatch(t, tc, svc, 1, func(c *cluster.Config) { c.Limits.MaxInflight = limit })
+	follower, leader := fs[0], fs[1]
+	// The Follower's connection carries nothing but these requests (no heartbeats by
+	// default): each "block" invoke is a header and its method.
+	const request = frame.HeaderSize + len("block")
+	sentBefore, readBefore := follower.Stats().BytesOut, leader.Stats().BytesIn
 	var wg sync.WaitGroup
 	errs := make([]error, limit+3)
 	for i := range errs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = fs[0].Invoke(context.Background(), "block", cluster.Message{})
+			_, errs[i] = follower.Invoke(context.Background(), "block", cluster.Message{})
 		}()
 	}
 	svc.waitBlocked(t, limit)
-	// The others wait for a place; this echo, sent after them, waits behind them.
+	// Every request was sent, and the Leader read past the limit: the first request over
+	// it waits there for a place, the others behind it.
+	require.Eventually(t, func() bool {
+		return follower.Stats().BytesOut >= sentBefore+uint64(len(errs)*request) &&
+			leader.Stats().BytesIn >= readBefore+uint64((limit+1)*request)
+	}, waitTimeout, time.Millisecond, "the requests over the limit did not reach the Leader")
+	// This echo, sent after them, waits behind them.
 	echo := make(chan error, 1)
 	go func() {
-		_, err := fs[0].Invoke(context.Background(), "echo", cluster.Message{})
+		_, err := follower.Invoke(context.Background(), "echo", cluster.Message{})
 		echo <- err
 	}()
 	close(svc.release)

@@ -47,8 +47,13 @@ func newHerald(cfg *config) *herald {
 	}
 }
 
-// watch starts watching Dir, if it is not watched yet and can be.
+// watch starts watching Dir, if it is not watched yet and can be. A watch that ended
+// (Dir was removed or moved) is dropped, and Dir, perhaps made again, watched anew.
 func (h *herald) watch() {
+	if h.watcher != nil && !h.watcher.alive() {
+		h.watcher.remove(h)
+		h.watcher = nil
+	}
 	if h.watcher == nil {
 		h.watcher = watchDir(h.dir, h)
 	}

@@ -38,6 +38,8 @@ func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
 	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
 	require.NoError(t, err)
 	a, b := newHerald(cfg), newHerald(cfg)
+	defer a.close()
+	defer b.close()
 	a.watch()
 	b.watch()
 	require.NotNil(t, a.watcher)
@@ -60,6 +62,44 @@ func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
 	dirWatches.mu.Lock()
 	defer dirWatches.mu.Unlock()
 	require.Empty(t, dirWatches.m, "the last one closes the watch")
+}
+
+// A watch of Dir ends when Dir is removed; the member is woken (it retries as it would
+// unwatched), and once Dir exists again its next watch is a new one that works.
+func TestHeraldWatchesDirAgainAfterItsWatchEnded(t *testing.T) {
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
+	require.NoError(t, err)
+	h := newHerald(cfg)
+	defer h.close()
+	h.watch()
+	dead := h.watcher
+	require.NotNil(t, dead)
+
+	require.NoError(t, os.Remove(dir))
+	require.True(t, woken(h, time.Minute), "the end of the watch is news")
+	require.False(t, dead.alive())
+	require.NoError(t, os.Mkdir(dir, 0o700))
+
+	h.watch()
+	require.NotNil(t, h.watcher)
+	require.NotSame(t, dead, h.watcher, "the ended watch is replaced")
+	require.True(t, h.watcher.alive())
+	dirWatches.mu.Lock()
+	watches, current := len(dirWatches.m), dirWatches.m[dir]
+	dirWatches.mu.Unlock()
+	require.Equal(t, 1, watches)
+	require.Same(t, h.watcher, current, "the new watch is the one the process shares")
+	select {
+	case <-dead.done:
+	default:
+		t.Fatal("the ended watch's goroutine is still running after it was dropped")
+	}
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "h.sock"), nil, 0o600))
+	require.True(t, woken(h, time.Minute), "the new watch reports the Leader's socket")
 }
 
 // A member that followed a Leader is woken when that Leader's process exits, and only

@@ -103,7 +103,8 @@ func (w *dirWatch) tell(want func(*herald) bool) {
 }
 
 // end marks the watch dead, waking every subscriber so that it retries as it would
-// without one; the next herald for the directory starts a new watch.
+// without one; the next herald to watch the directory, or one of these when it
+// watches again, starts a new watch.
 func (w *dirWatch) end() {
 	w.dead.Store(true)
 	dirWatches.mu.Lock()

@@ -454,6 +454,9 @@ func (l *leader) shutdown() (time.Time, error) {
 		}
 	}
 	l.cancel()
+	if l.batch != nil {
+		l.batch.stop()
+	}
 	l.closeTopics()
 	closeErr := l.svc.close()
 	if closeErr != nil {

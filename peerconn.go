@@ -424,11 +424,8 @@ func (pc *peerConn) exec(j job) {
 			}
 			return
 		}
-		if err == nil {
-			pc.respond(f.ID, name, out)
-			return
-		}
-		err = l.c.serviceErr(ctx, "invoke", name, err)
+		pc.answerInvoke(ctx, f.ID, name, out, err)
+		return
 	case frame.KindPublish:
 		msg, ok := pc.request(f, files)
 		if !ok {
@@ -514,7 +511,8 @@ func (pc *peerConn) endHeld() {
 	}
 }
 
-// drop gives back what a held request took, unanswered: its connection ended.
+// drop gives back what a held or batched request took: its request, its deadline's
+// ctx, its place (finish). Unless it was answered (answer), its connection ended.
 func (pc *peerConn) drop(c *Call) {
 	release(c.Req)
 	if c.cc != nil {
@@ -526,16 +524,18 @@ func (pc *peerConn) drop(c *Call) {
 // answer sends a batched call's response, or its error, and gives back what the
 // request took.
 func (pc *peerConn) answer(c *Call, resp Message, err error) {
-	release(c.Req)
+	pc.answerInvoke(c.ctx, c.f.ID, c.Method, resp, err)
+	pc.drop(c)
+}
+
+// answerInvoke sends the outcome of the Service's Invoke of request id: out, or err as
+// the caller sees it (serviceErr).
+func (pc *peerConn) answerInvoke(ctx context.Context, id uint64, name string, out Message, err error) {
 	if err != nil {
-		pc.reply(c.f.ID, pc.l.c.serviceErr(c.ctx, "invoke", c.Method, err))
-	} else {
-		pc.respond(c.f.ID, c.Method, resp)
+		pc.reply(id, pc.l.c.serviceErr(ctx, "invoke", name, err))
+		return
 	}
-	if c.cc != nil {
-		c.cc.end()
-	}
-	pc.finish(c.f, len(c.files))
+	pc.respond(id, name, out)
 }
 
 // respond sends the Service's response to request id, then closes it: the Service gave

@@ -44,6 +44,14 @@ func (t *topic) add(s sink, shared bool) {
 	t.out.add(s, shared, func(s sink, latest Message) { s.deliver(t.name, latest, false) })
 }
 
+// remove unsubscribes s, and reports whether t has no sink left. Owner only.
+func (t *topic) remove(s sink, shared bool) (empty bool) {
+	t.fan.Lock()
+	defer t.fan.Unlock()
+	t.out.remove(s, shared)
+	return t.out.empty()
+}
+
 // kill ends t's fan-out: later emits are ignored. Owner only.
 func (t *topic) kill() {
 	t.fan.Lock()
@@ -151,14 +159,8 @@ func (l *leader) removeSink(name string, s sink, shared bool) {
 			case t.busy != nil:
 				wait = t.busy
 			default:
-				t.fan.Lock()
-				t.out.remove(s, shared)
-				if last = t.out.empty(); last {
-					t.dead = true
-					t.out.forget()
-				}
-				t.fan.Unlock()
-				if last {
+				if last = t.remove(s, shared); last {
+					t.kill() // an emit in between reached no sink; later ones are ignored
 					cancel, t.cancel, t.active = t.cancel, nil, false
 					t.busy = make(chan struct{})
 				}

@@ -113,6 +113,7 @@ type Conn struct {
 	ctx        context.Context // cancelled with done
 	cancel     context.CancelFunc
 	failed     atomic.Pointer[error] // the cause given to Fail, set once (see fail.go)
+	failEnd    sync.Once             // ends a failing Conn (endAfterFlush)
 	readerDone chan struct{}
 	writerDone chan struct{}
 

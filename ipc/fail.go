@@ -10,7 +10,9 @@ import (
 )
 
 // Failing: failed is set once, by compare-and-swap, before the error frame is queued;
-// from then on nothing more is dispatched and the Conn's cause is failed's.
+// from then on nothing more is dispatched and the Conn's cause is failed's. Both Fail's
+// goroutine and the reader, when it stops, end a failing Conn (endAfterFlush): failEnd
+// runs that once, and the second caller waits for the first.
 
 // failFlush bounds how long a failing Conn waits for its error frame, and what was
 // queued before it, to be written before it closes.
@@ -51,10 +53,12 @@ func (c *Conn) fail(code string, cause error) bool {
 // endAfterFlush closes a failing Conn once everything queued has been written, or
 // failFlush has passed, or the Conn has ended otherwise.
 func (c *Conn) endAfterFlush() {
-	ctx, cancel := context.WithTimeout(context.Background(), failFlush)
-	defer cancel()
-	_ = c.waitFlushed(ctx)
-	c.Abort(*c.failed.Load())
+	c.failEnd.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), failFlush)
+		defer cancel()
+		_ = c.waitFlushed(ctx)
+		c.Abort(*c.failed.Load())
+	})
 }
 
 // violationCode is the error code that tells the peer why reading ended with err, if

@@ -263,36 +263,66 @@ func TestStagedFramesArriveWhole(t *testing.T) {
 	}
 }
 
-// A Handler that finds the peer breaking a rule fails the Conn: the peer reads an error
-// frame, then the end, and frames read after Fail are not dispatched.
+// A Handler that finds the peer breaking a rule fails the Conn: the peer reads one
+// error frame, then the end, and frames read after Fail are not dispatched. Fail's
+// goroutine and the reader both end the failing Conn, the reader either at its next
+// frame (frames behind the failing one) or when its read is cut short (nothing
+// behind): it ends once, cleanly, however they meet.
 func TestFailFromAHandler(t *testing.T) {
+	one := func(body string) []byte {
+		return frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte(body))
+	}
 	for _, tr := range transports() {
-		t.Run(tr.name, func(t *testing.T) {
-			a, b := tr.pair(t)
-			dispatched := make(chan string, 4)
-			c := started(NewConn(b, PeerCred{}, Options{Handler: func(c *Conn, f frame.Frame) {
-				dispatched <- string(f.Body)
-				if string(f.Body) == "bad" {
-					c.Fail(frame.CodeProtocol, fmt.Errorf("%w: a bad message", frame.ErrProtocol))
+		for _, behind := range []string{"", "after"} {
+			t.Run(tr.name+"/behind="+behind, func(t *testing.T) {
+				for range 10 {
+					a, b := tr.pair(t)
+					dispatched := make(chan string, 4)
+					c := started(NewConn(b, PeerCred{}, Options{Handler: func(c *Conn, f frame.Frame) {
+						dispatched <- string(f.Body)
+						if string(f.Body) == "bad" {
+							c.Fail(frame.CodeProtocol, fmt.Errorf("%w: a bad message", frame.ErrProtocol))
+						}
+					}}))
+					sent := append(one("good"), one("bad")...)
+					if behind != "" {
+						sent = append(sent, one(behind)...)
+					}
+					rawPeer{t, a}.write(sent) // one read takes them all
+					errs := errorFrames(t, a)
+					require.Len(t, errs, 1, "one error frame, then the end")
+					require.Equal(t, frame.CodeProtocol, string(errs[0].Meta))
+					require.Contains(t, string(errs[0].Body), "a bad message")
+					<-c.Done()
+					require.ErrorIs(t, c.Err(), frame.ErrProtocol)
+					require.ErrorContains(t, c.Err(), "a bad message")
+					c.Wait()
+					close(dispatched)
+					var bodies []string
+					for s := range dispatched {
+						bodies = append(bodies, s)
+					}
+					require.Equal(t, []string{"good", "bad"}, bodies)
 				}
-			}}))
-			defer c.Close()
-			one := func(body string) []byte {
-				return frame.AppendFrame(nil, frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte(body))
-			}
-			rawPeer{t, a}.write(append(append(one("good"), one("bad")...), one("after")...)) // one read takes all three
-			require.Contains(t, requireFailFrame(t, a, frame.CodeProtocol), "a bad message")
-			<-c.Done()
-			require.ErrorIs(t, c.Err(), frame.ErrProtocol)
-			require.ErrorContains(t, c.Err(), "a bad message")
-			c.Wait()
-			close(dispatched)
-			var bodies []string
-			for s := range dispatched {
-				bodies = append(bodies, s)
-			}
-			require.Equal(t, []string{"good", "bad"}, bodies)
-		})
+			})
+		}
+	}
+}
+
+// errorFrames reads nc to its end, which must be clean, and returns the frames read,
+// each of which must be an error frame.
+func errorFrames(t *testing.T, nc net.Conn) []frame.Frame {
+	t.Helper()
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var got []frame.Frame
+	for {
+		f, err := frame.Read(nc, frame.Limits{})
+		if errors.Is(err, io.EOF) {
+			return got
+		}
+		require.NoError(t, err, "the stream must end cleanly after the error frame")
+		require.Equal(t, frame.KindError, f.Kind)
+		got = append(got, f)
 	}
 }
 

@@ -67,6 +67,25 @@ func readStat(name string) (pid int, start uint64, err error) {
 	return pid, start, err
 }
 
+// openHolder returns a non-blocking pidfd of the process o describes, once it checked
+// that o's pid still names that process; it fails as ExitFile says.
+func openHolder(o Owner) (int, error) {
+	me := self()
+	if o.PID <= 0 || o.PID == me.PID || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
+		return -1, fmt.Errorf("lock: %s cannot be watched from this process", o)
+	}
+	fd, err := unix.PidfdOpen(o.PID, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return -1, fmt.Errorf("lock: watching %s: %w", o, err)
+	}
+	// The pidfd pins whatever process has the pid now: check it is the holder.
+	if start, err := startTime(o.PID); err != nil || start != o.Start {
+		unix.Close(fd)
+		return -1, fmt.Errorf("lock: %s is no longer running", o)
+	}
+	return fd, nil
+}
+
 // ExitFile returns a pidfd of the process o describes: a descriptor that becomes
 // readable when that process has completely exited, which means its flock is released
 // (the kernel closes a process's files before it reports the exit). A member that
@@ -75,18 +94,9 @@ func readStat(name string) (pid int, start uint64, err error) {
 // close, when o is this process, lives in another pid namespace, is no longer running,
 // or its pid now belongs to another process.
 func ExitFile(o Owner) (*os.File, error) {
-	me := self()
-	if o.PID <= 0 || o.PID == me.PID || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
-		return nil, fmt.Errorf("lock: %s cannot be watched from this process", o)
-	}
-	fd, err := unix.PidfdOpen(o.PID, unix.PIDFD_NONBLOCK)
+	fd, err := openHolder(o)
 	if err != nil {
-		return nil, fmt.Errorf("lock: watching %s: %w", o, err)
-	}
-	// The pidfd pins whatever process has the pid now: check it is the holder.
-	if start, err := startTime(o.PID); err != nil || start != o.Start {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock: %s is no longer running", o)
+		return nil, err
 	}
 	return os.NewFile(uintptr(fd), "pidfd"), nil
 }
@@ -99,19 +109,12 @@ func ExitFile(o Owner) (*os.File, error) {
 // pid namespace (its pid means nothing here), is no longer running, or its pid now
 // belongs to another process; and an error only when the wait timed out.
 func WaitExited(o Owner, limit time.Duration) error {
-	me := self()
-	if o.PID <= 0 || o.PID == me.PID || o.Start == 0 || o.PIDNS == 0 || o.PIDNS != me.PIDNS {
-		return nil
-	}
-	fd, err := unix.PidfdOpen(o.PID, 0)
+	fd, err := openHolder(o)
 	if err != nil {
-		return nil // ESRCH: gone and reaped; anything else: nothing to wait on
+		return nil // gone, reused, or not ours to watch: nothing to wait on
 	}
 	defer unix.Close(fd)
-	// The pidfd pins whatever process has the pid now: check it is the holder.
-	if start, err := startTime(o.PID); err != nil || start != o.Start {
-		return nil
-	}
+	// poll reports the exit whether or not the pidfd is non-blocking (that flag is for waitid).
 	deadline := time.Now().Add(limit)
 	for {
 		ms := int(time.Until(deadline).Milliseconds())

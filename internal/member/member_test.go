@@ -64,6 +64,26 @@ func start(t *testing.T, cfg member.Config) *member.Proc {
 	return p
 }
 
+// tempDir makes a Dir for members, removed once the test's members were killed (the
+// cleanups of start run before this one).
+func tempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "") // short: socket paths live in it
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// exited waits until p has exited, failing the test if it does not.
+func exited(t *testing.T, p *member.Proc) {
+	t.Helper()
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("member %d has not exited after 30s", p.PID())
+	}
+}
+
 func ctx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -73,9 +93,7 @@ func ctx(t *testing.T) context.Context {
 // The Config reaches the child whole, the built-in and Program ops answer, messages
 // reach subscribers, and the member exits 0 once its stdin ends.
 func TestMemberRoundTrip(t *testing.T) {
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
+	dir := tempDir(t)
 	cfg := member.Config{Name: "m", Dir: dir, Identity: "id/v1", Log: "debug", Heartbeat: 100 * time.Millisecond}
 	leader := start(t, cfg)
 	j, err := leader.Joined(ctx(t))
@@ -130,31 +148,29 @@ func TestMemberRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "remote", r.Kind, r.Err)
 	require.NoError(t, f.CloseInput())
-	<-f.Done()
+	exited(t, f)
 	require.Equal(t, 0, f.ProcessState().ExitCode(), f.Stderr())
 	require.NoError(t, leader.CloseInput())
-	<-leader.Done()
+	exited(t, leader)
 	require.Equal(t, 0, leader.ProcessState().ExitCode(), leader.Stderr())
 }
 
 // A failed Setup and a failed Join are join-error Events, and the member exits.
 func TestMemberJoinError(t *testing.T) {
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
+	dir := tempDir(t)
 	p := start(t, member.Config{Name: "m", Dir: dir}.WithArgs(map[string]bool{"FailSetup": true}))
 	e, err := p.Joined(ctx(t))
 	require.ErrorIs(t, err, member.ErrJoin)
 	require.Equal(t, "setup", e.Kind)
 	require.Contains(t, e.Err, "asked to fail")
-	<-p.Done()
+	exited(t, p)
 	require.Equal(t, 4, p.ProcessState().ExitCode())
 
 	p = start(t, member.Config{Name: "m", Dir: dir, Lead: cluster.LeadNever, JoinTimeout: 200 * time.Millisecond})
 	e, err = p.Joined(ctx(t))
 	require.ErrorIs(t, err, member.ErrJoin)
 	require.Equal(t, "no-leader", e.Kind, e.Err)
-	<-p.Done()
+	exited(t, p)
 	require.Equal(t, 3, p.ProcessState().ExitCode())
 	_, err = p.Wait(ctx(t), func(e member.Event) bool { return e.Ev == member.EvJoined })
 	require.ErrorIs(t, err, member.ErrExited)
