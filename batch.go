@@ -38,7 +38,7 @@ type batcher struct {
 	running bool       // a runner is current: it will take pending
 	gen     uint64     // batches started; a runner whose batch is not the last was overtaken
 	stall   *time.Timer
-	stopped bool // the term ended: stall is disarmed, and every caller runs its calls
+	stopped bool // the term ended: no batch starts, calls are refused (see stop)
 }
 
 func newBatcher(l *leader, bi BatchInvoker) *batcher {
@@ -49,11 +49,17 @@ func newBatcher(l *leader, bi BatchInvoker) *batcher {
 }
 
 // submit queues calls, in order, and reports whether the caller must run them: no
-// runner is current (or the term ended, see stop), and the caller now is (call run).
+// runner is current, and the caller now is (call run). Once the term has ended (see
+// stop) it refuses them instead, and reports false.
 func (b *batcher) submit(calls []*Call) (run bool) {
 	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		b.l.refuseBatched(calls)
+		return false
+	}
 	b.pending = append(b.pending, calls...)
-	run = !b.running || b.stopped
+	run = !b.running
 	b.running = true
 	b.mu.Unlock()
 	return run
@@ -75,9 +81,7 @@ func (b *batcher) run() {
 		b.pending, b.spare = b.spare, nil
 		b.gen++
 		g := b.gen
-		if !b.stopped {
-			b.stall.Reset(batchStall)
-		}
+		b.stall.Reset(batchStall)
 		b.mu.Unlock()
 		b.l.runBatch(b.bi, calls)
 		clear(calls)
@@ -112,19 +116,28 @@ func (b *batcher) stalled() {
 	}
 }
 
-// stop disarms the stall timer for good at the end of the term: its callback, if it
-// fired before, starts no runner, and no batch arms it again. What a stall would have
-// done is done now and for the calls submitted later (requests read before the term
-// ended): they do not wait for a batch that still runs (one the drain did not wait
-// for), a new runner takes those pending and each later caller runs its own.
+// stop ends batching at the end of the term, once the drain is over or has timed out,
+// before Service.Close: no batch starts after it. The calls pending, which no batch
+// has taken, and any submitted later (requests read before the term ended) are refused
+// as the term's end refuses a request (the Follower sends it to the next Leader, the
+// Leader's own call goes there too): the Service never saw them. The stall timer is
+// disarmed for good; a batch that still runs (one the drain did not wait for) ends on
+// its own, and its calls are answered as it returns.
 func (b *batcher) stop() {
 	b.mu.Lock()
 	b.stopped = true
 	b.stall.Stop()
-	run := b.running && len(b.pending) > 0
+	refused := b.pending
+	b.pending = nil
 	b.mu.Unlock()
-	if run {
-		go b.run()
+	b.l.refuseBatched(refused)
+}
+
+// refuseBatched answers calls that no batch took with errTermOver.
+func (l *leader) refuseBatched(calls []*Call) {
+	for _, c := range calls {
+		c.seal()
+		l.settleCall(c, Message{}, errTermOver)
 	}
 }
 
@@ -160,13 +173,19 @@ func (l *leader) runBatch(bi BatchInvoker, calls []*Call) {
 		} else if !answered {
 			cerr = errUnanswered
 		}
-		if c.local != nil {
-			c.resp, c.err = resp, cerr
-			c.local <- struct{}{}
-			continue
-		}
-		c.pc.answer(c, resp, cerr)
+		l.settleCall(c, resp, cerr)
 	}
+}
+
+// settleCall gives a call of a batch its outcome: to the Leader's own caller, or as the
+// answer to a Follower's request.
+func (l *leader) settleCall(c *Call, resp Message, err error) {
+	if c.local != nil {
+		c.resp, c.err = resp, err
+		c.local <- struct{}{}
+		return
+	}
+	c.pc.answer(c, resp, err)
 }
 
 // invokeBatched is the Leader's own call of a BatchInvoker: it joins a batch, as a

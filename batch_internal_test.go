@@ -58,45 +58,61 @@ func running(b *batcher) {
 	b.mu.Unlock()
 }
 
-// Once the term ended, the stall timer is disarmed for good: a call submitted while a
-// batch still runs is run by its caller at once, without arming the timer, and a
-// callback of the timer that fired before the end starts no runner.
-func TestEndedTermsBatcherArmsNoStallTimer(t *testing.T) {
+// refused waits for c's answer and checks the term's end refused it.
+func refused(t *testing.T, c *Call) {
+	t.Helper()
+	select {
+	case <-c.local:
+	case <-time.After(time.Minute):
+		t.Fatalf("call %q was not answered", c.Method)
+	}
+	require.ErrorIs(t, c.err, errTermOver)
+	require.ErrorIs(t, c.err, errNotSent, "the caller sends it to the next Leader")
+}
+
+// Once the term ended, no batch starts: a call submitted while a batch still runs is
+// refused at once, and a callback of the stall timer that fired before the end starts
+// no runner.
+func TestEndedTermsBatcherStartsNoBatch(t *testing.T) {
 	b, p := newStallProbe()
+	c := localCall("before")
+	require.True(t, b.submit([]*Call{c}), "no batch runs: the caller runs it")
+	b.run()
+	answered(t, c)
+	require.Equal(t, 1, p.batches)
+	require.True(t, p.armed, "a batch runs with the stall timer armed")
+
 	running(b)
 	b.stop()
 	require.False(t, b.stall.Stop(), "stop disarms the stall timer")
 
-	c := localCall("after")
-	require.True(t, b.submit([]*Call{c}), "after the end a caller does not wait for the batch that runs")
-	b.run()
-	answered(t, c)
-	require.Equal(t, 1, p.batches)
-	require.False(t, p.armed, "a batch run after the end armed the stall timer")
-
-	running(b)
-	c = localCall("late")
-	b.submit([]*Call{c})
+	c = localCall("after")
+	require.False(t, b.submit([]*Call{c}), "after the end nobody runs a batch")
+	refused(t, c)
 	b.stalled() // a callback that fired before stop and ran after it
 	b.mu.Lock()
 	pending, gen := len(b.pending), b.gen
 	b.mu.Unlock()
-	require.Equal(t, 1, pending, "the timer's callback ran the calls pending after the end")
+	require.Zero(t, pending)
 	require.EqualValues(t, 1, gen, "the timer's callback overtook the batch after the end")
-	b.run()
-	answered(t, c)
-	require.False(t, p.armed)
+	require.Equal(t, 1, p.batches, "the Service saw a call after the end")
 }
 
-// A call that waits for a batch when the term ends is handed to a new runner, as the
-// stall timer would have done: the batch it waited for may outlive the drain.
-func TestEndOfTermRunsTheCallsPendingBehindABatch(t *testing.T) {
+// A call that waits for a batch when the term ends is refused, not run: the batch it
+// waited for may outlive the drain, and the Service is closed next.
+func TestEndOfTermRefusesTheCallsPendingBehindABatch(t *testing.T) {
 	b, p := newStallProbe()
 	running(b)
 	c := localCall("pending")
 	require.False(t, b.submit([]*Call{c}), "a call waits for the batch that runs")
 	b.stop()
-	answered(t, c)
-	require.Equal(t, 1, p.batches)
+	refused(t, c)
+	require.Zero(t, p.batches)
 	require.False(t, p.armed)
+
+	// The batch that ran on ends as it would have: no runner is left behind.
+	b.run()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.False(t, b.running)
 }

@@ -453,10 +453,10 @@ func (l *leader) shutdown() (time.Time, error) {
 		case <-ctx.Done():
 		}
 	}
-	l.cancel()
 	if l.batch != nil {
-		l.batch.stop()
+		l.batch.stop() // before the cancel ends a blocked batch, whose runner would start the next
 	}
+	l.cancel()
 	l.closeTopics()
 	closeErr := l.svc.close()
 	if closeErr != nil {
@@ -557,6 +557,9 @@ func (l *leader) invoke(ctx context.Context, method string, req Message, oneway 
 	var err error
 	if l.batch != nil {
 		out, err = l.invokeBatched(ctx, method, req)
+		if errors.Is(err, errTermOver) { // refused, not run: the next Leader takes it
+			return Message{}, err
+		}
 	} else {
 		out, err = l.svc.invoke(ctx, method, lend(req))
 	}

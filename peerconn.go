@@ -531,6 +531,10 @@ func (pc *peerConn) answer(c *Call, resp Message, err error) {
 // answerInvoke sends the outcome of the Service's Invoke of request id: out, or err as
 // the caller sees it (serviceErr).
 func (pc *peerConn) answerInvoke(ctx context.Context, id uint64, name string, out Message, err error) {
+	if errors.Is(err, errTermOver) { // refused, not run: the next Leader takes it
+		pc.reply(id, err)
+		return
+	}
 	if err != nil {
 		pc.reply(id, pc.l.c.serviceErr(ctx, "invoke", name, err))
 		return

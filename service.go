@@ -58,7 +58,9 @@ type Withdrawer interface {
 // requests reach InvokeBatch in the order the Follower sent them. A batch that runs
 // longer than a millisecond no longer holds up the calls that arrive meanwhile: they
 // start the next batch beside it, so InvokeBatch may then run concurrently with itself.
-// Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls.
+// Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls. When
+// the leadership term ends, the calls no batch has taken yet go to the next Leader:
+// no batch starts once the handover's drain is over, so none starts after Close.
 //
 // InvokeBatch answers each call with Call.Return before it returns; a call left
 // unanswered fails with an error that says so. A panic in InvokeBatch fails every call
