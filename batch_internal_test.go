@@ -38,15 +38,21 @@ func localCall(method string) *Call {
 	return &Call{Method: method, ctx: context.Background(), local: make(chan struct{}, 1)}
 }
 
-// answered waits for c's answer and checks it is the probe's.
-func answered(t *testing.T, c *Call) {
+// outcome waits for c's answer and returns its error.
+func outcome(t *testing.T, c *Call) error {
 	t.Helper()
 	select {
 	case <-c.local:
 	case <-time.After(time.Minute):
 		t.Fatalf("call %q was not answered", c.Method)
 	}
-	require.NoError(t, c.err)
+	return c.err
+}
+
+// answered waits for c's answer and checks it is the probe's.
+func answered(t *testing.T, c *Call) {
+	t.Helper()
+	require.NoError(t, outcome(t, c))
 	require.Equal(t, c.Method, string(c.resp.Data))
 }
 
@@ -61,13 +67,9 @@ func running(b *batcher) {
 // refused waits for c's answer and checks the term's end refused it.
 func refused(t *testing.T, c *Call) {
 	t.Helper()
-	select {
-	case <-c.local:
-	case <-time.After(time.Minute):
-		t.Fatalf("call %q was not answered", c.Method)
-	}
-	require.ErrorIs(t, c.err, errTermOver)
-	require.ErrorIs(t, c.err, errNotSent, "the caller sends it to the next Leader")
+	err := outcome(t, c)
+	require.ErrorIs(t, err, errTermOver)
+	require.ErrorIs(t, err, errNotSent, "the caller sends it to the next Leader")
 }
 
 // Once the term ended, no batch starts: a call submitted while a batch still runs is

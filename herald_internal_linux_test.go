@@ -28,15 +28,23 @@ func woken(h *herald, d time.Duration) bool {
 	}
 }
 
+// heraldConfig returns a fresh Dir, removed when the test ends, and a member's config
+// in it.
+func heraldConfig(t *testing.T) (string, *config) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
+	require.NoError(t, err)
+	return dir, cfg
+}
+
 // The survivors of a Leader's death wait for news instead of retrying: a Leader's
 // socket or token file put in place in Dir wakes every member watching it, and other
 // files there wake none.
 func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
-	require.NoError(t, err)
+	dir, cfg := heraldConfig(t)
 	a, b := newHerald(cfg), newHerald(cfg)
 	defer a.close()
 	defer b.close()
@@ -67,11 +75,7 @@ func TestHeraldWakesWhenALeaderPutsItsSocketInPlace(t *testing.T) {
 // A watch of Dir ends when Dir is removed; the member is woken (it retries as it would
 // unwatched), and once Dir exists again its next watch is a new one that works.
 func TestHeraldWatchesDirAgainAfterItsWatchEnded(t *testing.T) {
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
-	require.NoError(t, err)
+	dir, cfg := heraldConfig(t)
 	h := newHerald(cfg)
 	defer h.close()
 	h.watch()
@@ -105,11 +109,7 @@ func TestHeraldWatchesDirAgainAfterItsWatchEnded(t *testing.T) {
 // A member that followed a Leader is woken when that Leader's process exits, and only
 // then may it wait quietly; a goodbye (the Leader lives on) ends that.
 func TestHeraldWakesWhenTheFollowedLeaderExits(t *testing.T) {
-	dir, err := os.MkdirTemp("", "")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	cfg, err := Config{Name: "h", Dir: dir, Lead: LeadNever, Logger: slog.New(slog.DiscardHandler)}.validate()
-	require.NoError(t, err)
+	_, cfg := heraldConfig(t)
 	h := newHerald(cfg)
 	defer h.close()
 
