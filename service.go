@@ -104,8 +104,9 @@ const (
 	callSealed          // the batch is over unanswered: Return is too late
 )
 
-// Context carries the caller's deadline; it also ends when the caller's connection or
-// the leadership term ends.
+// Context carries the caller's deadline. A Follower's call's Context also ends when
+// its connection or the leadership term ends; the Leader's own call's is the context
+// its caller passed to Invoke (with the call's deadline), as Invoke's ctx is.
 func (c *Call) Context() context.Context {
 	if c.ctx == nil { // a Call made without NewCall
 		return context.Background()
