@@ -29,6 +29,7 @@ const (
 	handshakeTimeout          = 5 * time.Second    // a Follower's wait for the welcome
 	minMaxBody                = 1 << 10            // the smallest MaxBody: below it, a peer could make every message undeliverable
 	drainTimeout              = 5 * time.Second
+	lastFlush                 = 100 * time.Millisecond // a handover's last writes after drainTimeout
 )
 
 // LeadPolicy says whether a member takes part in the election.

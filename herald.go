@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cluster-client-go/cluster/lock"
@@ -32,7 +33,13 @@ type herald struct {
 	wake    chan struct{} // holds a value when something may have changed
 	dir     string        // Config.Dir
 	names   []string      // base names in Dir that announce a Leader
+	lock    string        // the lock file's base name: a Leader touches it as it hands over
 	watcher *dirWatch     // nil: Dir is not watched (only a Follower watches it)
+
+	// left runs when the Leader followed is going: its process exited, or it touched
+	// the lock file as it hands over. Set by follow, cleared by stopExit; the watches'
+	// goroutines call it.
+	left atomic.Pointer[func()]
 
 	exit     *os.File      // the followed Leader's pidfd; nil when not watched
 	exitDone chan struct{} // closed when the goroutine waiting on exit returned
@@ -44,7 +51,27 @@ func newHerald(cfg *config) *herald {
 		wake:  make(chan struct{}, 1),
 		dir:   cfg.Dir,
 		names: []string{filepath.Base(cfg.sockPath), filepath.Base(cfg.Name + ".token")},
+		lock:  filepath.Base(cfg.lockPath),
 	}
+}
+
+// isLock reports whether name is the lock file's.
+func (h *herald) isLock(name string) bool { return name == h.lock }
+
+// leaving tells the member that the Leader it follows may be going (see left).
+func (h *herald) leaving() {
+	if f := h.left.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// touchLock tells the Followers that watch Dir that their Leader is handing over: it
+// changes the lock file's times, which their watches see (IN_ATTRIB). A Follower whose
+// connection rests between calls then reads the goodbye at once (ipc.Conn.ReadNow)
+// instead of when its rest ends, and the handover does not wait for it.
+func touchLock(path string) {
+	now := time.Now()
+	_ = os.Chtimes(path, now, now)
 }
 
 // watch starts watching Dir, if it is not watched yet and can be. A watch that ended
@@ -83,14 +110,13 @@ func (h *herald) drain() {
 func (h *herald) quiet() bool { return h.watched && h.watcher != nil && h.watcher.alive() }
 
 // follow starts watching for the exit of the Leader just followed (its pid as it
-// said in the welcome), if the lock file names that process and it can be watched.
-// exited runs, on the watch's goroutine, when the process has exited.
-func (h *herald) follow(lockPath string, pid int, exited func()) {
+// said in the welcome), if the lock file names that process and it can be watched,
+// and for its handover if Dir can be watched. left runs, on a watch's goroutine, when
+// the process has exited or the Leader touched the lock file (touchLock).
+func (h *herald) follow(lockPath string, pid int, left func()) {
 	h.stopExit()
 	h.watch()
-	if h.watcher == nil {
-		return
-	}
+	h.left.Store(&left)
 	o, err := lock.ReadOwner(lockPath)
 	if err != nil || o.PID != pid {
 		return
@@ -112,7 +138,7 @@ func (h *herald) follow(lockPath string, pid int, exited func()) {
 		// The first call finds the process alive (or not: the poller then reports the
 		// pidfd readable at once); the second runs once it is readable.
 		if err := rc.Read(func(uintptr) bool { ok := polled; polled = true; return ok }); err == nil {
-			exited()
+			left()
 			h.notify()
 		}
 	}()
@@ -124,6 +150,7 @@ func (h *herald) leftGracefully() { h.watched = false }
 
 // stopExit stops watching the Leader followed last.
 func (h *herald) stopExit() {
+	h.left.Store(nil)
 	h.watched = false
 	if h.exit != nil {
 		_ = h.exit.Close()

@@ -153,3 +153,29 @@ func writeOwner(t *testing.T, path string, pid int) {
 	require.Equal(t, pid, o.PID)
 	require.NotZero(t, o.Start)
 }
+
+// A Leader handing over touches the lock file (touchLock): a member that follows it is
+// told, so that its connection reads the goodbye at once; one that stopped following
+// is not.
+func TestHeraldTellsAFollowerItsLeaderIsHandingOver(t *testing.T) {
+	_, cfg := heraldConfig(t)
+	h := newHerald(cfg)
+	defer h.close()
+	require.NoError(t, os.WriteFile(cfg.lockPath, []byte("term=1\n"), 0o600))
+
+	told := make(chan struct{}, 8)
+	h.follow(cfg.lockPath, os.Getpid(), func() { told <- struct{}{} })
+	require.NotNil(t, h.watcher)
+	touchLock(cfg.lockPath)
+	select {
+	case <-told:
+	case <-time.After(time.Minute):
+		t.Fatal("the follower was not told of the handover")
+	}
+
+	h.stopExit()
+	touchLock(cfg.lockPath)
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.Dir, "h.sock"), nil, 0o600))
+	require.True(t, woken(h, time.Minute), "the watch still reports a Leader's socket")
+	require.Empty(t, told, "a member that stopped following was told")
+}

@@ -42,7 +42,7 @@ func watchDir(dir string, h *herald) *dirWatch {
 	if err != nil {
 		return nil
 	}
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ONLYDIR); err != nil {
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ATTRIB|unix.IN_ONLYDIR); err != nil {
 		_ = unix.Close(fd)
 		return nil
 	}
@@ -82,7 +82,15 @@ func (w *dirWatch) read() {
 				w.end()
 				return
 			case mask&unix.IN_Q_OVERFLOW != 0:
-				w.tell(func(*herald) bool { return true })
+				w.tell(func(h *herald) bool { h.leaving(); return true })
+			case mask&unix.IN_ATTRIB != 0:
+				s := string(name)
+				w.tell(func(h *herald) bool {
+					if h.isLock(s) { // a Leader is handing over (see touchLock)
+						h.leaving()
+					}
+					return false
+				})
 			default:
 				s := string(name)
 				w.tell(func(h *herald) bool { return h.interested(s) })

@@ -438,6 +438,7 @@ func (l *leader) shutdown() (time.Time, error) {
 	for _, pc := range peers {
 		_ = pc.conn.Send(frame.Header{Kind: frame.KindGoodbye}, nil, nil)
 	}
+	touchLock(l.c.cfg.lockPath) // Followers resting between calls read the goodbye now
 	// Wait (bounded) for in-flight calls to finish and for every Follower to
 	// acknowledge the goodbye: after its ack a Follower sends nothing more, so closing
 	// its connection cannot lose a request.
@@ -463,8 +464,16 @@ func (l *leader) shutdown() (time.Time, error) {
 		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", errText(closeErr))
 		closeErr = fmt.Errorf("cluster %q: Service.Close (term %d): %w", l.c.cfg.Name, l.term, closeErr)
 	}
+	flush := ctx
+	if ctx.Err() != nil {
+		// The drain timed out: the refusals of the calls no batch took, and the
+		// answers of those that ended with the term, still get lastFlush to go out.
+		var cancelFlush context.CancelFunc
+		flush, cancelFlush = context.WithTimeout(context.Background(), lastFlush)
+		defer cancelFlush()
+	}
 	for _, pc := range peers {
-		_ = pc.conn.Drain(ctx)
+		_ = pc.conn.Drain(flush)
 	}
 	l.closeObservers()
 	l.serveWG.Wait()

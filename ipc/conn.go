@@ -80,8 +80,9 @@ type Options struct {
 	// that window wait for it. After a long run of calls during which the peer sent
 	// nothing unasked, the window stretches to up to 5 ms, which spares the run a timer
 	// wake-up every 200 µs; the first frame the peer sends unasked shortens it again.
-	// On a Conn whose peer has never sent a frame unasked, the window stretches to up
-	// to 50 ms; ReadNow ends it at once (when the peer is known to have gone, say).
+	// On a Conn whose peer has never sent a frame unasked (pings aside), the window
+	// stretches to up to 50 ms; ReadNow ends it at once (when the peer is known to be
+	// leaving, say).
 	// Inline must not be used on such a Conn.
 	CallerReads bool
 }
@@ -160,7 +161,8 @@ type Conn struct {
 	freedAt      atomic.Int64  // monotonic nanoseconds when the role was last left free
 	reclaimArmed atomic.Bool   // reclaim is set (or its function is running)
 	reclaimWait  atomic.Int64  // the reclaim's period now, nanoseconds: reclaimAfter, longer while calls keep the role busy
-	unasked      atomic.Bool   // the peer has sent a frame unasked: the period stretches to reclaimMax only
+	unasked      atomic.Bool   // the peer has sent a frame unasked (pings aside): the period stretches to reclaimMax only
+	readNow      atomic.Bool   // ReadNow found the role held: its holder reads on instead of leaving it free
 
 	// Counters, each written by one side and read by anyone.
 	lastRecv          atomic.Int64  // unix nanos of the last frame read

@@ -222,7 +222,8 @@ func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
 
 // TestReadNowReadsThePeersEndWithoutACall: a role left free after a call is not read
 // until the reclaim (an hour here) or ReadNow; ReadNow makes the reader goroutine read
-// the peer's end at once. It leaves a role a caller holds alone.
+// the peer's end at once. A caller holding the role when ReadNow comes hands it to the
+// reader goroutine when done, instead of leaving it free.
 func TestReadNowReadsThePeersEndWithoutACall(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
@@ -249,7 +250,11 @@ func TestReadNowReadsThePeersEndWithoutACall(t *testing.T) {
 			require.Equal(t, lendCaller, c.lend.Load(), "a caller holds the role: ReadNow leaves it")
 			p.answer(f)
 			require.NoError(t, <-done)
-			requireLend(t, c, lendFree)
+			requireLend(t, c, lendReader) // the caller handed it on instead of leaving it free
+			go call()
+			p.answer(p.request())
+			require.NoError(t, <-done)
+			requireLend(t, c, lendFree) // the request was served once
 
 			require.NoError(t, b.Close())
 			select {

@@ -293,7 +293,7 @@ func (c *Conn) freeUnlessWanted() (reader bool) {
 
 // park leaves the role free and waits until it is the reader goroutine's again.
 func (c *Conn) park() {
-	if c.freeUnlessWanted() {
+	if c.readNow.Swap(false) || c.freeUnlessWanted() {
 		return
 	}
 	select {
@@ -371,7 +371,7 @@ func (c *Conn) readOwn(ctx context.Context, deadline time.Time, cl *call) (r res
 // leave ends a caller's hold on the role: it stays free if nobody needs reading, and
 // goes back to the reader goroutine otherwise.
 func (c *Conn) leave() {
-	if c.Err() == nil && c.quiet() {
+	if c.Err() == nil && c.quiet() && !c.readNow.Swap(false) {
 		if !c.freeUnlessWanted() {
 			return
 		}
@@ -384,11 +384,16 @@ func (c *Conn) leave() {
 // ReadNow makes the reader goroutine read at once what the peer has sent unasked, its
 // end included, on a Conn with Options.CallerReads whose reading role no caller holds:
 // between calls the role may otherwise stay free for up to reclaimQuietMax (50 ms)
-// before the reader goroutine takes it back. A caller that knows the peer has gone (a
-// process that exited, say) calls it so that the Conn ends now. It does nothing when a
-// caller or the reader goroutine holds the role.
+// before the reader goroutine takes it back. A caller that knows the peer is going
+// (its process exited, or it announced a handover by other means) calls it so that the
+// peer's last frames and its end are read now. When a caller or the
+// reader goroutine holds the role, the one holding it reads on instead of leaving the
+// role free when it is done.
 func (c *Conn) ReadNow() {
+	c.readNow.Store(true) // for a holder that would leave the role free (leave, park)
 	if c.lend.CompareAndSwap(lendFree, lendReader) {
+		c.readNow.Store(false)
+		c.reclaimWait.Store(int64(c.reclaimAfter)) // as a reclaim would
 		c.lendBack <- struct{}{}
 	}
 }
