@@ -65,15 +65,6 @@ func (h *herald) leaving() {
 	}
 }
 
-// touchLock tells the Followers that watch Dir that their Leader is handing over: it
-// changes the lock file's times, which their watches see (IN_ATTRIB). A Follower whose
-// connection rests between calls then reads the goodbye at once (ipc.Conn.ReadNow)
-// instead of when its rest ends, and the handover does not wait for it.
-func touchLock(path string) {
-	now := time.Now()
-	_ = os.Chtimes(path, now, now)
-}
-
 // watch starts watching Dir, if it is not watched yet and can be. A watch that ended
 // (Dir was removed or moved) is dropped, and Dir, perhaps made again, watched anew.
 func (h *herald) watch() {

@@ -10,3 +10,6 @@ func watchDir(string, *herald) *dirWatch { return nil }
 func (*dirWatch) alive() bool { return false }
 
 func (*dirWatch) remove(*herald) {}
+
+// touchLock does nothing off Linux: no Follower watches Dir there.
+func touchLock(string) {}
