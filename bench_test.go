@@ -82,6 +82,29 @@ func BenchmarkInvokeFollower(b *testing.B) {
 	})
 }
 
+// BenchmarkHandoverAfterARun is a Leader's Close, a graceful handover, right after its
+// Follower's 150 ms run of calls: the Follower's connection then rests between calls,
+// and the handover waits until the Follower has read its goodbye.
+func BenchmarkHandoverAfterARun(b *testing.B) {
+	forEachBenchTransport(b, func(b *testing.B, tr cluster.Transport) {
+		req := cluster.Message{Data: make([]byte, 64)}
+		ctx := context.Background()
+		for range b.N {
+			b.StopTimer()
+			l, f := benchCluster(b, tr)
+			for end := time.Now().Add(150 * time.Millisecond); time.Now().Before(end); {
+				if _, err := f.Invoke(ctx, "echo", req); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+			if err := l.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
 // BenchmarkInvokeFollowerParallel is the Follower's throughput with many callers.
 func BenchmarkInvokeFollowerParallel(b *testing.B) {
 	forEachBenchTransport(b, func(b *testing.B, tr cluster.Transport) {

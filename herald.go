@@ -28,7 +28,8 @@ const quietBackoff = 25 * time.Millisecond
 // be watched (off Linux, another pid namespace, no inotify instance left: a user has
 // 128 by default) it says so, and the member retries as fast as before.
 //
-// The run goroutine calls its methods, except notify (the watchers' goroutines).
+// The run goroutine calls its methods, except notify and leaving (the watches'
+// goroutines).
 type herald struct {
 	wake    chan struct{} // holds a value when something may have changed
 	dir     string        // Config.Dir

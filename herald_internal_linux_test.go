@@ -163,15 +163,22 @@ func TestHeraldTellsAFollowerItsLeaderIsHandingOver(t *testing.T) {
 	defer h.close()
 	require.NoError(t, os.WriteFile(cfg.lockPath, []byte("term=1\n"), 0o600))
 
+	other := filepath.Join(cfg.Dir, "other.lock") // another cluster's, in the same Dir
+	require.NoError(t, os.WriteFile(other, []byte("term=1\n"), 0o600))
+
 	told := make(chan struct{}, 8)
 	h.follow(cfg.lockPath, os.Getpid(), func() { told <- struct{}{} })
 	require.NotNil(t, h.watcher)
+	touchLock(other)
 	touchLock(cfg.lockPath)
 	select {
 	case <-told:
 	case <-time.After(time.Minute):
 		t.Fatal("the follower was not told of the handover")
 	}
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.Dir, "h.token"), nil, 0o600))
+	require.True(t, woken(h, time.Minute)) // every earlier event has been read
+	require.Empty(t, told, "another cluster's handover was taken for this one's")
 
 	h.stopExit()
 	touchLock(cfg.lockPath)

@@ -14,7 +14,7 @@ import (
 // dirWatch is one inotify watch of a directory, shared by the heralds of every Client
 // of this process that uses it (a user has only 128 inotify instances by default). Its
 // goroutine tells each herald when a name it is interested in is created or renamed
-// into the directory.
+// into the directory, and when the lock file's times change (touchLock).
 type dirWatch struct {
 	dir  string
 	f    *os.File
@@ -82,21 +82,34 @@ func (w *dirWatch) read() {
 				w.end()
 				return
 			case mask&unix.IN_Q_OVERFLOW != 0:
-				w.tell(func(h *herald) bool { h.leaving(); return true })
+				for _, h := range w.subscribers() {
+					h.leaving()
+				}
+				w.tell(func(*herald) bool { return true })
 			case mask&unix.IN_ATTRIB != 0:
-				s := string(name)
-				w.tell(func(h *herald) bool {
-					if h.isLock(s) { // a Leader is handing over (see touchLock)
+				for _, h := range w.subscribers() {
+					if h.isLock(string(name)) { // a Leader is handing over (see touchLock)
 						h.leaving()
 					}
-					return false
-				})
+				}
 			default:
 				s := string(name)
 				w.tell(func(h *herald) bool { return h.interested(s) })
 			}
 		}
 	}
+}
+
+// subscribers returns the heralds the watch serves now, for calls made outside
+// dirWatches.mu (a leaf).
+func (w *dirWatch) subscribers() []*herald {
+	dirWatches.mu.Lock()
+	defer dirWatches.mu.Unlock()
+	hs := make([]*herald, 0, len(w.subs))
+	for h := range w.subs {
+		hs = append(hs, h)
+	}
+	return hs
 }
 
 // tell notifies the subscribers that want to know.

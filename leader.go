@@ -464,14 +464,14 @@ func (l *leader) shutdown() (time.Time, error) {
 		l.c.cfg.Logger.Warn("cluster: Service.Close", "err", errText(closeErr))
 		closeErr = fmt.Errorf("cluster %q: Service.Close (term %d): %w", l.c.cfg.Name, l.term, closeErr)
 	}
-	flush := ctx
-	if ctx.Err() != nil {
-		// The drain timed out: the refusals of the calls no batch took, and the
-		// answers of those that ended with the term, still get lastFlush to go out.
-		var cancelFlush context.CancelFunc
-		flush, cancelFlush = context.WithTimeout(context.Background(), lastFlush)
-		defer cancelFlush()
+	// The last writes (answers, and refusals of the calls no batch took) get at least
+	// lastFlush, however little of the drain's time is left.
+	flushBy := drainBy
+	if last := time.Now().Add(lastFlush); last.After(flushBy) {
+		flushBy = last
 	}
+	flush, cancelFlush := context.WithDeadline(context.Background(), flushBy)
+	defer cancelFlush()
 	for _, pc := range peers {
 		_ = pc.conn.Drain(flush)
 	}

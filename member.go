@@ -40,11 +40,16 @@ func (c *Client) run(joinCtx context.Context) {
 			return
 		}
 		c.setEpoch(b, b.info())
-		if _, ok := b.(*follower); ok {
+		if f, ok := b.(*follower); ok {
 			if followed {
 				c.stats.reconnects.Add(1)
 			}
 			followed = true
+			// The connection's reader may be resting between calls: when the Leader dies
+			// or hands over, it reads at once, so the next election starts now.
+			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID), f.conn.ReadNow)
+		} else {
+			c.herald.lead()
 		}
 		c.resubscribe(b)
 		c.replay(b)
@@ -56,13 +61,6 @@ func (c *Client) run(joinCtx context.Context) {
 		if !joined {
 			joined = true
 			c.joined <- nil
-		}
-		if f, ok := b.(*follower); ok {
-			// The connection's reader may be resting between calls: on the Leader's
-			// death it reads the end at once, so the election starts now.
-			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID), f.conn.ReadNow)
-		} else {
-			c.herald.lead()
 		}
 		switch b := b.(type) {
 		case *leader:

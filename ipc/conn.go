@@ -162,7 +162,7 @@ type Conn struct {
 	reclaimArmed atomic.Bool   // reclaim is set (or its function is running)
 	reclaimWait  atomic.Int64  // the reclaim's period now, nanoseconds: reclaimAfter, longer while calls keep the role busy
 	unasked      atomic.Bool   // the peer has sent a frame unasked (pings aside): the period stretches to reclaimMax only
-	readNow      atomic.Bool   // ReadNow found the role held: its holder reads on instead of leaving it free
+	readNow      atomic.Bool   // set by ReadNow: a holder about to leave the role free reads on instead
 
 	// Counters, each written by one side and read by anyone.
 	lastRecv          atomic.Int64  // unix nanos of the last frame read

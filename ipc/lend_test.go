@@ -519,3 +519,41 @@ func TestCallerReadsUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// A ReadNow that lands while a caller is leaving the role (after it looked for one, before
+// the role is free) is not lost: the role goes to the reader goroutine, which reads the
+// peer's end.
+func TestReadNowWhileACallerLeavesTheRole(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			p := rawPeer{t, nil}
+			a, b := tr.pair(t)
+			p.nc = b
+			c := lendingClient(t, a, time.Hour, Options{})
+			done := make(chan error, 1)
+			call := func() {
+				_, err := invoke(context.Background(), c, []byte("m"), nil)
+				done <- err
+			}
+			go call()
+			p.answer(p.request())
+			require.NoError(t, <-done)
+			requireLend(t, c, lendFree)
+
+			leaveHook = func(c *Conn) { leaveHook = nil; c.ReadNow() }
+			defer func() { leaveHook = nil }()
+			go call() // takes the role and reads its own answer
+			f := p.request()
+			requireLend(t, c, lendCaller)
+			p.answer(f)
+			require.NoError(t, <-done)
+
+			require.NoError(t, b.Close())
+			select {
+			case <-c.Done():
+			case <-time.After(time.Minute):
+				t.Fatalf("the ReadNow was lost (role %d, flag %v): nobody reads the peer's end", c.lend.Load(), c.readNow.Load())
+			}
+		})
+	}
+}

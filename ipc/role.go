@@ -288,7 +288,13 @@ func (c *Conn) quiet() bool {
 // reader goroutine at once, and freeUnlessWanted reports true.
 func (c *Conn) freeUnlessWanted() (reader bool) {
 	c.freeRole()
-	return !c.quiet() && c.lend.CompareAndSwap(lendFree, lendReader)
+	// readNow is looked at again once the role is free: a ReadNow that found it still
+	// held set the flag before its compare-and-swap, so one of the two sees the other.
+	if (!c.quiet() || c.readNow.Load()) && c.lend.CompareAndSwap(lendFree, lendReader) {
+		c.readNow.Store(false)
+		return true
+	}
+	return false
 }
 
 // park leaves the role free and waits until it is the reader goroutine's again.
@@ -372,6 +378,9 @@ func (c *Conn) readOwn(ctx context.Context, deadline time.Time, cl *call) (r res
 // goes back to the reader goroutine otherwise.
 func (c *Conn) leave() {
 	if c.Err() == nil && c.quiet() && !c.readNow.Swap(false) {
+		if leaveHook != nil {
+			leaveHook(c)
+		}
 		if !c.freeUnlessWanted() {
 			return
 		}
@@ -397,6 +406,10 @@ func (c *Conn) ReadNow() {
 		c.lendBack <- struct{}{}
 	}
 }
+
+// leaveHook, when set (by tests), runs in leave between its look at readNow and
+// leaving the role free: the seam that lets a test call ReadNow at that moment.
+var leaveHook func(*Conn)
 
 // poke interrupts the read of a caller whose ctx has ended.
 func (c *Conn) poke() { _ = c.nc.SetReadDeadline(aLongTimeAgo) }
