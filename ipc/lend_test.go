@@ -220,6 +220,27 @@ func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
 	}
 }
 
+// restingClient returns a CallerReads Conn whose free role is reclaimed only after an
+// hour, its peer p driven by hand (b, its socket), and call, which makes one call and
+// reports on done. One call has been made: answered through the reader goroutine, which
+// then left the role free.
+func restingClient(t *testing.T, tr transport) (c *Conn, p rawPeer, b net.Conn, call func(), done chan error) {
+	t.Helper()
+	a, b := tr.pair(t)
+	p = rawPeer{t, b}
+	c = lendingClient(t, a, time.Hour, Options{})
+	done = make(chan error, 1)
+	call = func() {
+		_, err := invoke(context.Background(), c, []byte("m"), nil)
+		done <- err
+	}
+	go call()
+	p.answer(p.request())
+	require.NoError(t, <-done)
+	requireLend(t, c, lendFree)
+	return c, p, b, call, done
+}
+
 // TestReadNowReadsThePeersEndWithoutACall: a role left free after a call is not read
 // until the reclaim (an hour here) or ReadNow; ReadNow makes the reader goroutine read
 // the peer's end at once. A caller holding the role when ReadNow comes hands it to the
@@ -227,22 +248,8 @@ func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
 func TestReadNowReadsThePeersEndWithoutACall(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			p := rawPeer{t, nil}
-			a, b := tr.pair(t)
-			p.nc = b
-			c := lendingClient(t, a, time.Hour, Options{})
-
-			// The first call is answered through the reader goroutine, which leaves the
-			// role free; the second takes it and reads its own answer.
-			done := make(chan error, 1)
-			call := func() {
-				_, err := invoke(context.Background(), c, []byte("m"), nil)
-				done <- err
-			}
-			go call()
-			p.answer(p.request())
-			require.NoError(t, <-done)
-			requireLend(t, c, lendFree)
+			c, p, b, call, done := restingClient(t, tr)
+			// The next call takes the free role and reads its own answer.
 			go call()
 			f := p.request()
 			requireLend(t, c, lendCaller)
@@ -526,20 +533,7 @@ func TestCallerReadsUnderLoad(t *testing.T) {
 func TestReadNowWhileACallerLeavesTheRole(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			p := rawPeer{t, nil}
-			a, b := tr.pair(t)
-			p.nc = b
-			c := lendingClient(t, a, time.Hour, Options{})
-			done := make(chan error, 1)
-			call := func() {
-				_, err := invoke(context.Background(), c, []byte("m"), nil)
-				done <- err
-			}
-			go call()
-			p.answer(p.request())
-			require.NoError(t, <-done)
-			requireLend(t, c, lendFree)
-
+			c, p, b, call, done := restingClient(t, tr)
 			leaveHook = func(c *Conn) { leaveHook = nil; c.ReadNow() }
 			defer func() { leaveHook = nil }()
 			go call() // takes the role and reads its own answer
