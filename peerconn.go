@@ -72,70 +72,75 @@ type peerConn struct {
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	if pc.l.batch == nil {
-		pc.handleFrame(conn, f, files)
+		pc.handleFrame(conn, f, files, true)
 		return
 	}
+	// reader: this goroutine still reads the connection. A batch run inline that
+	// blocks hands reading to another goroutine (ipc.Conn.Inline); this one then
+	// finishes the frame as a worker would, and must not run Inline again.
+	reader := true
 	if f.Kind != frame.KindInvoke {
-		pc.flush() // the requests read before this frame go first
+		reader = pc.flush(reader) // the requests read before this frame go first
 	}
-	pc.handleFrame(conn, f, files)
-	if !conn.Buffered() {
-		pc.flush() // the read's last frame: the invoke requests held make a batch
+	reader = pc.handleFrame(conn, f, files, reader)
+	if !reader || !conn.Buffered() {
+		pc.flush(reader) // the read's last frame: the invoke requests held make a batch
 	}
 }
 
 // handleFrame is handle for one frame; an invoke request for a BatchInvoker is held
-// (see hold).
-func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File) {
+// (see hold). reader says whether this goroutine is the connection's reader; it
+// returns whether it still is.
+func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File, reader bool) bool {
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
 	case frame.KindSubscribe, frame.KindUnsubscribe, frame.KindRegister, frame.KindWithdraw:
 		if len(files) > 0 {
 			closeFiles(files)
 			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame passes %d file descriptors; only invoke, oneway and publish may", frame.ErrProtocol, f.Kind, len(files)))
-			return
+			return reader
 		}
 	case frame.KindGoodbye: // the Follower acknowledges our goodbye: nothing follows
 		closeFiles(files)
 		pc.ackOnce.Do(func() { close(pc.acked) })
-		return
+		return reader
 	case frame.KindStatus: // a member asks for the Leader's view (Client.LeaderStatus)
 		if len(files) > 0 {
 			closeFiles(files)
 			conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: status frame passes %d file descriptors", frame.ErrProtocol, len(files)))
-			return
+			return reader
 		}
 		pc.l.answerStatus(conn, f, pc.hello.MaxBody)
-		return
+		return reader
 	default:
 		closeFiles(files)
 		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: unexpected %s frame from a follower", frame.ErrProtocol, f.Kind))
-		return
+		return reader
 	}
 	if len(f.Meta) == 0 {
 		closeFiles(files)
 		conn.Fail(frame.CodeProtocol, fmt.Errorf("%w: %s frame with an empty method or topic name", frame.ErrProtocol, f.Kind))
-		return
+		return reader
 	}
 	if !pc.l.calls.enter() {
 		closeFiles(files)
 		if f.Kind != frame.KindOneway {
 			_ = conn.ReplyError(f.ID, frame.CodeClosed, "leader is handing over; retry on the next leader")
 		}
-		return
+		return reader
 	}
 	select {
 	case pc.sem <- struct{}{}:
 	default:
 		if pc.l.batch != nil {
-			pc.flush() // the requests held may be what fills sem
+			reader = pc.flush(reader) // the requests held may be what fills sem
 		}
 		select {
 		case pc.sem <- struct{}{}:
 		case <-conn.Done():
 			closeFiles(files)
 			pc.l.calls.leave()
-			return
+			return reader
 		}
 	}
 	if err := pc.admit(f, len(files)); err != nil {
@@ -145,26 +150,32 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File)
 		var le *limitError
 		if !errors.As(err, &le) {
 			conn.Fail(frame.CodeProtocol, err) // a protocol violation
-			return
+			return reader
 		}
 		pc.l.c.refused.note(slog.LevelWarn, le.limit, conn.Peer(), err)
 		if f.Kind != frame.KindOneway {
 			_ = conn.ReplyError(f.ID, frame.CodeLimit, le.msg)
 		}
-		return
+		return reader
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
 	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
 		pc.hold(j)
-		return
+		return reader
 	}
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
 		pc.dispatch(j) // a burst, or a Service that is slow: run in parallel
-		return
+		return reader
+	}
+	if !reader {
+		pc.timedExec(j)
+		return false
 	}
 	if !conn.Inline(takeoverAfter, func() { pc.timedExec(j) }) {
 		pc.slowUntil.Store(time.Now().Add(inlineCooldown).UnixNano())
+		return false
 	}
+	return true
 }
 
 // timedExec runs j and folds its duration into execAvg.
@@ -485,19 +496,25 @@ func (pc *peerConn) hold(j job) {
 }
 
 // flush hands the requests held to the batcher, and runs the batch if none is
-// running. Runs on the reader goroutine.
-func (pc *peerConn) flush() {
+// running: inline on the reader goroutine (reader), or on this goroutine if reading
+// has moved on. It returns whether this goroutine is still the reader.
+func (pc *peerConn) flush(reader bool) bool {
 	pc.heldMu.Lock()
 	held := pc.held
 	pc.held = nil
 	pc.heldMu.Unlock()
 	if len(held) == 0 {
-		return
+		return reader
 	}
 	b := pc.l.batch
-	if b.submit(held) {
-		pc.conn.Inline(takeoverAfter, b.run)
+	if !b.submit(held) {
+		return reader
 	}
+	if !reader {
+		b.run()
+		return false
+	}
+	return pc.conn.Inline(takeoverAfter, b.run)
 }
 
 // endHeld drops the requests held when the connection ends: none will be read after.
