@@ -46,15 +46,24 @@ func TestWaitExitedWaitsUntilTheHolderIsGone(t *testing.T) {
 	require.NoError(t, WaitExited(o, time.Minute))
 }
 
-func TestWaitExitedIgnoresWhatItCannotIdentify(t *testing.T) {
-	_, o := holder(t)
-	for name, other := range map[string]Owner{
+// unidentifiable returns records that cannot be told to be o's holder, by what makes
+// them so; with none, the empty record too.
+func unidentifiable(o Owner, none bool) map[string]Owner {
+	m := map[string]Owner{
 		"the pid now names another process": {Term: 1, PID: o.PID, Start: o.Start + 1, PIDNS: o.PIDNS},
 		"another pid namespace":             {Term: 1, PID: o.PID, Start: o.Start, PIDNS: o.PIDNS + 1},
 		"a record without identity":         {Term: 1, PID: o.PID},
 		"this process":                      self(),
-		"no holder":                         {},
-	} {
+	}
+	if none {
+		m["no holder"] = Owner{}
+	}
+	return m
+}
+
+func TestWaitExitedIgnoresWhatItCannotIdentify(t *testing.T) {
+	_, o := holder(t)
+	for name, other := range unidentifiable(o, true) {
 		// The holder is alive; a wait that cannot tell it is the holder returns at once
 		// instead of waiting out the limit.
 		require.NoError(t, WaitExited(other, time.Hour), name)
@@ -104,12 +113,7 @@ func TestExitFileBecomesReadableWhenTheHolderExits(t *testing.T) {
 
 func TestExitFileRefusesWhatItCannotIdentify(t *testing.T) {
 	_, o := holder(t)
-	for name, other := range map[string]Owner{
-		"the pid now names another process": {Term: 1, PID: o.PID, Start: o.Start + 1, PIDNS: o.PIDNS},
-		"another pid namespace":             {Term: 1, PID: o.PID, Start: o.Start, PIDNS: o.PIDNS + 1},
-		"a record without identity":         {Term: 1, PID: o.PID},
-		"this process":                      self(),
-	} {
+	for name, other := range unidentifiable(o, false) {
 		f, err := ExitFile(other)
 		require.Error(t, err, name)
 		require.Nil(t, f, name)
