@@ -90,11 +90,7 @@ func floorServerMain(args []string) {
 			mu.Unlock()
 			t0 := mono()
 			for i := range req.N {
-				if req.Interval > 0 {
-					if wait := time.Duration(t0 + int64(i)*int64(req.Interval)*1000 - mono()); wait > 0 {
-						time.Sleep(wait)
-					}
-				}
+				pace(t0, i, req.Interval)
 				msg := stamped(req.Size)
 				for _, c := range to {
 					if _, err := c.Write(msg); err != nil {
@@ -290,4 +286,15 @@ func lockHolderMain(args []string) {
 		os.Exit(1)
 	}
 	serveAgent(func(req request) response { return response{Err: "unknown op " + req.Op} })
+}
+
+// pace sleeps until the i-th of a series of messages started at t0 (mono) is due, one
+// every intervalUs microseconds; with no interval it returns at once.
+func pace(t0 int64, i, intervalUs int) {
+	if intervalUs <= 0 {
+		return
+	}
+	if wait := time.Duration(t0 + int64(i)*int64(intervalUs)*1000 - mono()); wait > 0 {
+		time.Sleep(wait)
+	}
 }

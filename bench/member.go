@@ -196,11 +196,7 @@ func publish(c *cluster.Client, req request) response {
 	ctx := context.Background()
 	t0 := mono()
 	for i := range req.N {
-		if req.Interval > 0 {
-			if wait := time.Duration(t0 + int64(i)*int64(req.Interval)*1000 - mono()); wait > 0 {
-				time.Sleep(wait)
-			}
-		}
+		pace(t0, i, req.Interval)
 		if err := c.Publish(ctx, req.Topic, cluster.Message{Data: stamped(req.Size)}); err != nil {
 			return response{Err: err.Error()}
 		}

@@ -105,11 +105,7 @@ func scaleServerMain(args []string) {
 			mu.Unlock()
 			t0 := mono()
 			for i := range req.N {
-				if req.Interval > 0 {
-					if wait := time.Duration(t0 + int64(i)*int64(req.Interval)*1000 - mono()); wait > 0 {
-						time.Sleep(wait)
-					}
-				}
+				pace(t0, i, req.Interval)
 				msg := stamped(floorMsg)
 				for _, c := range to {
 					_, _ = c.Write(msg) // a client gone is not the server's failure
