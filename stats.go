@@ -121,7 +121,9 @@ type Stats struct {
 	// Leaders lost (connection ended or handed over).
 	Reconnects, Failovers uint64
 	// LastFailover is the time from losing the last Leader to being served again (as
-	// Leader or Follower of the next one).
+	// Leader or Follower of the next one, with its subscriptions and registrations
+	// restored). It is recorded once they are, which may be shortly after Role
+	// reports the new role.
 	LastFailover time.Duration
 	// Dropped counts messages this member dropped instead of delivering: a local
 	// subscriber fell behind, a shared message arrived after its last subscriber left,

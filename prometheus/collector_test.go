@@ -257,7 +257,11 @@ func TestScrapeAfterFailover(t *testing.T) {
 	l, f := pair(t)
 	term := l.Stats().Term
 	require.NoError(t, l.Close())
-	require.Eventually(t, func() bool { return f.Role().Role == cluster.RoleLeader }, 10*time.Second, time.Millisecond)
+	// Role turns to Leader before the member has resubscribed and replayed; the
+	// failover's time is recorded once it has.
+	require.Eventually(t, func() bool {
+		return f.Role().Role == cluster.RoleLeader && f.Stats().LastFailover > 0
+	}, 10*time.Second, time.Millisecond)
 	fm := scrape(t, f)
 	require.Equal(t, 1.0, value(t, fm, "cluster_leader"))
 	require.Equal(t, 1.0, value(t, fm, "cluster_info", "role", "leader", "transport", "unix"))
