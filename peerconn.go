@@ -77,14 +77,15 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	}
 	// reader: this goroutine still reads the connection. A batch run inline that
 	// blocks hands reading to another goroutine (ipc.Conn.Inline); this one then
-	// finishes the frame as a worker would, and must not run Inline again.
+	// finishes the frame as a worker would, and must not run Inline again nor touch
+	// the requests held, which are the new reader's.
 	reader := true
 	if f.Kind != frame.KindInvoke {
-		reader = pc.flush(reader) // the requests read before this frame go first
+		reader = pc.flush() // the requests read before this frame go first
 	}
 	reader = pc.handleFrame(conn, f, files, reader)
-	if !reader || !conn.Buffered() {
-		pc.flush(reader) // the read's last frame: the invoke requests held make a batch
+	if reader && !conn.Buffered() {
+		pc.flush() // the read's last frame: the invoke requests held make a batch
 	}
 }
 
@@ -132,8 +133,8 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 	select {
 	case pc.sem <- struct{}{}:
 	default:
-		if pc.l.batch != nil {
-			reader = pc.flush(reader) // the requests held may be what fills sem
+		if pc.l.batch != nil && reader {
+			reader = pc.flush() // the requests held may be what fills sem
 		}
 		select {
 		case pc.sem <- struct{}{}:
@@ -160,7 +161,11 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 	}
 	j := job{f: f, files: files, name: pc.intern(f.Meta)}
 	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
-		pc.hold(j)
+		if reader {
+			pc.hold(j)
+		} else {
+			pc.submitAlone(j) // it waited for a place while reading moved on
+		}
 		return reader
 	}
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
@@ -469,20 +474,30 @@ func (pc *peerConn) finish(f frame.Frame, fds int) {
 	pc.l.calls.leave()
 }
 
-// hold keeps j, an invoke request for a BatchInvoker, for a batch, until the frames
-// read with it have been handled too (see handle and batch.go). Runs on the reader
-// goroutine.
-func (pc *peerConn) hold(j job) {
+// call makes j, an invoke request for a BatchInvoker, a Call; ok is false when it was
+// answered instead (see request).
+func (pc *peerConn) call(j job) (c *Call, ok bool) {
 	req, ok := pc.request(j.f, j.files)
 	if !ok {
 		pc.finish(j.f, len(j.files))
-		return
+		return nil, false
 	}
-	c := &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
+	c = &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
 	if j.f.Timeout > 0 {
 		c.deadline = time.Now().Add(msDuration(j.f.Timeout))
 		c.cc = withDeadline(pc.ctx, c.deadline)
 		c.ctx = c.cc
+	}
+	return c, true
+}
+
+// hold keeps j for a batch until the frames read with it have been handled too (see
+// handle and batch.go). Only the reader holds requests and flushes them, so that they
+// reach the batcher in the order they were read.
+func (pc *peerConn) hold(j job) {
+	c, ok := pc.call(j)
+	if !ok {
+		return
 	}
 	pc.heldMu.Lock()
 	ended := pc.heldEnded
@@ -495,26 +510,39 @@ func (pc *peerConn) hold(j job) {
 	}
 }
 
-// flush hands the requests held to the batcher, and runs the batch if none is
-// running: inline on the reader goroutine (reader), or on this goroutine if reading
-// has moved on. It returns whether this goroutine is still the reader.
-func (pc *peerConn) flush(reader bool) bool {
+// flush, on the reader goroutine, hands the requests held to the batcher and runs
+// the batch if none is running, inside ipc.Conn.Inline. It returns whether this
+// goroutine is still the reader.
+func (pc *peerConn) flush() (reader bool) {
 	pc.heldMu.Lock()
 	held := pc.held
 	pc.held = nil
 	pc.heldMu.Unlock()
-	if len(held) == 0 {
-		return reader
+	if len(held) == 0 || !pc.l.batch.submit(held) {
+		return true
 	}
-	b := pc.l.batch
-	if !b.submit(held) {
-		return reader
+	return pc.conn.Inline(takeoverAfter, pc.l.batch.run)
+}
+
+// submitAlone hands j to the batcher on a goroutine that handed reading on while j
+// waited for a place (Limits.MaxInflight), and runs the batch if none is running.
+// Requests read after j may reach the batcher before it: the one exception to the
+// order in which a Follower's requests reach InvokeBatch.
+func (pc *peerConn) submitAlone(j job) {
+	c, ok := pc.call(j)
+	if !ok {
+		return
 	}
-	if !reader {
-		b.run()
-		return false
+	pc.heldMu.Lock()
+	ended := pc.heldEnded
+	pc.heldMu.Unlock()
+	if ended {
+		pc.drop(c)
+		return
 	}
-	return pc.conn.Inline(takeoverAfter, b.run)
+	if pc.l.batch.submit([]*Call{c}) {
+		pc.l.batch.run()
+	}
 }
 
 // endHeld drops the requests held when the connection ends: none will be read after.
