@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"slices"
 	"strconv"
@@ -19,7 +20,8 @@ import (
 )
 
 // batchService is a BatchInvoker. Its methods: "echo" answers the request; "seq"
-// records the request ("caller:n") in the order it reached the Service; "fail"
+// records the request ("caller:n") in the order it reached the Service; "slow" does
+// too, then takes a millisecond before it answers (the batch's later calls wait); "fail"
 // answers an error; "skip" is left unanswered; "panic" panics; "block" waits for
 // release (or for its caller's deadline). Its Invoke fails: every call, the Leader's
 // own too, must come in a batch.
@@ -63,6 +65,12 @@ func (s *batchService) InvokeBatch(ctx context.Context, calls []*cluster.Call) {
 			s.mu.Lock()
 			s.seq = append(s.seq, string(c.Req.Data))
 			s.mu.Unlock()
+			c.Return(cluster.Message{}, nil)
+		case "slow":
+			s.mu.Lock()
+			s.seq = append(s.seq, string(c.Req.Data))
+			s.mu.Unlock()
+			time.Sleep(time.Millisecond)
 			c.Return(cluster.Message{}, nil)
 		case "fail":
 			c.Return(cluster.Message{}, errors.New("no such key"))
@@ -364,4 +372,73 @@ func TestRequestsThatArriveTogetherAreOneBatch(t *testing.T) {
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
 	require.Equal(t, []int{5}, svc.sizes, "the five requests of one read, as batches")
+}
+
+// A Follower's requests reach InvokeBatch in the order it sent them, however the
+// Leader's reads cut them, even while batches run long enough for another goroutine to
+// take over reading the connection and requests wait for a place (Limits.MaxInflight).
+func TestAFollowersRequestsReachTheBatchesInOrder(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("a raw Follower here speaks over a Unix socket")
+	}
+	tc := newTestCluster(t)
+	svc := newBatchService()
+	joinBatch(t, tc, svc, 0, func(c *cluster.Config) { c.Limits.MaxInflight = 2 })
+	c := tc.rawConn()
+	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+	_, err := c.Write(hello(tc.name))
+	require.NoError(t, err)
+	w, err := frame.Read(c, frame.Limits{})
+	require.NoError(t, err)
+	require.Equal(t, frame.KindWelcome, w.Kind, "%s %s", w.Meta, w.Body)
+
+	const n = 2000
+	answered := make(chan error, 1)
+	go func() {
+		for seen := 0; seen < n; {
+			f, err := frame.Read(c, frame.Limits{})
+			switch {
+			case err != nil:
+				answered <- err
+				return
+			case f.Kind == frame.KindResponse:
+				seen++
+			case f.Kind != frame.KindPing:
+				answered <- fmt.Errorf("%s frame: %s %s", f.Kind, f.Meta, f.Body)
+				return
+			}
+		}
+		answered <- nil
+	}()
+	// Writes of one to six frames: mostly quick invokes, some slow ones, some oneway
+	// requests (which are not batched: each makes the reader hand its held requests
+	// on first).
+	rng := rand.New(rand.NewPCG(1, 2))
+	for id := uint64(1); id <= n; {
+		var b []byte
+		for k := rng.IntN(6) + 1; k > 0 && id <= n; k-- {
+			switch r := rng.IntN(20); {
+			case r == 0:
+				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindOneway}, []byte("echo"), nil)
+			case r == 1:
+				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindInvoke, ID: id}, []byte("slow"), fmt.Append(nil, id))
+				id++
+			default:
+				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindInvoke, ID: id}, []byte("seq"), fmt.Append(nil, id))
+				id++
+			}
+		}
+		_, err := c.Write(b)
+		require.NoError(t, err)
+		if rng.IntN(4) == 0 {
+			time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+		}
+	}
+	require.NoError(t, <-answered, "every request is answered")
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	require.Len(t, svc.seq, n)
+	for i, s := range svc.seq {
+		require.Equal(t, strconv.Itoa(i+1), s, "the requests reached the Service in this order: ... %v ...", svc.seq[max(i-3, 0):min(i+4, n)])
+	}
 }

@@ -68,7 +68,7 @@ type peerConn struct {
 
 // handle runs on the reader goroutine. Requests run there (a lone quick one, see
 // inlineBudget) or on the connection's workers (see dispatch); at most
-// maxInflightPerConn at once, after which reading this connection waits.
+// Limits.MaxInflight at once, after which reading this connection waits.
 // It owns files: only invoke, oneway and publish requests may pass them.
 func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	if pc.l.batch == nil {
@@ -78,7 +78,9 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	// reader: this goroutine still reads the connection. A batch run inline that
 	// blocks hands reading to another goroutine (ipc.Conn.Inline); this one then
 	// finishes the frame as a worker would, and must not run Inline again nor touch
-	// the requests held, which are the new reader's.
+	// what is the reader's (the requests held, the names). That happens only before a
+	// frame that is not an invoke request: the invoke requests, held and flushed by the
+	// reader alone, reach the batcher in the order they were read.
 	reader := true
 	if f.Kind != frame.KindInvoke {
 		reader = pc.flush() // the requests read before this frame go first
@@ -90,8 +92,8 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 }
 
 // handleFrame is handle for one frame; an invoke request for a BatchInvoker is held
-// (see hold). reader says whether this goroutine is the connection's reader; it
-// returns whether it still is.
+// (see hold). reader says whether this goroutine is the connection's reader (always so
+// for an invoke request); it returns whether it still is.
 func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File, reader bool) bool {
 	switch f.Kind {
 	case frame.KindInvoke, frame.KindOneway, frame.KindPublish:
@@ -134,7 +136,10 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 	case pc.sem <- struct{}{}:
 	default:
 		if pc.l.batch != nil && reader {
-			reader = pc.flush() // the requests held may be what fills sem
+			// The requests held may be what fills sem. Reading waits for a place
+			// anyway: their batch runs on another goroutine and this one stays the
+			// reader, so that no later request can pass this one.
+			pc.flushAside()
 		}
 		select {
 		case pc.sem <- struct{}{}:
@@ -159,13 +164,14 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 		}
 		return reader
 	}
-	j := job{f: f, files: files, name: pc.intern(f.Meta)}
+	j := job{f: f, files: files}
+	if reader {
+		j.name = pc.intern(f.Meta)
+	} else {
+		j.name = string(f.Meta)
+	}
 	if f.Kind == frame.KindInvoke && pc.l.batch != nil {
-		if reader {
-			pc.hold(j)
-		} else {
-			pc.submitAlone(j) // it waited for a place while reading moved on
-		}
+		pc.hold(j)
 		return reader
 	}
 	if conn.Buffered() || time.Duration(pc.execAvg.Load()) > inlineBudget || time.Now().UnixNano() < pc.slowUntil.Load() {
@@ -225,7 +231,8 @@ const (
 
 // dispatch hands j to an idle worker, or starts one: a request never waits for another
 // to finish (the Service may block), and a connection that keeps sending costs no
-// goroutine per request. Runs on the reader goroutine.
+// goroutine per request. Runs on the reader goroutine, or on one that handed reading
+// on (see handle).
 func (pc *peerConn) dispatch(j job) {
 	select {
 	case pc.work <- j:
@@ -474,30 +481,21 @@ func (pc *peerConn) finish(f frame.Frame, fds int) {
 	pc.l.calls.leave()
 }
 
-// call makes j, an invoke request for a BatchInvoker, a Call; ok is false when it was
-// answered instead (see request).
-func (pc *peerConn) call(j job) (c *Call, ok bool) {
+// hold keeps j, an invoke request for a BatchInvoker, for a batch, until the frames
+// read with it have been handled too (see handle and batch.go). Only the reader holds
+// requests and flushes them, so that they reach the batcher in the order they were
+// read.
+func (pc *peerConn) hold(j job) {
 	req, ok := pc.request(j.f, j.files)
 	if !ok {
 		pc.finish(j.f, len(j.files))
-		return nil, false
+		return
 	}
-	c = &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
+	c := &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
 	if j.f.Timeout > 0 {
 		c.deadline = time.Now().Add(msDuration(j.f.Timeout))
 		c.cc = withDeadline(pc.ctx, c.deadline)
 		c.ctx = c.cc
-	}
-	return c, true
-}
-
-// hold keeps j for a batch until the frames read with it have been handled too (see
-// handle and batch.go). Only the reader holds requests and flushes them, so that they
-// reach the batcher in the order they were read.
-func (pc *peerConn) hold(j job) {
-	c, ok := pc.call(j)
-	if !ok {
-		return
 	}
 	pc.heldMu.Lock()
 	ended := pc.heldEnded
@@ -514,35 +512,28 @@ func (pc *peerConn) hold(j job) {
 // the batch if none is running, inside ipc.Conn.Inline. It returns whether this
 // goroutine is still the reader.
 func (pc *peerConn) flush() (reader bool) {
-	pc.heldMu.Lock()
-	held := pc.held
-	pc.held = nil
-	pc.heldMu.Unlock()
-	if len(held) == 0 || !pc.l.batch.submit(held) {
+	if !pc.submitHeld() {
 		return true
 	}
 	return pc.conn.Inline(takeoverAfter, pc.l.batch.run)
 }
 
-// submitAlone hands j to the batcher on a goroutine that handed reading on while j
-// waited for a place (Limits.MaxInflight), and runs the batch if none is running.
-// Requests read after j may reach the batcher before it: the one exception to the
-// order in which a Follower's requests reach InvokeBatch.
-func (pc *peerConn) submitAlone(j job) {
-	c, ok := pc.call(j)
-	if !ok {
-		return
+// flushAside is flush for a reader that is about to wait: the batch, if this reader
+// must run it, runs on a new goroutine.
+func (pc *peerConn) flushAside() {
+	if pc.submitHeld() {
+		go pc.l.batch.run()
 	}
+}
+
+// submitHeld hands the requests held to the batcher, and reports whether the caller
+// must run the batch (see batcher.submit).
+func (pc *peerConn) submitHeld() (run bool) {
 	pc.heldMu.Lock()
-	ended := pc.heldEnded
+	held := pc.held
+	pc.held = nil
 	pc.heldMu.Unlock()
-	if ended {
-		pc.drop(c)
-		return
-	}
-	if pc.l.batch.submit([]*Call{c}) {
-		pc.l.batch.run()
-	}
+	return len(held) > 0 && pc.l.batch.submit(held)
 }
 
 // endHeld drops the requests held when the connection ends: none will be read after.

@@ -54,11 +54,10 @@ type Withdrawer interface {
 // each. The goroutine that finds no batch running runs the batch and writes every
 // reply itself.
 //
-// Batches run one at a time, in the order their calls arrived, and a Follower's
-// requests reach InvokeBatch in the order the Follower sent them, with one exception:
-// a request that waited at the Leader for a place (Limits.MaxInflight) while a batch
-// ran longer than a fraction of a millisecond may follow requests sent after it. A
-// call made after another was answered always follows it. A batch that runs longer
+// Batches start one after another, in the order their calls arrived, and a Follower's
+// requests reach InvokeBatch in the order the Follower sent them (so a call made after
+// another's answer came back follows it; one made after another timed out at the
+// caller may not, as that one may still be on its way). A batch that runs longer
 // than a millisecond no longer holds up the calls that arrive meanwhile: they
 // start the next batch beside it, so InvokeBatch may then run concurrently with itself.
 // Invoke is still called, concurrently with InvokeBatch, for InvokeOneway calls. When
