@@ -412,14 +412,14 @@ func TestAFollowersRequestsReachTheBatchesInOrder(t *testing.T) {
 	}()
 	// Writes of one to six frames: mostly quick invokes, some slow ones, some oneway
 	// requests (which are not batched: each makes the reader hand its held requests
-	// on first).
+	// on first), each with a method name of its own (which the reader keeps a table of).
 	rng := rand.New(rand.NewPCG(1, 2))
 	for id := uint64(1); id <= n; {
 		var b []byte
 		for k := rng.IntN(6) + 1; k > 0 && id <= n; k-- {
 			switch r := rng.IntN(20); {
 			case r == 0:
-				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindOneway}, []byte("echo"), nil)
+				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindOneway}, fmt.Appendf(nil, "name %d", id), nil)
 			case r == 1:
 				b = frame.AppendFrame(b, frame.Header{Kind: frame.KindInvoke, ID: id}, []byte("slow"), fmt.Append(nil, id))
 				id++
