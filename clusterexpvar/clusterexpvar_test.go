@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -33,6 +34,13 @@ func (echo) Subscribe(context.Context, string, func(cluster.Message)) (func(), e
 }
 func (echo) Publish(context.Context, string, cluster.Message) error { return nil }
 func (echo) Close() error                                           { return nil }
+
+// names counts the names unique has made.
+var names atomic.Int32
+
+// unique returns name with a suffix of its own: expvar's names are the process's for
+// good, and a test may run more than once in it (-count).
+func unique(name string) string { return fmt.Sprint(name, "_", names.Add(1)) }
 
 // join starts a member of a cluster in dir.
 func join(t testing.TB, dir string) *cluster.Client {
@@ -66,14 +74,15 @@ func TestPublishShowsStatsAtDebugVars(t *testing.T) {
 		_, err := f.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
 		require.NoError(t, err)
 	}
-	require.NoError(t, clusterexpvar.Publish("test_leader", l))
-	require.NoError(t, clusterexpvar.Publish("test_follower", f))
+	lname, fname := unique("test_leader"), unique("test_follower")
+	require.NoError(t, clusterexpvar.Publish(lname, l))
+	require.NoError(t, clusterexpvar.Publish(fname, f))
 
 	vars := getVars(t)
 	require.Contains(t, vars, "memstats", "expvar's own variables are still there")
 	var ls, fs cluster.Stats
-	require.NoError(t, json.Unmarshal(vars["test_leader"], &ls))
-	require.NoError(t, json.Unmarshal(vars["test_follower"], &fs))
+	require.NoError(t, json.Unmarshal(vars[lname], &ls))
+	require.NoError(t, json.Unmarshal(vars[fname], &fs))
 	require.Equal(t, cluster.RoleLeader, ls.Role)
 	require.Equal(t, cluster.RoleFollower, fs.Role)
 	require.NotZero(t, ls.Term)
@@ -85,25 +94,26 @@ func TestPublishShowsStatsAtDebugVars(t *testing.T) {
 	// The value is read at each request, not when it was published.
 	_, err := f.Invoke(ctx, "echo", cluster.Message{})
 	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(getVars(t)["test_follower"], &fs))
+	require.NoError(t, json.Unmarshal(getVars(t)[fname], &fs))
 	require.EqualValues(t, 4, fs.Ops["invoke"].Calls)
 
 	// The names are readable without a decoder of Stats, too.
 	var raw map[string]any
-	require.NoError(t, json.Unmarshal(vars["test_leader"], &raw))
+	require.NoError(t, json.Unmarshal(vars[lname], &raw))
 	require.Equal(t, "leader", raw["Role"])
 	require.Contains(t, raw, "Ops")
 
 	// A closed Client shows as closed.
 	require.NoError(t, f.Close())
-	require.NoError(t, json.Unmarshal(getVars(t)["test_follower"], &fs))
+	require.NoError(t, json.Unmarshal(getVars(t)[fname], &fs))
 	require.Equal(t, cluster.RoleClosed, fs.Role)
 }
 
 func TestPublishRefusesWhatExpvarWouldPanicOn(t *testing.T) {
 	c := join(t, t.TempDir())
-	require.NoError(t, clusterexpvar.Publish("test_twice", c))
-	require.ErrorIs(t, clusterexpvar.Publish("test_twice", c), clusterexpvar.ErrNameInUse)
+	twice := unique("test_twice")
+	require.NoError(t, clusterexpvar.Publish(twice, c))
+	require.ErrorIs(t, clusterexpvar.Publish(twice, c), clusterexpvar.ErrNameInUse)
 	require.ErrorIs(t, clusterexpvar.Publish("memstats", c), clusterexpvar.ErrNameInUse, "expvar's own name")
 	require.ErrorIs(t, clusterexpvar.Publish("test_nil", nil), cluster.ErrConfig)
 	require.ErrorIs(t, clusterexpvar.Publish("", c), cluster.ErrConfig)

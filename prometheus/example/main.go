@@ -38,10 +38,11 @@ import (
 type options struct {
 	name, dir, addr string
 	every           time.Duration
+	varName         string // the expvar name of the Stats, "cluster"
 }
 
 func main() {
-	var o options
+	o := options{varName: "cluster"}
 	flag.StringVar(&o.name, "name", "metrics-example", "the cluster's name")
 	flag.StringVar(&o.dir, "dir", "", "the cluster's directory (default: the library's)")
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:0", "where to serve /metrics and /debug/vars (port 0: any free one)")
@@ -70,7 +71,7 @@ func run(ctx context.Context, o options, ready func(*cluster.Client, net.Addr)) 
 	defer c.Close()
 
 	// expvar: one call; http.DefaultServeMux serves it too, expvar.Handler anywhere.
-	if err := clusterexpvar.Publish("cluster", c); err != nil {
+	if err := clusterexpvar.Publish(o.varName, c); err != nil {
 		return err
 	}
 	// Prometheus: the Collector, beside the Go runtime's and the process's metrics.
