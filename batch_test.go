@@ -442,3 +442,62 @@ func TestAFollowersRequestsReachTheBatchesInOrder(t *testing.T) {
 		require.Equal(t, strconv.Itoa(i+1), s, "the requests reached the Service in this order: ... %v ...", svc.seq[max(i-3, 0):min(i+4, n)])
 	}
 }
+
+// plainService is batchService without InvokeBatch: its calls come one by one.
+type plainService struct{ *batchService }
+
+func (s plainService) Invoke(ctx context.Context, method string, req cluster.Message) (cluster.Message, error) {
+	c := cluster.NewCall(ctx, method, req)
+	s.InvokeBatch(ctx, []*cluster.Call{c})
+	return c.Result()
+}
+
+// A request whose caller's deadline passes while it waits at the Leader for a place
+// (Limits.MaxInflight) is answered as timed out and never reaches the Service, batched
+// or not: its caller has given up on it.
+func TestARequestThatWaitedPastItsDeadlineDoesNotRun(t *testing.T) {
+	for _, batched := range []bool{false, true} {
+		t.Run(fmt.Sprint("batched=", batched), func(t *testing.T) {
+			tc := newTestCluster(t)
+			svc := newBatchService()
+			var s cluster.Service = plainService{svc}
+			if batched {
+				s = svc
+			}
+			cfg := func(c *cluster.Config) {
+				c.NewService = func(context.Context) (cluster.Service, error) { return s, nil }
+				c.Limits.MaxInflight = 1
+			}
+			leader := tc.join(cfg)
+			require.Equal(t, cluster.RoleLeader, leader.Role().Role)
+			f := tc.join(cfg)
+			require.Equal(t, cluster.RoleFollower, f.Role().Role)
+
+			blocked := make(chan error, 1)
+			go func() {
+				_, err := f.Invoke(context.Background(), "block", cluster.Message{})
+				blocked <- err
+			}()
+			svc.waitBlocked(t, 1) // the connection's one place is taken
+			const timeout = 20 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			_, err := f.Invoke(ctx, "seq", cluster.Message{Data: []byte("late")})
+			require.ErrorIs(t, err, cluster.ErrTimeout)
+			// The Leader counts the caller's time from when it read the request, which
+			// may be later than when it was sent: once it has read it, let the time the
+			// request carries pass there too, many times over.
+			sent := f.Stats().BytesOut
+			require.Eventually(t, func() bool { return leader.Stats().BytesIn >= sent }, waitTimeout, time.Millisecond)
+			time.Sleep(10 * timeout)
+			close(svc.release)
+			require.NoError(t, <-blocked)
+			// A call after it: the Leader has handled the late request by its answer.
+			_, err = f.Invoke(context.Background(), "seq", cluster.Message{Data: []byte("next")})
+			require.NoError(t, err)
+			svc.mu.Lock()
+			defer svc.mu.Unlock()
+			require.Equal(t, []string{"next"}, svc.seq, "the request whose caller gave up reached the Service")
+		})
+	}
+}

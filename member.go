@@ -39,11 +39,12 @@ func (c *Client) run(joinCtx context.Context) {
 			}
 			return
 		}
+		f, isFollower := b.(*follower)
+		if isFollower && followed {
+			c.stats.reconnects.Add(1) // counted when Role shows the new Leader
+		}
 		c.setEpoch(b, b.info())
-		if f, ok := b.(*follower); ok {
-			if followed {
-				c.stats.reconnects.Add(1)
-			}
+		if isFollower {
 			followed = true
 			// The connection's reader may be resting between calls: when the Leader dies
 			// or hands over, it reads at once, so the next election starts now.

@@ -132,9 +132,11 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 		}
 		return reader
 	}
+	var waited time.Time
 	select {
 	case pc.sem <- struct{}{}:
 	default:
+		waited = time.Now() // the caller's time runs while this request waits
 		if pc.l.batch != nil && reader {
 			// The requests held may be what fills sem. Reading waits for a place
 			// anyway: their batch runs on another goroutine and this one stays the
@@ -164,7 +166,7 @@ func (pc *peerConn) handleFrame(conn *ipc.Conn, f frame.Frame, files []*os.File,
 		}
 		return reader
 	}
-	j := job{f: f, files: files}
+	j := job{f: f, files: files, waited: waited}
 	if reader {
 		j.name = pc.intern(f.Meta)
 	} else {
@@ -201,9 +203,40 @@ func (pc *peerConn) timedExec(j job) {
 // job is one request for a worker: its frame, the files passed with it and its method
 // or topic name.
 type job struct {
-	f     frame.Frame
-	files []*os.File
-	name  string
+	f      frame.Frame
+	files  []*os.File
+	name   string
+	waited time.Time // when it began to wait for a place (Limits.MaxInflight), if it did
+}
+
+// deadline is when j's caller stops waiting for its answer, from the time the
+// request carries, counted from when the Leader had it in hand; ok is false if it
+// carries none.
+func (j job) deadline() (d time.Time, ok bool) {
+	if j.f.Timeout == 0 {
+		return time.Time{}, false
+	}
+	from := j.waited
+	if from.IsZero() {
+		from = time.Now()
+	}
+	return from.Add(msDuration(j.f.Timeout)), true
+}
+
+// expired reports whether j, an invoke or publish request, waited for a place past
+// its caller's deadline; it is then answered as timed out, without reaching the
+// Service (its caller has given up on it).
+func (pc *peerConn) expired(j job) bool {
+	if j.waited.IsZero() || (j.f.Kind != frame.KindInvoke && j.f.Kind != frame.KindPublish) {
+		return false
+	}
+	if d, ok := j.deadline(); !ok || time.Now().Before(d) {
+		return false
+	}
+	pc.reply(j.f.ID, errTimeout(requestOp(j.f.Kind), j.name))
+	closeFiles(j.files)
+	pc.finish(j.f, len(j.files))
+	return true
 }
 
 // A lone request (nothing more buffered behind it) runs on the connection's reader, with
@@ -413,11 +446,14 @@ func (pc *peerConn) forget(id uint64) {
 }
 
 func (pc *peerConn) exec(j job) {
+	if pc.expired(j) {
+		return
+	}
 	f, files := j.f, j.files
 	defer pc.finish(f, len(files))
 	ctx := pc.ctx
-	if f.Timeout > 0 {
-		cc := withDeadline(ctx, time.Now().Add(msDuration(f.Timeout)))
+	if d, ok := j.deadline(); ok {
+		cc := withDeadline(ctx, d)
 		defer cc.end()
 		ctx = cc
 	}
@@ -486,15 +522,18 @@ func (pc *peerConn) finish(f frame.Frame, fds int) {
 // requests and flushes them, so that they reach the batcher in the order they were
 // read.
 func (pc *peerConn) hold(j job) {
+	if pc.expired(j) {
+		return
+	}
 	req, ok := pc.request(j.f, j.files)
 	if !ok {
 		pc.finish(j.f, len(j.files))
 		return
 	}
 	c := &Call{Method: j.name, Req: req, ctx: pc.ctx, pc: pc, f: j.f, files: j.files}
-	if j.f.Timeout > 0 {
-		c.deadline = time.Now().Add(msDuration(j.f.Timeout))
-		c.cc = withDeadline(pc.ctx, c.deadline)
+	if d, ok := j.deadline(); ok {
+		c.deadline = d
+		c.cc = withDeadline(pc.ctx, d)
 		c.ctx = c.cc
 	}
 	pc.heldMu.Lock()
