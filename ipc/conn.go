@@ -81,8 +81,8 @@ type Options struct {
 	// nothing unasked, the window stretches to up to 5 ms, which spares the run a timer
 	// wake-up every 200 µs; the first frame the peer sends unasked shortens it again.
 	// On a Conn whose peer has never sent a frame unasked (pings aside), the window
-	// stretches to up to 50 ms; ReadNow ends it at once (when the peer is known to be
-	// leaving, say).
+	// stretches to up to 50 ms (5 ms after RestBriefly); ReadNow ends it at once (when
+	// the peer is known to be leaving, say).
 	// Inline must not be used on such a Conn.
 	CallerReads bool
 }

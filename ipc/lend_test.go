@@ -220,6 +220,31 @@ func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
 	}
 }
 
+// TestRestBrieflyKeepsTheReclaimShort: after RestBriefly, a run of calls on a Conn whose
+// peer never sends unasked stretches the reclaim's period to reclaimMax, no further.
+func TestRestBrieflyKeepsTheReclaimShort(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			c, _ := echoAndLender(t, tr, reclaimAfter, func(*Conn, frame.Frame) {})
+			c.RestBriefly()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			// Calls until the period reached its cap, then for several of the longer
+			// periods: the reclaim fires and doubles the period as often as it can.
+			for c.reclaimWait.Load() < int64(reclaimMax) {
+				require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+			}
+			for end := time.Now().Add(4 * reclaimQuietMax); time.Now().Before(end); {
+				_, err := invoke(ctx, c, []byte("a"), nil)
+				require.NoError(t, err)
+				require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimMax))
+			}
+		})
+	}
+}
+
 // restingClient returns a CallerReads Conn whose free role is reclaimed only after an
 // hour, its peer p driven by hand (b, its socket), and call, which makes one call and
 // reports on done. One call has been made: answered through the reader goroutine, which

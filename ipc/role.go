@@ -407,6 +407,13 @@ func (c *Conn) ReadNow() {
 	}
 }
 
+// RestBriefly keeps the rest of a Conn with Options.CallerReads (the time its reading
+// role may stay free between calls) within reclaimMax (5 ms), as if the peer had sent
+// frames unasked, instead of reclaimQuietMax (50 ms): for a caller that cannot learn by
+// other means that the peer is going (see ReadNow), so that the peer's last frames and
+// its end are read within about 5 ms when no call is made.
+func (c *Conn) RestBriefly() { c.unasked.Store(true) }
+
 // leaveHook, when set (by tests), runs in leave between its look at readNow and
 // leaving the role free: the seam that lets a test call ReadNow at that moment.
 var leaveHook func(*Conn)
