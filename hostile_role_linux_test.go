@@ -88,8 +88,18 @@ type attackReport struct {
 	Closed   int            // connections the Leader closed after welcoming them
 	Answered int            // requests answered with a response
 	Codes    map[string]int // error frames received, by code
-	Errors   int            // dials or writes that failed
+	Errors   int            // dials, handshakes or writes that failed
 	Said     []string       // the first few distinct messages of those error frames
+	Failed   []string       // the first few distinct errors of those that failed
+}
+
+// failed records an error of a dial, a handshake or a write. Call it with a.mu held.
+func (r *attackReport) failed(where string, err error) {
+	r.Errors++
+	msg := where + ": " + err.Error()
+	if len(r.Failed) < 10 && !slices.Contains(r.Failed, msg) {
+		r.Failed = append(r.Failed, msg)
+	}
 }
 
 // heard records an error frame. Call it with a.mu held.
@@ -126,7 +136,7 @@ func (a *attacker) report() []byte {
 func (a *attacker) dial() (net.Conn, error) {
 	c, err := net.Dial("unix", a.sock)
 	if err != nil {
-		a.count(func(r *attackReport) { r.Errors++ })
+		a.count(func(r *attackReport) { r.failed("dial", err) })
 		return nil, err
 	}
 	a.mu.Lock()
@@ -152,7 +162,7 @@ func (a *attacker) handshake(c net.Conn, br *bufio.Reader) bool {
 	f, err := frame.Read(br, frame.Limits{})
 	switch {
 	case err != nil:
-		a.count(func(r *attackReport) { r.Errors++ })
+		a.count(func(r *attackReport) { r.failed("handshake", err) })
 		return false
 	case f.Kind == frame.KindError:
 		a.count(func(r *attackReport) { r.Refused++; r.heard(f) })
@@ -228,7 +238,7 @@ func (a *attacker) hold(mode string, stop chan struct{}) {
 			_, err = c.Write(b)
 		}
 		if err != nil {
-			a.count(func(r *attackReport) { r.Errors++ })
+			a.count(func(r *attackReport) { r.failed("write", err) })
 		}
 	}
 	a.readAll(br)
@@ -257,7 +267,7 @@ func (a *attacker) flood(mode string, n int, stop chan struct{}) {
 			fr = frame.AppendFrame(nil, frame.Header{Kind: frame.KindRegister, ID: uint64(i)}, []byte("workers"), frame.AppendRegister(nil, uint64(i), topic))
 		}
 		if _, err := w.Write(fr); err != nil {
-			a.count(func(r *attackReport) { r.Errors++ })
+			a.count(func(r *attackReport) { r.failed("write", err) })
 			return
 		}
 	}
