@@ -18,7 +18,9 @@ import (
 
 // Limits bound what a peer can make the Leader hold, so that a buggy Follower, or a
 // process of another uid admitted by AllowUIDs or AllowGIDs, cannot starve the others.
-// A zero field means its default (see DefaultLimits); a negative one means no limit.
+// A zero field means its default (see DefaultLimits); a negative one means no limit,
+// except for HandshakeTimeout and MaxNameLen, which are always bounded: a negative one
+// means the default.
 //
 // A peer over a limit gets an error frame that names the limit (code "limit"; on a
 // member, an error matching ErrLimit): a request over a per-connection limit is refused
