@@ -132,12 +132,13 @@ type Stats struct {
 	Dropped uint64
 	// Refused counts, by kind, the peers and requests this member refused, and the
 	// peers' failures it noted, while it led: a Limits field name ("MaxConnsPerUID",
-	// "MaxSubscriptions", "FrameTimeout", ...), "unauthorized" (the peer policy),
-	// "handshake" (a failed handshake), "protocol" and "too-large" (a peer that broke
-	// the protocol), "connection" (a connection that failed otherwise), "undelivered"
-	// (a message too large for a Follower's MaxBody), "oneway" (a oneway request that
-	// could not be read), "accept". Each kind is logged once, then summarised every
-	// 10 s. Nil when there were none.
+	// "MaxSubscriptions", "FrameTimeout", ...), "HeartbeatTimeout" (Config's: a peer
+	// that went silent), "unauthorized" (the peer policy), "handshake" (a failed
+	// handshake), "protocol" and "too-large" (a peer that broke the protocol),
+	// "connection" (a connection that failed otherwise), "undelivered" (a message too
+	// large for a Follower's MaxBody), "oneway" (a oneway request that could not be
+	// read), "accept" (the Leader's accept failed). Each kind is logged once, then
+	// summarised every 10 s. Nil when there were none.
 	Refused map[string]uint64
 	// BytesIn and BytesOut count the bytes this member read from and wrote to its
 	// connections: a Follower's to its Leaders, a Leader's to its Followers.

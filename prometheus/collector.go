@@ -70,7 +70,7 @@ func NewCollector(c *cluster.Client) *Collector {
 		lastFailover: desc("last_failover_seconds", "Time from losing the last Leader to being served again, as Leader or Follower of the next one; 0 before the first failover."),
 		dropped:      desc("dropped_messages_total", "Messages this member dropped instead of delivering them: a subscriber fell behind, or a message was too large or could not be decoded."),
 		panics:       desc("panics_total", "Panics recovered in this member's application code: its Service while it led, its subscription callbacks, OnRoleChange."),
-		refused:      desc("refused_total", "Peers and requests this member refused while it led, by kind: a Limits field, unauthorized, handshake, protocol or too-large.", "kind"),
+		refused:      desc("refused_total", "Peers and requests this member refused, and peers' failures it noted, while it led, by kind: a Limits field, HeartbeatTimeout, unauthorized, handshake, protocol, too-large, connection, undelivered, oneway or accept.", "kind"),
 		readBytes:    desc("read_bytes_total", "Bytes this member read from its connections: a Follower's from its Leaders, a Leader's from its Followers."),
 		writtenBytes: desc("written_bytes_total", "Bytes this member wrote to its connections: a Follower's to its Leaders, a Leader's to its Followers."),
 	}
