@@ -28,9 +28,10 @@ var (
 	// ErrProtocol: a peer broke the wire protocol.
 	ErrProtocol = frame.ErrProtocol
 	// ErrUnauthorized: this member is not let in: the Leader refused it (peer
-	// credentials, token or cluster name), or the filesystem did (the Leader's socket or
-	// the lock file is not accessible to this uid or its groups). The error names the
-	// Config setting to change (AllowUIDs, AllowGIDs, SocketMode).
+	// credentials or token), or the filesystem did (the Leader's socket or the lock
+	// file is not accessible to this uid or its groups). The error names the Config
+	// setting to change (AllowUIDs, AllowGIDs, SocketMode). A Leader of another cluster
+	// name is ErrProtocol.
 	ErrUnauthorized = errors.New("cluster: not authorized")
 	// ErrNoLeader: no Leader could be reached before the context ended. The error says
 	// what was found (who holds the lock, whether the socket exists or refuses).
