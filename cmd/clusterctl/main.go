@@ -8,10 +8,13 @@
 //	clusterctl watch -name NAME [-dir DIR] [-json]    role changes and Followers, live
 //
 // Every command also takes -transport (auto, unix or tcp), -port, -allow-uid and
-// -allow-gid (as the members' Config), and -timeout. The exit status is 0 when a Leader
-// answered (list: always, unless DIR cannot be read), 1 when none did (the message says
-// what was found: a free lock, a lock held by a process whose socket does not answer, no
-// lock file), and 2 on a usage error. docs/operating.md describes the JSON output.
+// -allow-gid (as the members' Config), and -timeout (status and list: how long to wait
+// for a Leader's answer; watch runs until it is interrupted). The exit status is 0 when a
+// Leader answered (list: always, unless DIR cannot be read; watch: when interrupted), 1
+// when none did (the message says what was found: a free lock, a lock held by a process
+// whose socket does not answer, no lock file; watch: when a Leader refuses this uid), and
+// 2 on a usage error or a Config the library refuses (cluster.ErrConfig).
+// docs/operating.md describes the JSON output.
 package main
 
 import (
