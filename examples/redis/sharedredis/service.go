@@ -57,8 +57,8 @@ var ErrClosed = errors.New("sharedredis: service closed")
 // a fixed, recognisable set of connections from the Leader:
 //
 //   - PoolSize 0 means 1: one command connection, on which the commands that arrive
-//     together, from any members, are sent as one pipeline (InvokeBatch; the cluster
-//     runs one batch at a time, so each caller's commands keep their order);
+//     together, from any members, are sent as one pipeline (InvokeBatch; see
+//     cluster.BatchInvoker for the order in which batches start);
 //   - PipelinePoolSize 0 means -1: no separate pool of pipeline connections;
 //   - ClientName "" means "cluster-leader-<pid>", visible in CLIENT LIST.
 //
