@@ -342,19 +342,13 @@ func TestRequestsThatArriveTogetherAreOneBatch(t *testing.T) {
 	tc := newTestCluster(t)
 	svc := newBatchService()
 	joinBatch(t, tc, svc, 0, nil)
-	c := tc.rawConn()
-	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
-	_, err := c.Write(hello(tc.name))
-	require.NoError(t, err)
-	w, err := frame.Read(c, frame.Limits{})
-	require.NoError(t, err)
-	require.Equal(t, frame.KindWelcome, w.Kind, "%s %s", w.Meta, w.Body)
+	c := tc.welcomedRawConn()
 
 	var reqs []byte
 	for i := uint64(1); i <= 5; i++ {
 		reqs = frame.AppendFrame(reqs, frame.Header{Kind: frame.KindInvoke, ID: i}, []byte("echo"), []byte(fmt.Sprint("req ", i)))
 	}
-	_, err = c.Write(reqs) // one write: one read on the Leader
+	_, err := c.Write(reqs) // one write: one read on the Leader
 	require.NoError(t, err)
 	answers := map[uint64]string{}
 	for len(answers) < 5 {
@@ -384,13 +378,7 @@ func TestAFollowersRequestsReachTheBatchesInOrder(t *testing.T) {
 	tc := newTestCluster(t)
 	svc := newBatchService()
 	joinBatch(t, tc, svc, 0, func(c *cluster.Config) { c.Limits.MaxInflight = 2 })
-	c := tc.rawConn()
-	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
-	_, err := c.Write(hello(tc.name))
-	require.NoError(t, err)
-	w, err := frame.Read(c, frame.Limits{})
-	require.NoError(t, err)
-	require.Equal(t, frame.KindWelcome, w.Kind, "%s %s", w.Meta, w.Body)
+	c := tc.welcomedRawConn()
 
 	const n = 2000
 	answered := make(chan error, 1)

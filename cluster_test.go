@@ -340,6 +340,20 @@ func (tc *testCluster) rawConn() net.Conn {
 	return c
 }
 
+// welcomedRawConn is rawConn after a Follower's handshake, with a deadline of
+// waitTimeout for all that follows.
+func (tc *testCluster) welcomedRawConn() net.Conn {
+	tc.t.Helper()
+	c := tc.rawConn()
+	require.NoError(tc.t, c.SetDeadline(time.Now().Add(waitTimeout)))
+	_, err := c.Write(hello(tc.name))
+	require.NoError(tc.t, err)
+	w, err := frame.Read(c, frame.Limits{})
+	require.NoError(tc.t, err)
+	require.Equal(tc.t, frame.KindWelcome, w.Kind, "%s %s", w.Meta, w.Body)
+	return c
+}
+
 func hello(name string) []byte {
 	h := frame.Hello{MinVersion: frame.Version, MaxVersion: frame.Version, PID: 1, MaxBody: 1 << 20, Name: name}
 	return frame.AppendFrame(nil, frame.Header{Kind: frame.KindHello}, nil, h.Append(nil))
