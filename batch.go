@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,8 +22,9 @@ import (
 // the calls of one batch, not every call after it.
 
 // batchStall is how long a batch runs before the calls that arrive after it no longer
-// wait for it.
-const batchStall = time.Millisecond
+// wait for it. A variable for tests (export_test.go), which set it while no cluster
+// runs.
+var batchStall = time.Millisecond
 
 // errUnanswered fails a call that InvokeBatch returned without answering.
 var errUnanswered = errors.New("BatchInvoker.InvokeBatch returned without answering this call (Call.Return)")
@@ -38,6 +40,9 @@ type batcher struct {
 	running bool       // a runner is current: it will take pending
 	gen     uint64     // batches started; a runner whose batch is not the last was overtaken
 	stall   *time.Timer
+	// entered is the gen of the last batch that reached InvokeBatch: the stall timer
+	// overtakes no batch before it has, so that batches reach InvokeBatch in order.
+	entered atomic.Uint64
 	stopped bool // the term ended: no batch starts, calls are refused (see stop)
 }
 
@@ -81,9 +86,8 @@ func (b *batcher) run() {
 		b.pending, b.spare = b.spare, nil
 		b.gen++
 		g := b.gen
-		b.stall.Reset(batchStall)
 		b.mu.Unlock()
-		b.l.runBatch(b.bi, calls)
+		b.runBatch(calls, g)
 		clear(calls)
 		b.mu.Lock()
 		if b.spare == nil {
@@ -103,7 +107,9 @@ func (b *batcher) run() {
 // arrive later, no longer wait for it.
 func (b *batcher) stalled() {
 	b.mu.Lock()
-	if !b.running || b.stopped {
+	if !b.running || b.stopped || b.entered.Load() != b.gen {
+		// Nothing runs, or the current batch has not reached InvokeBatch (its runner
+		// was not scheduled since it took it): it arms the timer again when it does.
 		b.mu.Unlock()
 		return
 	}
@@ -141,8 +147,10 @@ func (l *leader) refuseBatched(calls []*Call) {
 	}
 }
 
-// runBatch runs calls as one batch and answers each.
-func (l *leader) runBatch(bi BatchInvoker, calls []*Call) {
+// runBatch runs calls, batch g, and answers each. The stall timer starts as the batch
+// reaches InvokeBatch.
+func (b *batcher) runBatch(calls []*Call, g uint64) {
+	l := b.l
 	ctx, latest := l.ctx, time.Time{}
 	for _, c := range calls {
 		if c.deadline.IsZero() {
@@ -158,7 +166,9 @@ func (l *leader) runBatch(bi BatchInvoker, calls []*Call) {
 		bc = withDeadline(l.ctx, latest)
 		ctx = bc
 	}
-	err := l.svc.invokeBatch(ctx, bi, calls)
+	b.entered.Store(g)
+	b.stall.Reset(batchStall)
+	err := l.svc.invokeBatch(ctx, b.bi, calls)
 	if bc != nil {
 		bc.end()
 	}

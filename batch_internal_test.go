@@ -115,3 +115,29 @@ func TestEndOfTermRefusesTheCallsPendingBehindABatch(t *testing.T) {
 	defer b.mu.Unlock()
 	require.False(t, b.running)
 }
+
+// The stall timer overtakes a batch only once it has reached InvokeBatch: a timer that
+// fires while the current runner has taken its batch but not yet run it (it was not
+// scheduled) starts no batch, which would reach InvokeBatch before it.
+func TestStallOvertakesOnlyABatchThatStarted(t *testing.T) {
+	b, p := newBatchProbe()
+	running(b)
+	b.mu.Lock()
+	b.gen++ // the current runner took a batch, not run yet
+	b.mu.Unlock()
+	later := localCall("later")
+	require.False(t, b.submit([]*Call{later}), "a runner is current")
+
+	b.stalled()
+	b.mu.Lock()
+	gen, pending := b.gen, len(b.pending)
+	b.mu.Unlock()
+	require.Equal(t, uint64(1), gen, "a batch that has not started was overtaken")
+	require.Equal(t, 1, pending)
+	require.Zero(t, p.batches)
+
+	b.entered.Store(1) // it reached InvokeBatch, and runs on
+	b.stalled()
+	answered(t, later)
+	require.Equal(t, 1, p.batches, "the call after a batch that stalls runs beside it")
+}

@@ -375,6 +375,9 @@ func TestAFollowersRequestsReachTheBatchesInOrder(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("a raw Follower here speaks over a Unix socket")
 	}
+	// No batch is overtaken (one that runs past batchStall may be, and then runs beside
+	// the next): the order in which the calls run is the order their batches started.
+	cluster.SetBatchStall(t, time.Hour)
 	tc := newTestCluster(t)
 	svc := newBatchService()
 	joinBatch(t, tc, svc, 0, func(c *cluster.Config) { c.Limits.MaxInflight = 2 })
