@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,10 +115,17 @@ func TestInProcessLeaderAndFollowers(t *testing.T) {
 		require.Equal(t, l.Role().Term, f1.Role().Term)
 		require.Equal(t, os.Getpid(), f2.Role().LeaderPID)
 		require.Eventually(t, func() bool { return l.Stats().Followers == 2 }, waitTimeout, time.Millisecond)
-		rolesMu.Lock()
-		require.NotEmpty(t, roles)
-		require.Equal(t, cluster.RoleLeader, roles[0].Role)
-		rolesMu.Unlock()
+		// OnRoleChange runs on a goroutine of its own, which may not have run yet.
+		var first cluster.RoleInfo
+		require.Eventually(t, func() bool {
+			rolesMu.Lock()
+			defer rolesMu.Unlock()
+			if len(roles) > 0 {
+				first = roles[0]
+			}
+			return len(roles) > 0
+		}, waitTimeout, time.Millisecond)
+		require.Equal(t, cluster.RoleLeader, first.Role)
 
 		ctx := context.Background()
 		for _, c := range []*cluster.Client{l, f1, f2} {
@@ -270,8 +278,9 @@ func TestSlowSubscriberDropsOldestAndStallsNobody(t *testing.T) {
 			return len(slow) == 5
 		}, waitTimeout, time.Millisecond)
 		slowMu.Lock()
-		require.Equal(t, []string{"warm", "96", "97", "98", "99"}, slow, "the slow subscriber keeps the newest messages")
+		got := slices.Clone(slow)
 		slowMu.Unlock()
+		require.Equal(t, []string{"warm", "96", "97", "98", "99"}, got, "the slow subscriber keeps the newest messages")
 		require.Equal(t, uint64(96), f.Stats().Dropped)
 	})
 }
@@ -310,8 +319,8 @@ func TestInProcessHandoverKeepsSubscriptions(t *testing.T) {
 		// Calls made during the handover wait for the next Leader.
 		_, err = f1.Invoke(ctx, "echo", cluster.Message{Data: []byte("x")})
 		require.NoError(t, err)
-		require.NoError(t, tc.upstream.WaitSubscribers(ctx, "t", 1))
-		tc.upstream.Push("t", []byte("after"))
+		tc.awaitNewSubscriber(t, "t", 2)
+		require.Equal(t, 1, tc.upstream.Push("t", []byte("after")))
 		require.Equal(t, "after", recv(t, got1))
 		require.Equal(t, "after", recv(t, got2))
 		var newLeader *cluster.Client

@@ -233,6 +233,18 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// awaitNewSubscriber waits until the upstream has one connection open, made after
+// at least made-1 others (the next Leader's), subscribed to topic. A dead or departed
+// Leader's connection, and its subscription, linger until the server reads its end:
+// a push to it would be lost.
+func (tc *testCluster) awaitNewSubscriber(t testing.TB, topic string, made int) {
+	t.Helper()
+	up := tc.upstream
+	require.Eventually(t, func() bool {
+		return up.TotalConns() >= made && up.Conns() == 1 && up.Subscribers(topic) == 1
+	}, waitTimeout, time.Millisecond, "the next Leader alone subscribed to %q upstream", topic)
+}
+
 // where is how error messages name the rendezvous point.
 func (tc *testCluster) where() string {
 	if tc.transport == "tcp" {

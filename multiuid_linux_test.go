@@ -100,6 +100,7 @@ func TestMultiUIDWithTheDocumentedConfig(t *testing.T) {
 	r = c.do(command{Op: "invoke", Name: "echo", Data: "from 1000"})
 	require.Empty(t, r.Err)
 	require.Equal(t, "from 1000", r.Data)
+	tc.awaitNewSubscriber(t, "cfg", 2)
 	require.Equal(t, 1, tc.upstream.Push("cfg", []byte("v2")))
 	b.waitMessage(sub.ID, "v2")
 	require.Equal(t, lockIno, inode(t, lockPath), "the lock file was replaced")

@@ -3,7 +3,6 @@
 package cluster_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -414,10 +413,7 @@ func TestNamespacesOneLeaderAcrossContainers(t *testing.T) {
 			newLeader, newTerm := awaitLeaderByTerm(t, rest, hosts, term)
 			require.NotEqual(t, hosts[leader], hosts[newLeader])
 
-			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-			defer cancel()
-			require.NoError(t, tc.upstream.WaitSubscribers(ctx, "news", 1))
-			require.Eventually(t, func() bool { return tc.upstream.Conns() == 1 }, waitTimeout, time.Millisecond)
+			tc.awaitNewSubscriber(t, "news", 2)
 			require.Equal(t, 1, tc.upstream.Push("news", []byte("after")))
 			for _, p := range rest {
 				p.waitMessage(subs[p], "after")

@@ -234,8 +234,7 @@ func TestProcessFailoverAfterSIGKILL(t *testing.T) {
 
 		// The subscription was re-established upstream on the new Leader's connection, and
 		// the dead Leader's connection is gone: still exactly one.
-		require.NoError(t, tc.upstream.WaitSubscribers(ctx, "news", 1))
-		require.Eventually(t, func() bool { return tc.upstream.Conns() == 1 }, waitTimeout, time.Millisecond)
+		tc.awaitNewSubscriber(t, "news", 2)
 		require.Equal(t, 1, tc.upstream.Push("news", []byte("after")))
 		for _, p := range rest {
 			p.waitMessage(subs[p], "after")
@@ -292,10 +291,9 @@ func TestProcessGracefulHandover(t *testing.T) {
 		require.Equal(t, "ok", r.Data)
 
 		awaitNewLeader(t, rest, lr.Term)
-		require.NoError(t, tc.upstream.WaitSubscribers(ctx, "t", 1))
-		tc.upstream.Push("t", []byte("x"))
+		tc.awaitNewSubscriber(t, "t", 2)
+		require.Equal(t, 1, tc.upstream.Push("t", []byte("x")))
 		rest[0].waitMessage(sub, "x")
-		require.Eventually(t, func() bool { return tc.upstream.Conns() == 1 }, waitTimeout, time.Millisecond)
 	})
 }
 
