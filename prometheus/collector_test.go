@@ -25,7 +25,10 @@ import (
 	clusterprom "github.com/cluster-client-go/cluster/prometheus"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	os.Unsetenv(cluster.TransportEnv) // the tests expect the default transport, Unix
+	goleak.VerifyTestMain(m)
+}
 
 // echo is a trivial Service: Invoke answers "fail" with an error and anything else with
 // what it was sent.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,7 +21,10 @@ import (
 	"github.com/cluster-client-go/cluster"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	os.Unsetenv(cluster.TransportEnv) // the tests expect the default transport, Unix
+	goleak.VerifyTestMain(m)
+}
 
 // get GETs url and returns the response, which the caller closes.
 func get(t *testing.T, url string) *http.Response {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/cluster-client-go/cluster"
 )
 
 // RequireEnv, when set to any non-empty value, turns a missing redis-server into a
@@ -316,6 +318,9 @@ const leakGrace = 5 * time.Second
 // leakGrace after they ended (goleak.Find), like goleak.VerifyTestMain but with that
 // grace.
 func VerifyTestMain(m *testing.M) {
+	// The packages' clusters share a name (and over TCP its default port), and run at
+	// once: they keep to the default transport, Unix, whatever the environment says.
+	os.Unsetenv(cluster.TransportEnv)
 	code := m.Run()
 	if code == 0 {
 		deadline := time.Now().Add(leakGrace)
