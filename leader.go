@@ -381,8 +381,8 @@ func (l *leader) serveFollower(nc net.Conn, peer ipc.PeerCred, hello frame.Hello
 		conn.Close()
 		return
 	}
+	l.c.stats.followers.Add(1) // counted before its first request can be answered
 	conn.Start()
-	l.c.stats.followers.Add(1)
 	l.event(Event{Type: "follower-joined", Follower: &joined})
 
 	<-conn.Done()
