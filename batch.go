@@ -13,13 +13,15 @@ import (
 // A connection's reader holds the invoke requests of one read (while more frames are
 // buffered, see peerConn.hold) and hands them to the term's batcher together. If no
 // batch is running, the reader runs it on the spot (inside ipc.Conn.Inline, so that
-// another goroutine takes over reading the connection if it blocks), writes every
-// reply, and goes on with the batches of the requests that arrived meanwhile, from any
-// connection, until none is left (or for batchStall at most). Otherwise the requests
-// wait in pending for the running batch to end. The Leader's own calls join batches
-// the same way, on the calling goroutine. A batch that runs past batchStall is overtaken: the stall
-// timer hands what is pending to a new runner, so that a Service that blocks holds up
-// the calls of one batch, not every call after it.
+// another goroutine takes over reading the connection if it blocks; or on a new
+// goroutine when the reader must wait for a place, see peerConn.flushAside), writes
+// every reply, and goes on with the batches of the requests that arrived meanwhile,
+// from any connection, until none is left (or for batchStall at most). Otherwise the
+// requests wait in pending for the running batch to end. The Leader's own calls join
+// batches the same way, on the calling goroutine. A batch that has been in InvokeBatch
+// for batchStall is overtaken: the stall timer hands what is pending to a new runner,
+// so that a Service that blocks holds up the calls of one batch, not every call after
+// it.
 
 // batchStall is how long a batch runs before the calls that arrive after it no longer
 // wait for it. A variable for tests (export_test.go), which set it while no cluster
@@ -40,8 +42,9 @@ type batcher struct {
 	running bool       // a runner is current: it will take pending
 	gen     uint64     // batches started; a runner whose batch is not the last was overtaken
 	stall   *time.Timer
-	// entered is the gen of the last batch that reached InvokeBatch: the stall timer
-	// overtakes no batch before it has, so that batches reach InvokeBatch in order.
+	// entered is the gen of the batch in InvokeBatch, 0 when none is: the stall timer
+	// overtakes only that batch (not one that has not reached InvokeBatch, so that
+	// batches reach it in order, nor one that has returned, whose runner goes on).
 	entered atomic.Uint64
 	stopped bool // the term ended: no batch starts, calls are refused (see stop)
 }
@@ -169,6 +172,7 @@ func (b *batcher) runBatch(calls []*Call, g uint64) {
 	b.entered.Store(g)
 	b.stall.Reset(batchStall)
 	err := l.svc.invokeBatch(ctx, b.bi, calls)
+	b.entered.CompareAndSwap(g, 0) // out of InvokeBatch: nothing for the stall timer to overtake
 	if bc != nil {
 		bc.end()
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,4 +141,87 @@ func TestStallOvertakesOnlyABatchThatStarted(t *testing.T) {
 	b.stalled()
 	answered(t, later)
 	require.Equal(t, 1, p.batches, "the call after a batch that stalls runs beside it")
+}
+
+// gateProbe counts the batches inside InvokeBatch at once; a batch whose first call is
+// "blocks" waits there until the test ends.
+type gateProbe struct {
+	release      chan struct{}
+	inside, most atomic.Int32
+}
+
+func (p *gateProbe) InvokeBatch(_ context.Context, calls []*Call) {
+	n := p.inside.Add(1)
+	for m := p.most.Load(); n > m && !p.most.CompareAndSwap(m, n); m = p.most.Load() {
+	}
+	if calls[0].Method == "blocks" {
+		<-p.release
+	}
+	p.inside.Add(-1)
+	for _, c := range calls {
+		c.Return(Message{Data: []byte(c.Method)}, nil)
+	}
+}
+
+// newGate returns a batcher whose Service is a gateProbe and whose stall timer never
+// fires on its own, after a first batch that ran and returned.
+func newGate(t *testing.T) (*batcher, *gateProbe) {
+	SetBatchStall(t, time.Hour)
+	l := &leader{ctx: context.Background(), svc: service{c: &Client{}}}
+	p := &gateProbe{release: make(chan struct{})}
+	l.batch = newBatcher(l, p)
+	t.Cleanup(func() { // before SetBatchStall's: the runners are done with batchStall
+		close(p.release)
+		require.Eventually(t, func() bool {
+			l.batch.mu.Lock()
+			defer l.batch.mu.Unlock()
+			return !l.batch.running
+		}, time.Minute, time.Millisecond)
+	})
+	first := localCall("first")
+	require.True(t, l.batch.submit([]*Call{first}))
+	l.batch.run()
+	answered(t, first)
+	return l.batch, p
+}
+
+// oneRunner checks, after giving a wrongly started second runner time to show, that
+// one batch at a time was in InvokeBatch (none has run for batchStall) and that a
+// runner is still current.
+func oneRunner(t *testing.T, b *batcher, p *gateProbe) {
+	t.Helper()
+	time.Sleep(200 * time.Millisecond)
+	require.LessOrEqual(t, p.most.Load(), int32(1), "batches ran beside one another before any stalled")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.True(t, b.running, "no runner is current while a batch runs")
+}
+
+// A stall timer armed by a batch that has returned overtakes nothing: its runner
+// goes on. Here it fires while that runner, having run batches for batchStall, hands
+// the rest to a new goroutine not scheduled yet.
+func TestAStallOfAReturnedBatchOvertakesNothing(t *testing.T) {
+	b, p := newGate(t)
+	running(b) // the first batch's runner handed on (go b.run())
+	b.submit([]*Call{localCall("blocks")})
+	go b.stalled() // the first batch's timer
+	time.Sleep(50 * time.Millisecond) // for a wrong overtake to start its runner
+	b.submit([]*Call{localCall("after")})
+	go b.run() // the goroutine handed on, scheduled at last
+	oneRunner(t, b, p)
+}
+
+// The same timer firing after a reader submitted calls (it must run them) and before
+// the goroutine it runs them on (flushAside) is scheduled starts no second runner.
+func TestAStaleStallBeforeARunnerStartsOvertakesNothing(t *testing.T) {
+	b, p := newGate(t)
+	require.True(t, b.submit([]*Call{localCall("blocks")}), "no runner: the caller must run")
+	go b.stalled() // the first batch's timer
+	time.Sleep(50 * time.Millisecond) // for a wrong overtake to start its runner
+	go b.run()
+	require.Eventually(t, func() bool { return p.inside.Load() == 1 }, time.Minute, time.Millisecond)
+	if b.submit([]*Call{localCall("after")}) {
+		go b.run()
+	}
+	oneRunner(t, b, p)
 }

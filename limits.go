@@ -45,9 +45,11 @@ type Limits struct {
 	// 5 s; a handshake is always bounded.
 	HandshakeTimeout time.Duration
 	// MaxInflight bounds the requests one connection may have running; past it the
-	// Leader stops reading that connection until one finishes. A call or publish whose
-	// caller's deadline passes while it waits is answered as timed out and does not
-	// reach the Service. Default 512.
+	// Leader stops reading that connection until one finishes. The request it read
+	// last, which waits for the place, counts its caller's time from when the wait
+	// began: a call or publish whose deadline passes meanwhile is answered as timed out
+	// and does not reach the Service. (The requests behind it, not read yet, count their
+	// time from when they are read.) Default 512.
 	MaxInflight int
 	// MaxQueued bounds the bytes queued for one peer and not yet written; a peer that
 	// does not read is dropped past it (it reconnects). Default 64 MiB (NATS:

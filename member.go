@@ -48,7 +48,7 @@ func (c *Client) run(joinCtx context.Context) {
 			followed = true
 			// The connection's reader may be resting between calls: when the Leader dies
 			// or hands over, it reads at once, so the next election starts now. Where
-			// neither can be watched (off Linux, another pid namespace, no inotify
+			// either cannot be watched (off Linux, another pid namespace, no inotify
 			// instance left), it rests briefly, so that it notices on its own.
 			c.herald.follow(c.cfg.lockPath, int(f.welcome.PID), f.conn.ReadNow)
 			if !c.herald.quiet() {

@@ -78,9 +78,8 @@ func (pc *peerConn) handle(conn *ipc.Conn, f frame.Frame, files []*os.File) {
 	// reader: this goroutine still reads the connection. A batch run inline that
 	// blocks hands reading to another goroutine (ipc.Conn.Inline); this one then
 	// finishes the frame as a worker would, and must not run Inline again nor touch
-	// what is the reader's (the requests held, the names). That happens only before a
-	// frame that is not an invoke request: the invoke requests, held and flushed by the
-	// reader alone, reach the batcher in the order they were read.
+	// what is the reader's (the requests held, the names). The invoke requests, held
+	// and flushed by the reader alone, reach the batcher in the order they were read.
 	reader := true
 	if f.Kind != frame.KindInvoke {
 		reader = pc.flush() // the requests read before this frame go first
