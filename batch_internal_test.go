@@ -204,7 +204,7 @@ func TestAStallOfAReturnedBatchOvertakesNothing(t *testing.T) {
 	b, p := newGate(t)
 	running(b) // the first batch's runner handed on (go b.run())
 	b.submit([]*Call{localCall("blocks")})
-	go b.stalled() // the first batch's timer
+	go b.stalled()                    // the first batch's timer
 	time.Sleep(50 * time.Millisecond) // for a wrong overtake to start its runner
 	b.submit([]*Call{localCall("after")})
 	go b.run() // the goroutine handed on, scheduled at last
@@ -216,7 +216,7 @@ func TestAStallOfAReturnedBatchOvertakesNothing(t *testing.T) {
 func TestAStaleStallBeforeARunnerStartsOvertakesNothing(t *testing.T) {
 	b, p := newGate(t)
 	require.True(t, b.submit([]*Call{localCall("blocks")}), "no runner: the caller must run")
-	go b.stalled() // the first batch's timer
+	go b.stalled()                    // the first batch's timer
 	time.Sleep(50 * time.Millisecond) // for a wrong overtake to start its runner
 	go b.run()
 	require.Eventually(t, func() bool { return p.inside.Load() == 1 }, time.Minute, time.Millisecond)
