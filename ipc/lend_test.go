@@ -196,27 +196,36 @@ func TestAQuietPeersReclaimStretchesFurther(t *testing.T) {
 			c, s := echoAndLender(t, tr, reclaimAfter, func(_ *Conn, f frame.Frame) { pushes <- string(f.Body) })
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			for c.reclaimWait.Load() <= int64(reclaimMax) {
-				require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
-				_, err := invoke(ctx, c, []byte("a"), nil)
-				require.NoError(t, err)
-			}
+			callUntil(t, ctx, c, func() bool { return c.reclaimWait.Load() > int64(reclaimMax) })
 			require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimQuietMax))
 
 			require.NoError(t, s.Send(frame.Header{Kind: frame.KindMessage}, []byte("t"), []byte("now")))
-			for len(pushes) == 0 {
-				require.NoError(t, ctx.Err())
-				_, err := invoke(ctx, c, []byte("a"), nil)
-				require.NoError(t, err)
-			}
-			// Calls for several of the longer periods: the reclaim fires and doubles the
-			// period as often as it can, and never past reclaimMax now.
-			for end := time.Now().Add(4 * reclaimQuietMax); time.Now().Before(end); {
-				_, err := invoke(ctx, c, []byte("a"), nil)
-				require.NoError(t, err)
-				require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimMax), "the peer has pushed")
-			}
+			callUntil(t, ctx, c, func() bool { return len(pushes) > 0 })
+			reclaimStaysWithinMax(t, ctx, c, "the peer has pushed")
 		})
+	}
+}
+
+// callUntil makes calls on c, one after another, until done reports true; the test
+// fails if ctx ends first.
+func callUntil(t *testing.T, ctx context.Context, c *Conn, done func() bool) {
+	t.Helper()
+	for !done() {
+		require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
+		_, err := invoke(ctx, c, []byte("a"), nil)
+		require.NoError(t, err)
+	}
+}
+
+// reclaimStaysWithinMax makes calls on c for several of the longest periods, in which
+// the reclaim fires and doubles its period as often as it can, and checks after each
+// that the period is within reclaimMax.
+func reclaimStaysWithinMax(t *testing.T, ctx context.Context, c *Conn, why string) {
+	t.Helper()
+	for end := time.Now().Add(4 * reclaimQuietMax); time.Now().Before(end); {
+		_, err := invoke(ctx, c, []byte("a"), nil)
+		require.NoError(t, err)
+		require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimMax), why)
 	}
 }
 
@@ -229,18 +238,8 @@ func TestRestBrieflyKeepsTheReclaimShort(t *testing.T) {
 			c.RestBriefly()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			// Calls until the period reached its cap, then for several of the longer
-			// periods: the reclaim fires and doubles the period as often as it can.
-			for c.reclaimWait.Load() < int64(reclaimMax) {
-				require.NoError(t, ctx.Err(), "the reclaim's period stayed at %v", time.Duration(c.reclaimWait.Load()))
-				_, err := invoke(ctx, c, []byte("a"), nil)
-				require.NoError(t, err)
-			}
-			for end := time.Now().Add(4 * reclaimQuietMax); time.Now().Before(end); {
-				_, err := invoke(ctx, c, []byte("a"), nil)
-				require.NoError(t, err)
-				require.LessOrEqual(t, c.reclaimWait.Load(), int64(reclaimMax))
-			}
+			callUntil(t, ctx, c, func() bool { return c.reclaimWait.Load() >= int64(reclaimMax) })
+			reclaimStaysWithinMax(t, ctx, c, "after RestBriefly")
 		})
 	}
 }
